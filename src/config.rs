@@ -1,0 +1,317 @@
+//! Layer shapes and their validation.
+//!
+//! Field names follow the Hugging Face configs (`n_heads` = `num_attention_heads`,
+//! `n_kv_heads` = `num_key_value_heads`, `kv_lora_rank`, ...), so a user can copy numbers from a
+//! model card or a `config.json`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Largest accepted value for any one dimension. Far above every real model (DeepSeek-V3's
+/// largest is 18432 wide) and small enough that products of a few of them cannot overflow.
+pub const MAX_DIMENSION: usize = 1 << 20;
+
+/// Default RoPE base, as in Llama 2 and most models without a `rope_theta` of their own.
+pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
+
+/// Default RMSNorm epsilon of the DeepSeek configs.
+pub const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
+
+/// The attention variants attnbench compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Multi-head: one key/value head per query head (`n_kv_heads == n_heads`).
+    Mha,
+    /// Multi-query: one key/value head shared by all query heads (`n_kv_heads == 1`).
+    Mqa,
+    /// Grouped-query: `n_heads / n_kv_heads` consecutive query heads share a key/value head.
+    Gqa,
+    /// Multi-head latent attention (DeepSeek-V2/V3): a compressed latent is cached.
+    Mla,
+}
+
+impl Variant {
+    /// All variants, in table order.
+    pub const ALL: [Variant; 4] = [Variant::Mha, Variant::Mqa, Variant::Gqa, Variant::Mla];
+
+    /// The lowercase name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Mha => "mha",
+            Variant::Mqa => "mqa",
+            Variant::Gqa => "gqa",
+            Variant::Mla => "mla",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The two execution paths of MLA over the same weights and the same latent cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlaPath {
+    /// Expand the cached latent into per-head keys and values every step.
+    Naive,
+    /// Fold `W_uk` into the query and `W_uv` after the weighted sum: MQA over the latent.
+    Absorbed,
+}
+
+impl MlaPath {
+    /// Both paths.
+    pub const ALL: [MlaPath; 2] = [MlaPath::Naive, MlaPath::Absorbed];
+
+    /// The lowercase name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MlaPath::Naive => "naive",
+            MlaPath::Absorbed => "absorbed",
+        }
+    }
+}
+
+impl fmt::Display for MlaPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Shape of an MHA, GQA or MQA layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupedConfig {
+    /// Width of the residual stream (`hidden_size`).
+    pub d_model: usize,
+    /// Query heads (`num_attention_heads`).
+    pub n_heads: usize,
+    /// Key/value heads (`num_key_value_heads`); divides `n_heads`.
+    pub n_kv_heads: usize,
+    /// Width of one head; independent of `d_model` (Gemma 2: 16 × 256 over 3584).
+    pub head_dim: usize,
+    /// RoPE base.
+    pub rope_theta: f64,
+}
+
+impl GroupedConfig {
+    /// Checks the shape for `variant` (MHA needs `n_kv_heads == n_heads`, MQA needs 1).
+    pub fn validate(&self, variant: Variant) -> Result<()> {
+        dimension("d_model", self.d_model)?;
+        dimension("n_heads", self.n_heads)?;
+        dimension("n_kv_heads", self.n_kv_heads)?;
+        dimension("head_dim", self.head_dim)?;
+        even("head_dim", self.head_dim)?;
+        positive_finite("rope_theta", self.rope_theta)?;
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(invalid(
+                "n_kv_heads",
+                self.n_kv_heads,
+                format!("must divide n_heads = {}", self.n_heads),
+            ));
+        }
+        match variant {
+            Variant::Mha if self.n_kv_heads != self.n_heads => Err(invalid(
+                "n_kv_heads",
+                self.n_kv_heads,
+                format!(
+                    "MHA has one KV head per query head: must equal n_heads = {}",
+                    self.n_heads
+                ),
+            )),
+            Variant::Mqa if self.n_kv_heads != 1 => Err(invalid(
+                "n_kv_heads",
+                self.n_kv_heads,
+                "MQA has a single KV head: must be 1".to_string(),
+            )),
+            Variant::Mla => Err(invalid(
+                "variant",
+                "mla",
+                "MLA takes an MlaConfig, not a GroupedConfig".to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Values the cache holds per token: post-RoPE K and V, `2 · n_kv_heads · head_dim`.
+    pub fn kv_values_per_token(&self) -> usize {
+        2 * self.n_kv_heads * self.head_dim
+    }
+}
+
+/// Shape of a DeepSeek-V2/V3 multi-head latent attention layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MlaConfig {
+    /// Width of the residual stream (`hidden_size`).
+    pub d_model: usize,
+    /// Query heads (`num_attention_heads`).
+    pub n_heads: usize,
+    /// Width of the cached key/value latent `c_kv` (d_c).
+    pub kv_lora_rank: usize,
+    /// Width of the query latent; `None` means no query compression (`q = x · W_q`).
+    pub q_lora_rank: Option<usize>,
+    /// Per-head query/key width without position (compared against `c_kv · W_uk`).
+    pub qk_nope_head_dim: usize,
+    /// Per-head query/key width with RoPE; the rope key is one head shared by all.
+    pub qk_rope_head_dim: usize,
+    /// Per-head value width.
+    pub v_head_dim: usize,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon of the query and key/value latents.
+    pub rms_norm_eps: f64,
+}
+
+impl MlaConfig {
+    /// Checks every size (non-zero, even rope width) and the norm epsilon.
+    pub fn validate(&self) -> Result<()> {
+        dimension("d_model", self.d_model)?;
+        dimension("n_heads", self.n_heads)?;
+        dimension("kv_lora_rank", self.kv_lora_rank)?;
+        if let Some(rank) = self.q_lora_rank {
+            if rank == 0 {
+                return Err(invalid(
+                    "q_lora_rank",
+                    rank,
+                    "must be at least 1; leave it out for no query compression".to_string(),
+                ));
+            }
+            dimension("q_lora_rank", rank)?;
+        }
+        dimension("qk_nope_head_dim", self.qk_nope_head_dim)?;
+        dimension("qk_rope_head_dim", self.qk_rope_head_dim)?;
+        even("qk_rope_head_dim", self.qk_rope_head_dim)?;
+        dimension("v_head_dim", self.v_head_dim)?;
+        positive_finite("rope_theta", self.rope_theta)?;
+        positive_finite("rms_norm_eps", self.rms_norm_eps)?;
+        Ok(())
+    }
+
+    /// Per-head query/key width, `qk_nope_head_dim + qk_rope_head_dim`.
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Values the cache holds per token: `kv_lora_rank + qk_rope_head_dim`, whatever `n_heads`.
+    pub fn kv_values_per_token(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+}
+
+/// One layer to build: its variant, its shape and, for MLA, its execution path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LayerSpec {
+    /// MHA, MQA or GQA.
+    Grouped {
+        /// Which of the three; it constrains `n_kv_heads`.
+        variant: Variant,
+        /// The shape.
+        config: GroupedConfig,
+    },
+    /// Multi-head latent attention.
+    Mla {
+        /// The shape.
+        config: MlaConfig,
+        /// Naive or absorbed.
+        path: MlaPath,
+    },
+}
+
+impl LayerSpec {
+    /// Checks the shape for the variant.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            LayerSpec::Grouped { variant, config } => config.validate(*variant),
+            LayerSpec::Mla { config, .. } => config.validate(),
+        }
+    }
+
+    /// The variant.
+    pub fn variant(&self) -> Variant {
+        match self {
+            LayerSpec::Grouped { variant, .. } => *variant,
+            LayerSpec::Mla { .. } => Variant::Mla,
+        }
+    }
+
+    /// The MLA path, `None` for the grouped variants.
+    pub fn mla_path(&self) -> Option<MlaPath> {
+        match self {
+            LayerSpec::Grouped { .. } => None,
+            LayerSpec::Mla { path, .. } => Some(*path),
+        }
+    }
+
+    /// Width of the residual stream.
+    pub fn d_model(&self) -> usize {
+        match self {
+            LayerSpec::Grouped { config, .. } => config.d_model,
+            LayerSpec::Mla { config, .. } => config.d_model,
+        }
+    }
+
+    /// Values the cache holds per token (see the configs' `kv_values_per_token`).
+    pub fn kv_values_per_token(&self) -> usize {
+        match self {
+            LayerSpec::Grouped { config, .. } => config.kv_values_per_token(),
+            LayerSpec::Mla { config, .. } => config.kv_values_per_token(),
+        }
+    }
+
+    /// A short label such as `gqa`, `mla-absorbed`.
+    pub fn label(&self) -> String {
+        match self.mla_path() {
+            Some(path) => format!("mla-{path}"),
+            None => self.variant().to_string(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: impl fmt::Display, reason: String) -> Error {
+    Error::InvalidConfig {
+        field,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+fn dimension(field: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(invalid(field, value, "must be at least 1".to_string()));
+    }
+    if value > MAX_DIMENSION {
+        return Err(invalid(
+            field,
+            value,
+            format!("must be at most {MAX_DIMENSION}"),
+        ));
+    }
+    Ok(())
+}
+
+fn even(field: &'static str, value: usize) -> Result<()> {
+    if value % 2 != 0 {
+        return Err(invalid(
+            field,
+            value,
+            "must be even: RoPE rotates pairs of values".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn positive_finite(field: &'static str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(invalid(
+            field,
+            value,
+            "must be a positive finite number".to_string(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! The one trait every attention layer implements.
+
+use serde::Serialize;
+
+use crate::config::{LayerSpec, MlaPath, Variant};
+use crate::error::{Error, Result};
+use crate::kv_cache::{KvCache, PlaneSpec};
+use crate::tensor::Matrix;
+
+/// What a layer is, for tables and files.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerInfo {
+    /// The variant.
+    pub variant: Variant,
+    /// The MLA path, `None` for the grouped variants.
+    pub mla_path: Option<MlaPath>,
+    /// The full shape.
+    pub spec: LayerSpec,
+    /// Weights, counted from the allocated matrices (norm scales included).
+    pub params: usize,
+    /// Values the cache holds per token (K and V, or MLA's latent and rope key).
+    pub kv_values_per_token: usize,
+    /// `kv_values_per_token · 4`: the analytic f32 cache bytes per token.
+    pub kv_bytes_per_token: usize,
+}
+
+/// A full attention layer: projections, RoPE, causal attention over a KV cache, output
+/// projection (DESIGN §1).
+///
+/// Activations are row-major, one row per token, sequences one after another: a batch of
+/// `batch` sequences of `seq_len` tokens is `(batch · seq_len, d_model)`, and `batch` is the
+/// cache's. Each sequence's new tokens sit at the positions after those its cache holds.
+pub trait AttentionLayer: Send + Sync {
+    /// Variant, shape, parameter count and analytic KV bytes per token.
+    fn info(&self) -> LayerInfo;
+
+    /// The cache planes one sequence needs, in order.
+    fn cache_planes(&self) -> Vec<PlaneSpec>;
+
+    /// The weights by their DESIGN names (`w_q`, `w_k`, ..., `kv_norm`), in export order.
+    fn weights(&self) -> Vec<(&'static str, &Matrix)>;
+
+    /// Runs `seq_len` new tokens per sequence through the layer, appending them to the cache.
+    ///
+    /// `x: (batch · seq_len, d_model)`, `out: (batch · seq_len, d_model)`. On error (a wrong
+    /// shape, a cache without room) the cache is left as it was.
+    fn prefill(&self, x: &Matrix, cache: &mut KvCache, out: &mut Matrix) -> Result<()>;
+
+    /// Runs one new token per sequence: `x: (batch, d_model)`, `out: (batch, d_model)`.
+    fn decode(&self, x: &Matrix, cache: &mut KvCache, out: &mut Matrix) -> Result<()> {
+        x.expect_shape("decode input", cache.batch(), self.info().spec.d_model())?;
+        self.prefill(x, cache, out)
+    }
+
+    /// A cache of `capacity` tokens for each of `batch` sequences, allocated up front.
+    fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        KvCache::new(batch, capacity, &self.cache_planes())
+    }
+}
+
+/// Checks a step's operands against the layer and the cache; returns `seq_len`.
+pub(crate) fn check_step(
+    d_model: usize,
+    x: &Matrix,
+    cache: &KvCache,
+    out: &Matrix,
+) -> Result<usize> {
+    let batch = cache.batch();
+    if batch == 0 || x.rows() == 0 || x.rows() % batch != 0 {
+        return Err(Error::Shape {
+            what: "layer input",
+            expected: format!("a positive multiple of batch {batch} rows"),
+            actual: format!("{} rows", x.rows()),
+        });
+    }
+    x.expect_shape("layer input", x.rows(), d_model)?;
+    out.expect_shape("layer output", x.rows(), d_model)?;
+    let seq_len = x.rows() / batch;
+    cache.check_room(seq_len)?;
+    Ok(seq_len)
+}
+
+/// The absolute position of every input row: sequence `b`'s token `i` sits at
+/// `cache_len(b) + i`. Rows are ordered as in the layer input.
+pub(crate) fn row_positions(cache: &KvCache, seq_len: usize) -> Vec<usize> {
+    cache
+        .sequences()
+        .iter()
+        .flat_map(|s| s.len()..s.len() + seq_len)
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! Plain reference implementations for the tests: loops straight from DESIGN §1, f64
+//! accumulation, no cache, no faer. Slow on purpose; only small shapes go through here.
+
+use crate::config::{GroupedConfig, MlaConfig};
+use crate::tensor::Matrix;
+
+/// Rows of f64 values, one per token.
+pub type Rows = Vec<Vec<f64>>;
+
+/// The weight called `name` in a layer's `weights()` list.
+///
+/// # Panics
+/// If there is none (a test asked for a weight the layer does not have).
+pub fn weight<'a>(weights: &[(&'static str, &'a Matrix)], name: &str) -> &'a Matrix {
+    weights
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, w)| *w)
+        .unwrap_or_else(|| panic!("no weight named {name}"))
+}
+
+/// `x · w` for one row `x: (d_in)`, `w: (d_in, d_out)`.
+fn row_times(x: &[f64], w: &Matrix) -> Vec<f64> {
+    let mut y = vec![0.0; w.cols()];
+    for (i, &xi) in x.iter().enumerate() {
+        for (yj, &wij) in y.iter_mut().zip(w.row(i)) {
+            *yj += xi * f64::from(wij);
+        }
+    }
+    y
+}
+
+fn rows_times(x: &Rows, w: &Matrix) -> Rows {
+    x.iter().map(|r| row_times(r, w)).collect()
+}
+
+fn to_rows(x: &Matrix) -> Rows {
+    (0..x.rows())
+        .map(|r| x.row(r).iter().map(|&v| f64::from(v)).collect())
+        .collect()
+}
+
+/// Rotate-half RoPE of `v` at position `p`.
+fn rope(v: &mut [f64], p: usize, theta: f64) {
+    let half = v.len() / 2;
+    for i in 0..half {
+        let angle = p as f64 * theta.powf(-2.0 * i as f64 / v.len() as f64);
+        let (a, b) = (v[i], v[i + half]);
+        v[i] = a * angle.cos() - b * angle.sin();
+        v[i + half] = b * angle.cos() + a * angle.sin();
+    }
+}
+
+fn rms_norm(v: &mut [f64], scale: &Matrix, eps: f64) {
+    let mean_sq = v.iter().map(|a| a * a).sum::<f64>() / v.len() as f64;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for (a, &g) in v.iter_mut().zip(scale.data()) {
+        *a *= inv * f64::from(g);
+    }
+}
+
+/// Causal attention of one head: `q: (n, d)`, `k: (n, d)`, `v: (n, dv)`, token `i` at
+/// position `i`; returns `(n, dv)`.
+fn causal_head(q: &Rows, k: &Rows, v: &Rows, scale: f64) -> Rows {
+    q.iter()
+        .enumerate()
+        .map(|(i, qi)| {
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| qi.iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>() * scale)
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let mut o = vec![0.0; v[0].len()];
+            for (j, w) in weights.iter().enumerate() {
+                for (oc, vc) in o.iter_mut().zip(&v[j]) {
+                    *oc += w / total * vc;
+                }
+            }
+            o
+        })
+        .collect()
+}
+
+/// Columns `start..start + width` of every row.
+fn cols(x: &Rows, start: usize, width: usize) -> Rows {
+    x.iter().map(|r| r[start..start + width].to_vec()).collect()
+}
+
+/// MHA/GQA/MQA over a whole sequence `x: (n, d_model)` at positions `0..n`; returns
+/// `(n, d_model)`. `weights` holds `w_q`, `w_k`, `w_v`, `w_o`.
+pub fn grouped(config: &GroupedConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) -> Rows {
+    let hd = config.head_dim;
+    let x = to_rows(x);
+    let mut q = rows_times(&x, weight(weights, "w_q"));
+    let mut k = rows_times(&x, weight(weights, "w_k"));
+    let v = rows_times(&x, weight(weights, "w_v"));
+    for (p, (qr, kr)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
+        qr.chunks_mut(hd)
+            .for_each(|h| rope(h, p, config.rope_theta));
+        kr.chunks_mut(hd)
+            .for_each(|h| rope(h, p, config.rope_theta));
+    }
+    let group = config.n_heads / config.n_kv_heads;
+    let mut concat = vec![Vec::new(); x.len()];
+    for h in 0..config.n_heads {
+        let g = h / group;
+        let o = causal_head(
+            &cols(&q, h * hd, hd),
+            &cols(&k, g * hd, hd),
+            &cols(&v, g * hd, hd),
+            1.0 / (hd as f64).sqrt(),
+        );
+        concat.iter_mut().zip(o).for_each(|(c, o)| c.extend(o));
+    }
+    rows_times(&concat, weight(weights, "w_o"))
+}
+
+/// MLA by its definition (per-head keys and values expanded from the latent) over a whole
+/// sequence `x: (n, d_model)` at positions `0..n`; returns `(n, d_model)`.
+pub fn mla(config: &MlaConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) -> Rows {
+    let (nope, rope_dim, d_c) = (
+        config.qk_nope_head_dim,
+        config.qk_rope_head_dim,
+        config.kv_lora_rank,
+    );
+    let qk = nope + rope_dim;
+    let x = to_rows(x);
+    let mut q = match config.q_lora_rank {
+        None => rows_times(&x, weight(weights, "w_q")),
+        Some(_) => {
+            let mut c_q = rows_times(&x, weight(weights, "w_dq"));
+            c_q.iter_mut()
+                .for_each(|r| rms_norm(r, weight(weights, "q_norm"), config.rms_norm_eps));
+            rows_times(&c_q, weight(weights, "w_uq"))
+        }
+    };
+    let mut kv = rows_times(&x, weight(weights, "w_dkv"));
+    for (p, (qr, kvr)) in q.iter_mut().zip(kv.iter_mut()).enumerate() {
+        qr.chunks_mut(qk)
+            .for_each(|h| rope(&mut h[nope..], p, config.rope_theta));
+        rms_norm(
+            &mut kvr[..d_c],
+            weight(weights, "kv_norm"),
+            config.rms_norm_eps,
+        );
+        rope(&mut kvr[d_c..], p, config.rope_theta);
+    }
+    let c_kv = cols(&kv, 0, d_c);
+    let k_rope = cols(&kv, d_c, rope_dim);
+    let k_nope = rows_times(&c_kv, weight(weights, "w_uk"));
+    let v = rows_times(&c_kv, weight(weights, "w_uv"));
+    let mut concat = vec![Vec::new(); x.len()];
+    for h in 0..config.n_heads {
+        let keys: Rows = cols(&k_nope, h * nope, nope)
+            .into_iter()
+            .zip(&k_rope)
+            .map(|(mut kn, kr)| {
+                kn.extend(kr);
+                kn
+            })
+            .collect();
+        let o = causal_head(
+            &cols(&q, h * qk, qk),
+            &keys,
+            &cols(&v, h * config.v_head_dim, config.v_head_dim),
+            1.0 / (qk as f64).sqrt(),
+        );
+        concat.iter_mut().zip(o).for_each(|(c, o)| c.extend(o));
+    }
+    rows_times(&concat, weight(weights, "w_o"))
+}

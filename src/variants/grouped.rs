@@ -1,0 +1,141 @@
+//! The one layer behind MHA, MQA and GQA: they differ only in `n_kv_heads`.
+
+use crate::config::{GroupedConfig, LayerSpec, Variant};
+use crate::error::Result;
+use crate::kernels::{
+    AttentionOperands, HeadLayout, RopeTable, grouped_attention, heads_to_rows, project, project_to,
+};
+use crate::kv_cache::{KvCache, PlaneSpec};
+use crate::layer::{AttentionLayer, LayerInfo, check_step, row_positions};
+use crate::tensor::Matrix;
+use crate::weights::projection_weight;
+
+/// MHA, MQA or GQA (DESIGN §1): `Q = x·W_q`, `K = x·W_k`, `V = x·W_v`, RoPE on every query
+/// and key head, causal attention with query head `h` reading KV head
+/// `h / (n_heads / n_kv_heads)`, `y = concat_h(o_h)·W_o`. The cache holds post-RoPE K and V.
+#[derive(Clone, Debug)]
+pub struct GroupedAttention {
+    variant: Variant,
+    config: GroupedConfig,
+    /// `(d_model, n_heads · head_dim)`
+    w_q: Matrix,
+    /// `(d_model, n_kv_heads · head_dim)`
+    w_k: Matrix,
+    /// `(d_model, n_kv_heads · head_dim)`
+    w_v: Matrix,
+    /// `(n_heads · head_dim, d_model)`
+    w_o: Matrix,
+}
+
+impl GroupedAttention {
+    /// Builds the layer with weights drawn from `seed`; refuses a shape `variant` cannot have.
+    pub fn new(variant: Variant, config: GroupedConfig, seed: u64) -> Result<Self> {
+        config.validate(variant)?;
+        let (d, q_width, kv_width) = (
+            config.d_model,
+            config.n_heads * config.head_dim,
+            config.n_kv_heads * config.head_dim,
+        );
+        Ok(Self {
+            w_q: projection_weight(seed, "w_q", d, q_width),
+            w_k: projection_weight(seed, "w_k", d, kv_width),
+            w_v: projection_weight(seed, "w_v", d, kv_width),
+            w_o: projection_weight(seed, "w_o", q_width, d),
+            variant,
+            config,
+        })
+    }
+
+    /// The shape.
+    pub fn config(&self) -> &GroupedConfig {
+        &self.config
+    }
+}
+
+impl AttentionLayer for GroupedAttention {
+    fn info(&self) -> LayerInfo {
+        let kv_values_per_token = self.config.kv_values_per_token();
+        LayerInfo {
+            variant: self.variant,
+            mla_path: None,
+            spec: LayerSpec::Grouped {
+                variant: self.variant,
+                config: self.config.clone(),
+            },
+            params: self.weights().iter().map(|(_, w)| w.len()).sum(),
+            kv_values_per_token,
+            kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
+        }
+    }
+
+    fn cache_planes(&self) -> Vec<PlaneSpec> {
+        let width = self.config.n_kv_heads * self.config.head_dim;
+        vec![
+            PlaneSpec { name: "k", width },
+            PlaneSpec { name: "v", width },
+        ]
+    }
+
+    fn weights(&self) -> Vec<(&'static str, &Matrix)> {
+        vec![
+            ("w_q", &self.w_q),
+            ("w_k", &self.w_k),
+            ("w_v", &self.w_v),
+            ("w_o", &self.w_o),
+        ]
+    }
+
+    fn prefill(&self, x: &Matrix, cache: &mut KvCache, out: &mut Matrix) -> Result<()> {
+        let cfg = &self.config;
+        let seq_len = check_step(cfg.d_model, x, cache, out)?;
+        let batch = cache.batch();
+
+        let mut q = project(x.view(), &self.w_q);
+        let mut k = project(x.view(), &self.w_k);
+        let v = project(x.view(), &self.w_v);
+        let first_positions: Vec<usize> = cache.sequences().iter().map(|s| s.len()).collect();
+        let rope = RopeTable::new(&row_positions(cache, seq_len), cfg.head_dim, cfg.rope_theta);
+        rope.rotate_heads(&mut q, cfg.n_heads, cfg.head_dim, 0);
+        rope.rotate_heads(&mut k, cfg.n_kv_heads, cfg.head_dim, 0);
+
+        // Sequence b's new rows are contiguous in K and V: rows b·seq_len .. (b+1)·seq_len.
+        let kv_block = seq_len * cfg.n_kv_heads * cfg.head_dim;
+        for (b, seq) in cache.sequences_mut().iter_mut().enumerate() {
+            let rows = b * kv_block..(b + 1) * kv_block;
+            seq.append(b, seq_len, &[&k.data()[rows.clone()], &v.data()[rows]])?;
+        }
+
+        let q_width = cfg.n_heads * cfg.head_dim;
+        let operands: Vec<AttentionOperands<'_>> = cache
+            .sequences()
+            .iter()
+            .enumerate()
+            .map(|(b, seq)| AttentionOperands {
+                q: q.view().subrows(b * seq_len, seq_len),
+                k: seq.plane(0),
+                v: seq.plane(1),
+                first_query_position: first_positions[b],
+            })
+            .collect();
+        let layout = HeadLayout {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            qk_dim: cfg.head_dim,
+            v_dim: cfg.head_dim,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+        };
+        let mut heads = vec![0.0f32; batch * seq_len * q_width];
+        grouped_attention(&operands, &layout, &mut heads);
+        let mut concat = Matrix::zeros(batch * seq_len, q_width);
+        heads_to_rows(
+            &heads,
+            batch,
+            cfg.n_heads,
+            seq_len,
+            cfg.head_dim,
+            concat.data_mut(),
+        );
+        project_to(out, concat.view(), &self.w_o);
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! Multi-head attention: one key/value head per query head.
+
+use super::GroupedAttention;
+use crate::config::{GroupedConfig, Variant};
+use crate::error::Result;
+
+/// An MHA layer: `n_heads` query heads and as many KV heads, each `head_dim` wide.
+pub fn new(
+    d_model: usize,
+    n_heads: usize,
+    head_dim: usize,
+    rope_theta: f64,
+    seed: u64,
+) -> Result<GroupedAttention> {
+    let config = GroupedConfig {
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        head_dim,
+        rope_theta,
+    };
+    GroupedAttention::new(Variant::Mha, config, seed)
+}

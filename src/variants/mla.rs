@@ -1,0 +1,311 @@
+//! Multi-head latent attention (DeepSeek-V2/V3), naive and absorbed, over one latent cache.
+
+use faer::{MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::config::{LayerSpec, MlaConfig, MlaPath, Variant};
+use crate::error::Result;
+use crate::kernels::{
+    AttentionOperands, HeadLayout, RopeTable, grouped_attention, heads_to_rows, matmul,
+    matmul_threads, project, project_to, rms_norm_rows,
+};
+use crate::kv_cache::{KvCache, PlaneSpec, SequenceCache};
+use crate::layer::{AttentionLayer, LayerInfo, check_step, row_positions};
+use crate::tensor::Matrix;
+use crate::weights::{norm_scale, projection_weight};
+
+/// How the query is projected.
+#[derive(Clone, Debug)]
+enum QueryProjection {
+    /// `q = x · w_q`, `w_q: (d_model, n_heads · qk_head_dim)`.
+    Direct { w_q: Matrix },
+    /// `q = RMSNorm_q(x · w_dq) · w_uq`, `w_dq: (d_model, q_lora_rank)`,
+    /// `q_norm: (1, q_lora_rank)`, `w_uq: (q_lora_rank, n_heads · qk_head_dim)`.
+    Compressed {
+        w_dq: Matrix,
+        q_norm: Matrix,
+        w_uq: Matrix,
+    },
+}
+
+/// MLA as DESIGN §1 defines it. The cache holds one plane per sequence, `latent`, of width
+/// `kv_lora_rank + qk_rope_head_dim`: each row is `[c_kv (after RMSNorm) | k_rope (after
+/// RoPE)]`, the same for every head. Keeping both in one row lets the absorbed path read the
+/// cache as a single MQA key of width `d_c + d_rope` whose first `d_c` columns are the value.
+#[derive(Clone, Debug)]
+pub struct MultiHeadLatentAttention {
+    config: MlaConfig,
+    path: MlaPath,
+    query: QueryProjection,
+    /// `(d_model, kv_lora_rank + qk_rope_head_dim)`: `[c_kv | k_rope_raw] = x · w_dkv`.
+    w_dkv: Matrix,
+    /// `(1, kv_lora_rank)`.
+    kv_norm: Matrix,
+    /// `(kv_lora_rank, n_heads · qk_nope_head_dim)`; head `h` owns columns `h·nope ..`.
+    w_uk: Matrix,
+    /// `(kv_lora_rank, n_heads · v_head_dim)`; head `h` owns columns `h·v ..`.
+    w_uv: Matrix,
+    /// `(n_heads · v_head_dim, d_model)`.
+    w_o: Matrix,
+}
+
+impl MultiHeadLatentAttention {
+    /// Builds the layer with weights drawn from `seed`.
+    pub fn new(config: MlaConfig, path: MlaPath, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let q_width = c.n_heads * c.qk_head_dim();
+        let query = match c.q_lora_rank {
+            None => QueryProjection::Direct {
+                w_q: projection_weight(seed, "w_q", c.d_model, q_width),
+            },
+            Some(rank) => QueryProjection::Compressed {
+                w_dq: projection_weight(seed, "w_dq", c.d_model, rank),
+                q_norm: norm_scale(seed, "q_norm", rank),
+                w_uq: projection_weight(seed, "w_uq", rank, q_width),
+            },
+        };
+        Ok(Self {
+            query,
+            w_dkv: projection_weight(seed, "w_dkv", c.d_model, c.kv_values_per_token()),
+            kv_norm: norm_scale(seed, "kv_norm", c.kv_lora_rank),
+            w_uk: projection_weight(seed, "w_uk", c.kv_lora_rank, c.n_heads * c.qk_nope_head_dim),
+            w_uv: projection_weight(seed, "w_uv", c.kv_lora_rank, c.n_heads * c.v_head_dim),
+            w_o: projection_weight(seed, "w_o", c.n_heads * c.v_head_dim, c.d_model),
+            config,
+            path,
+        })
+    }
+
+    /// The same layer (same weights) running the other path.
+    pub fn with_path(&self, path: MlaPath) -> Self {
+        Self {
+            path,
+            ..self.clone()
+        }
+    }
+
+    /// The shape.
+    pub fn config(&self) -> &MlaConfig {
+        &self.config
+    }
+
+    /// Queries `(t, n_heads · qk_head_dim)`, each head `[q_nope | q_rope]`, RoPE applied.
+    fn queries(&self, x: &Matrix, rope: &RopeTable) -> Matrix {
+        let c = &self.config;
+        let mut q = match &self.query {
+            QueryProjection::Direct { w_q } => project(x.view(), w_q),
+            QueryProjection::Compressed { w_dq, q_norm, w_uq } => {
+                let mut c_q = project(x.view(), w_dq);
+                rms_norm_rows(&mut c_q, 0, q_norm.data(), c.rms_norm_eps);
+                project(c_q.view(), w_uq)
+            }
+        };
+        rope.rotate_heads(&mut q, c.n_heads, c.qk_head_dim(), c.qk_nope_head_dim);
+        q
+    }
+
+    /// New latent rows `(t, d_c + d_rope)`: `[RMSNorm_kv(c_kv) | RoPE(k_rope_raw)]`.
+    fn latents(&self, x: &Matrix, rope: &RopeTable) -> Matrix {
+        let c = &self.config;
+        let mut latent = project(x.view(), &self.w_dkv);
+        rms_norm_rows(&mut latent, 0, self.kv_norm.data(), c.rms_norm_eps);
+        rope.rotate_heads(&mut latent, 1, 0, c.kv_lora_rank);
+        latent
+    }
+
+    /// Naive path: expand each sequence's latent into per-head keys `[k_nope_h | k_rope]` and
+    /// values `v_h`, then run MHA. Writes head-major `(batch, n_heads, s_q, v_head_dim)`.
+    fn attend_naive(&self, q: &Matrix, seqs: &[SequenceCache], first: &[usize], heads: &mut [f32]) {
+        let c = &self.config;
+        let (nope, qk) = (c.qk_nope_head_dim, c.qk_head_dim());
+        let s_q = q.rows() / seqs.len();
+        let expanded: Vec<(Matrix, Matrix)> = seqs
+            .iter()
+            .map(|seq| {
+                let latent = seq.plane(0);
+                let c_kv = latent.subcols(0, c.kv_lora_rank);
+                let k_nope = project(c_kv, &self.w_uk);
+                let values = project(c_kv, &self.w_uv);
+                let latent_width = latent.ncols();
+                let mut keys = Matrix::zeros(seq.len(), c.n_heads * qk);
+                for j in 0..seq.len() {
+                    let k_rope = &seq.plane_rows(0)[j * latent_width..(j + 1) * latent_width]
+                        [c.kv_lora_rank..];
+                    let row = keys.row_mut(j);
+                    for h in 0..c.n_heads {
+                        row[h * qk..h * qk + nope]
+                            .copy_from_slice(&k_nope.row(j)[h * nope..(h + 1) * nope]);
+                        row[h * qk + nope..(h + 1) * qk].copy_from_slice(k_rope);
+                    }
+                }
+                (keys, values)
+            })
+            .collect();
+        let operands: Vec<AttentionOperands<'_>> = expanded
+            .iter()
+            .enumerate()
+            .map(|(b, (keys, values))| AttentionOperands {
+                q: q.view().subrows(b * s_q, s_q),
+                k: keys.view(),
+                v: values.view(),
+                first_query_position: first[b],
+            })
+            .collect();
+        let layout = HeadLayout {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_heads,
+            qk_dim: qk,
+            v_dim: c.v_head_dim,
+            scale: self.score_scale(),
+        };
+        grouped_attention(&operands, &layout, heads);
+    }
+
+    /// Absorbed path: `q̃_h = q_nope_h · W_uk_hᵀ`, MQA of `[q̃_h | q_rope_h]` over the latent
+    /// rows (value: `c_kv`), then `o_h = õ_h · W_uv_h`. Writes head-major
+    /// `(batch, n_heads, s_q, v_head_dim)`.
+    fn attend_absorbed(
+        &self,
+        q: &Matrix,
+        seqs: &[SequenceCache],
+        first: &[usize],
+        heads: &mut [f32],
+    ) {
+        let c = &self.config;
+        let (d_c, nope, qk) = (c.kv_lora_rank, c.qk_nope_head_dim, c.qk_head_dim());
+        let latent_width = c.kv_values_per_token();
+        let (t, s_q) = (q.rows(), q.rows() / seqs.len());
+
+        // Queries over the latent: head h is [q_nope_h · W_uk_hᵀ | q_rope_h].
+        let mut q_latent = Matrix::zeros(t, c.n_heads * latent_width);
+        for h in 0..c.n_heads {
+            let dst = q_latent.view_mut().subcols_mut(h * latent_width, d_c);
+            let q_nope = q.view().subcols(h * qk, nope);
+            let w_uk_h = self.w_uk.view().subcols(h * nope, nope);
+            matmul(dst, q_nope, w_uk_h.transpose(), matmul_threads());
+        }
+        for r in 0..t {
+            for h in 0..c.n_heads {
+                let q_rope = &q.row(r)[h * qk + nope..(h + 1) * qk];
+                q_latent.row_mut(r)[h * latent_width + d_c..(h + 1) * latent_width]
+                    .copy_from_slice(q_rope);
+            }
+        }
+
+        let operands: Vec<AttentionOperands<'_>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(b, seq)| AttentionOperands {
+                q: q_latent.view().subrows(b * s_q, s_q),
+                k: seq.plane(0),
+                v: seq.plane(0).subcols(0, d_c),
+                first_query_position: first[b],
+            })
+            .collect();
+        let layout = HeadLayout {
+            n_heads: c.n_heads,
+            n_kv_heads: 1,
+            qk_dim: latent_width,
+            v_dim: d_c,
+            scale: self.score_scale(),
+        };
+        let mut heads_latent = vec![0.0f32; seqs.len() * c.n_heads * s_q * d_c];
+        grouped_attention(&operands, &layout, &mut heads_latent);
+
+        // o_h = õ_h · W_uv_h, per (sequence, head) block, in parallel.
+        let v = c.v_head_dim;
+        heads
+            .par_chunks_mut(s_q * v)
+            .zip(heads_latent.par_chunks(s_q * d_c))
+            .enumerate()
+            .for_each(|(i, (o_h, latent_h))| {
+                let h = i % c.n_heads;
+                let dst = MatMut::from_row_major_slice_mut(o_h, s_q, v);
+                let lhs = MatRef::from_row_major_slice(latent_h, s_q, d_c);
+                let w_uv_h = self.w_uv.view().subcols(h * v, v);
+                matmul(dst, lhs, w_uv_h, Par::Seq);
+            });
+    }
+
+    /// `1 / sqrt(qk_nope_head_dim + qk_rope_head_dim)`, on both paths.
+    fn score_scale(&self) -> f32 {
+        1.0 / (self.config.qk_head_dim() as f32).sqrt()
+    }
+}
+
+impl AttentionLayer for MultiHeadLatentAttention {
+    fn info(&self) -> LayerInfo {
+        let kv_values_per_token = self.config.kv_values_per_token();
+        LayerInfo {
+            variant: Variant::Mla,
+            mla_path: Some(self.path),
+            spec: LayerSpec::Mla {
+                config: self.config.clone(),
+                path: self.path,
+            },
+            params: self.weights().iter().map(|(_, w)| w.len()).sum(),
+            kv_values_per_token,
+            kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
+        }
+    }
+
+    fn cache_planes(&self) -> Vec<PlaneSpec> {
+        vec![PlaneSpec {
+            name: "latent",
+            width: self.config.kv_values_per_token(),
+        }]
+    }
+
+    fn weights(&self) -> Vec<(&'static str, &Matrix)> {
+        let mut weights = match &self.query {
+            QueryProjection::Direct { w_q } => vec![("w_q", w_q)],
+            QueryProjection::Compressed { w_dq, q_norm, w_uq } => {
+                vec![("w_dq", w_dq), ("q_norm", q_norm), ("w_uq", w_uq)]
+            }
+        };
+        weights.extend([
+            ("w_dkv", &self.w_dkv),
+            ("kv_norm", &self.kv_norm),
+            ("w_uk", &self.w_uk),
+            ("w_uv", &self.w_uv),
+            ("w_o", &self.w_o),
+        ]);
+        weights
+    }
+
+    fn prefill(&self, x: &Matrix, cache: &mut KvCache, out: &mut Matrix) -> Result<()> {
+        let c = &self.config;
+        let seq_len = check_step(c.d_model, x, cache, out)?;
+        let batch = cache.batch();
+        let rope = RopeTable::new(
+            &row_positions(cache, seq_len),
+            c.qk_rope_head_dim,
+            c.rope_theta,
+        );
+        let q = self.queries(x, &rope);
+        let latent = self.latents(x, &rope);
+        let first: Vec<usize> = cache.sequences().iter().map(|s| s.len()).collect();
+        let block = seq_len * latent.cols();
+        for (b, seq) in cache.sequences_mut().iter_mut().enumerate() {
+            seq.append(b, seq_len, &[&latent.data()[b * block..(b + 1) * block]])?;
+        }
+
+        let mut heads = vec![0.0f32; batch * c.n_heads * seq_len * c.v_head_dim];
+        match self.path {
+            MlaPath::Naive => self.attend_naive(&q, cache.sequences(), &first, &mut heads),
+            MlaPath::Absorbed => self.attend_absorbed(&q, cache.sequences(), &first, &mut heads),
+        }
+        let mut concat = Matrix::zeros(batch * seq_len, c.n_heads * c.v_head_dim);
+        heads_to_rows(
+            &heads,
+            batch,
+            c.n_heads,
+            seq_len,
+            c.v_head_dim,
+            concat.data_mut(),
+        );
+        project_to(out, concat.view(), &self.w_o);
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! The four variants. MHA, MQA and GQA are one grouped layer with different `n_kv_heads`;
+//! MLA has its own, with two execution paths over one latent cache.
+
+pub mod gqa;
+mod grouped;
+pub mod mha;
+mod mla;
+pub mod mqa;
+
+pub use grouped::GroupedAttention;
+pub use mla::MultiHeadLatentAttention;
+
+use crate::config::LayerSpec;
+use crate::error::Result;
+use crate::layer::AttentionLayer;
+
+/// Builds the layer a spec describes, weights drawn from `seed`. The harness, the benches and
+/// `export` all build layers here, so they time and check the same thing.
+pub fn build_layer(spec: &LayerSpec, seed: u64) -> Result<Box<dyn AttentionLayer>> {
+    Ok(match spec {
+        LayerSpec::Grouped { variant, config } => {
+            Box::new(GroupedAttention::new(*variant, config.clone(), seed)?)
+        }
+        LayerSpec::Mla { config, path } => {
+            Box::new(MultiHeadLatentAttention::new(config.clone(), *path, seed)?)
+        }
+    })
+}

@@ -1,0 +1,125 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
+use attnbench::{GroupedConfig, LayerSpec, Matrix, MlaConfig, MlaPath, Variant};
+
+/// Asserts `actual` is within `tol` of `expected`, relative to the largest expected magnitude,
+/// and prints the worst element when it is not.
+pub fn assert_close(actual: &[f32], expected: &[f64], tol: f64, label: &str) {
+    assert_eq!(actual.len(), expected.len(), "{label}: lengths differ");
+    let scale = expected
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(1e-30);
+    let (worst, diff) = actual
+        .iter()
+        .zip(expected)
+        .map(|(&a, &e)| (f64::from(a) - e).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0f64),
+            |best, (i, d)| if d > best.1 { (i, d) } else { best },
+        );
+    assert!(
+        actual.iter().all(|v| v.is_finite()),
+        "{label}: non-finite output"
+    );
+    assert!(
+        diff / scale <= tol,
+        "{label}: relative error {:.3e} > {tol:.1e} at element {worst} (actual {}, expected {}, scale {scale:.3e})",
+        diff / scale,
+        actual[worst],
+        expected[worst]
+    );
+}
+
+/// `assert_close` for two f32 buffers.
+pub fn assert_close_f32(actual: &[f32], expected: &[f32], tol: f64, label: &str) {
+    let expected: Vec<f64> = expected.iter().map(|&v| f64::from(v)).collect();
+    assert_close(actual, &expected, tol, label);
+}
+
+/// A grouped-variant spec.
+pub fn grouped(
+    variant: Variant,
+    d_model: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> LayerSpec {
+    LayerSpec::Grouped {
+        variant,
+        config: GroupedConfig {
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_theta: DEFAULT_ROPE_THETA,
+        },
+    }
+}
+
+/// An MLA spec: `(d_model, n_heads, kv_lora_rank, q_lora_rank, nope, rope, v)`.
+pub fn mla(
+    dims: (usize, usize, usize, Option<usize>, usize, usize, usize),
+    path: MlaPath,
+) -> LayerSpec {
+    let (
+        d_model,
+        n_heads,
+        kv_lora_rank,
+        q_lora_rank,
+        qk_nope_head_dim,
+        qk_rope_head_dim,
+        v_head_dim,
+    ) = dims;
+    LayerSpec::Mla {
+        config: MlaConfig {
+            d_model,
+            n_heads,
+            kv_lora_rank,
+            q_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+            rope_theta: DEFAULT_ROPE_THETA,
+            rms_norm_eps: DEFAULT_RMS_NORM_EPS,
+        },
+        path,
+    }
+}
+
+/// A small spec of every variant (and both MLA paths, with and without query compression),
+/// with odd sizes: head_dim ≠ d_model / n_heads, an odd nope width.
+pub fn small_specs() -> Vec<LayerSpec> {
+    vec![
+        grouped(Variant::Mha, 24, 3, 3, 10),
+        grouped(Variant::Gqa, 32, 4, 2, 8),
+        grouped(Variant::Mqa, 32, 4, 1, 8),
+        mla((24, 3, 12, None, 5, 6, 7), MlaPath::Naive),
+        mla((24, 3, 12, None, 5, 6, 7), MlaPath::Absorbed),
+        mla((32, 4, 16, Some(10), 8, 4, 6), MlaPath::Naive),
+        mla((32, 4, 16, Some(10), 8, 4, 6), MlaPath::Absorbed),
+    ]
+}
+
+/// Rows `start..start + n` of `m` as one matrix.
+pub fn rows(m: &Matrix, start: usize, n: usize) -> Matrix {
+    Matrix::from_vec(
+        n,
+        m.cols(),
+        m.data()[start * m.cols()..(start + n) * m.cols()].to_vec(),
+    )
+    .unwrap()
+}
+
+/// Stacks matrices with the same number of columns.
+pub fn stack(parts: &[&Matrix]) -> Matrix {
+    let cols = parts[0].cols();
+    let data: Vec<f32> = parts
+        .iter()
+        .flat_map(|m| m.data().iter().copied())
+        .collect();
+    Matrix::from_vec(data.len() / cols, cols, data).unwrap()
+}

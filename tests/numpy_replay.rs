@@ -1,0 +1,123 @@
+//! Exported cases replay in an independent NumPy implementation of DESIGN §1
+//! (`tests/replay_case.py`) to a relative error below 1e-4.
+//!
+//! Needs `python3` with NumPy. Where they are missing the test says so and passes, unless
+//! `ATTNBENCH_REQUIRE_NUMPY=1` (CI sets it, after installing NumPy), where it fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn numpy_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn exported_cases_replay_in_numpy() {
+    if !numpy_available() {
+        assert!(
+            std::env::var_os("ATTNBENCH_REQUIRE_NUMPY").is_none(),
+            "ATTNBENCH_REQUIRE_NUMPY is set but python3 with numpy is not available"
+        );
+        eprintln!("SKIPPED: python3 with numpy not found; `pip install numpy` to run this test");
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("numpy_replay");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "mha",
+            &["--variant", "mha", "--n-heads", "4", "--seq-len", "7"],
+        ),
+        (
+            "mqa",
+            &["--variant", "mqa", "--n-heads", "4", "--head-dim", "8"],
+        ),
+        (
+            "gqa2",
+            &[
+                "--variant",
+                "gqa",
+                "--n-heads",
+                "4",
+                "--n-kv-heads",
+                "2",
+                "--d-model",
+                "40",
+                "--head-dim",
+                "12",
+            ],
+        ),
+        (
+            "mla_naive_q",
+            &[
+                "--variant",
+                "mla",
+                "--mla-path",
+                "naive",
+                "--q-lora-rank",
+                "24",
+            ],
+        ),
+        (
+            "mla_absorbed_q",
+            &[
+                "--variant",
+                "mla",
+                "--mla-path",
+                "absorbed",
+                "--q-lora-rank",
+                "24",
+                "--decode-steps",
+                "3",
+            ],
+        ),
+        (
+            "mla_naive",
+            &[
+                "--variant",
+                "mla",
+                "--mla-path",
+                "naive",
+                "--qk-nope-head-dim",
+                "6",
+            ],
+        ),
+        (
+            "mla_absorbed",
+            &[
+                "--variant",
+                "mla",
+                "--mla-path",
+                "absorbed",
+                "--seq-len",
+                "1",
+            ],
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, args) in cases {
+        let path = dir.join(format!("{name}.json"));
+        let status = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+            .arg("export")
+            .args(*args)
+            .args(["--seed", "3", "--out"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "export {name} failed");
+        files.push(path);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/replay_case.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args(&files)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "NumPy replay disagrees:\n{report}");
+    assert_eq!(report.lines().count(), cases.len());
+}

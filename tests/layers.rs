@@ -461,3 +461,15 @@ fn wrong_shapes_are_errors() {
     ));
     assert_eq!(cache.sequences()[0].len(), 0);
 }
+
+#[test]
+fn thin_constructors_build_the_variant_they_name() {
+    use attnbench::variants::{gqa, mha, mqa};
+    let m = mha::new(32, 4, 8, 1e4, 0).unwrap();
+    assert_eq!((m.info().variant, m.config().n_kv_heads), (Variant::Mha, 4));
+    let q = mqa::new(32, 4, 8, 1e4, 0).unwrap();
+    assert_eq!((q.info().variant, q.config().n_kv_heads), (Variant::Mqa, 1));
+    let g = gqa::new(32, 4, 2, 8, 1e4, 0).unwrap();
+    assert_eq!((g.info().variant, g.config().n_kv_heads), (Variant::Gqa, 2));
+    assert!(gqa::new(32, 4, 3, 8, 1e4, 0).is_err());
+}

@@ -2,7 +2,7 @@
 //! key/value head (Hugging Face `repeat_kv` order).
 
 use super::GroupedAttention;
-use crate::config::{GroupedConfig, Variant};
+use crate::config::Variant;
 use crate::error::Result;
 
 /// A GQA layer: `n_heads` query heads over `n_kv_heads` KV heads (`n_kv_heads` divides
@@ -15,12 +15,10 @@ pub fn new(
     rope_theta: f64,
     seed: u64,
 ) -> Result<GroupedAttention> {
-    let config = GroupedConfig {
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
+    GroupedAttention::with_shape(
+        Variant::Gqa,
+        [d_model, n_heads, n_kv_heads, head_dim],
         rope_theta,
-    };
-    GroupedAttention::new(Variant::Gqa, config, seed)
+        seed,
+    )
 }

@@ -46,6 +46,25 @@ impl GroupedAttention {
         })
     }
 
+    /// Builds from `[d_model, n_heads, n_kv_heads, head_dim]`: the thin `mha`, `mqa` and `gqa`
+    /// constructors all come here.
+    pub(crate) fn with_shape(
+        variant: Variant,
+        shape: [usize; 4],
+        rope_theta: f64,
+        seed: u64,
+    ) -> Result<Self> {
+        let [d_model, n_heads, n_kv_heads, head_dim] = shape;
+        let config = GroupedConfig {
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_theta,
+        };
+        Self::new(variant, config, seed)
+    }
+
     /// The shape.
     pub fn config(&self) -> &GroupedConfig {
         &self.config

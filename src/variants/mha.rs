@@ -1,7 +1,7 @@
 //! Multi-head attention: one key/value head per query head.
 
 use super::GroupedAttention;
-use crate::config::{GroupedConfig, Variant};
+use crate::config::Variant;
 use crate::error::Result;
 
 /// An MHA layer: `n_heads` query heads and as many KV heads, each `head_dim` wide.
@@ -12,12 +12,10 @@ pub fn new(
     rope_theta: f64,
     seed: u64,
 ) -> Result<GroupedAttention> {
-    let config = GroupedConfig {
-        d_model,
-        n_heads,
-        n_kv_heads: n_heads,
-        head_dim,
+    GroupedAttention::with_shape(
+        Variant::Mha,
+        [d_model, n_heads, n_heads, head_dim],
         rope_theta,
-    };
-    GroupedAttention::new(Variant::Mha, config, seed)
+        seed,
+    )
 }

@@ -1,7 +1,7 @@
 //! Multi-query attention: all query heads share one key/value head.
 
 use super::GroupedAttention;
-use crate::config::{GroupedConfig, Variant};
+use crate::config::Variant;
 use crate::error::Result;
 
 /// An MQA layer: `n_heads` query heads over a single KV head, each `head_dim` wide.
@@ -12,12 +12,10 @@ pub fn new(
     rope_theta: f64,
     seed: u64,
 ) -> Result<GroupedAttention> {
-    let config = GroupedConfig {
-        d_model,
-        n_heads,
-        n_kv_heads: 1,
-        head_dim,
+    GroupedAttention::with_shape(
+        Variant::Mqa,
+        [d_model, n_heads, 1, head_dim],
         rope_theta,
-    };
-    GroupedAttention::new(Variant::Mqa, config, seed)
+        seed,
+    )
 }

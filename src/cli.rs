@@ -1,14 +1,21 @@
 //! Command-line arguments and the wiring of each subcommand.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
+use attnbench::experiment::load_experiment;
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
+use attnbench::harness::{
+    Existing, Progress, run_experiment, total_memory_bytes, write_results_json,
+};
+use attnbench::report::{markdown, write_reports};
 use attnbench::{GroupedConfig, LayerSpec, Matrix, MlaConfig, MlaPath, Variant, build_layer};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
@@ -22,12 +29,51 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run an experiment file: measure every point of its grid, write results.json,
+    /// results.csv and results.md to the output directory, and print the tables.
+    Run(RunArgs),
+    /// Check an experiment file without running it: print its grid and what it skips.
+    Validate {
+        /// The experiment file (TOML).
+        file: PathBuf,
+        /// Memory limit per point in GiB [default: half of this machine's memory].
+        #[arg(long)]
+        memory_limit_gib: Option<f64>,
+    },
+    /// List the presets of real models and the experiment files.
+    List {
+        /// Directory of experiment files.
+        #[arg(long, default_value = "variants")]
+        dir: PathBuf,
+    },
     /// Run every variant on one small shape and print a short table (a quick look, not a
     /// benchmark: five samples per cell).
     Demo,
     /// Write an export case: one layer, its weights, a prefill then single-token decodes on one
     /// cache, the outputs and the final cache, as JSON (format `attnbench-case/1`).
     Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The experiment file (TOML), e.g. variants/smoke.toml.
+    file: PathBuf,
+    /// Output directory [default: results/<experiment name>/].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue an interrupted run: keep the points its log holds, measure the rest.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Delete the results already in the output directory and start over.
+    #[arg(long)]
+    force: bool,
+    /// Refuse points whose estimated memory exceeds this many GiB [default: half of this
+    /// machine's memory; the file's measure.memory_limit_gib wins over both].
+    #[arg(long)]
+    memory_limit_gib: Option<f64>,
+    /// Print no tables, only where the files went.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -150,6 +196,12 @@ impl ExportArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo => demo(),
+        Command::Run(args) => run_file(&args),
+        Command::Validate {
+            file,
+            memory_limit_gib,
+        } => validate(&file, memory_limit_gib),
+        Command::List { dir } => list(&dir),
         Command::Export(args) => export(&args),
     }
 }
@@ -264,5 +316,209 @@ fn demo() -> Result<()> {
         rayon::current_num_threads()
     );
     println!("{}", Table::new(rows).with(Style::markdown()));
+    Ok(())
+}
+
+/// The memory limit: the flag, else half of this machine's memory (8 GiB if unknown).
+fn memory_limit(flag_gib: Option<f64>) -> Result<u64> {
+    match flag_gib {
+        Some(gib) if gib.is_finite() && gib > 0.0 => Ok((gib * (1u64 << 30) as f64) as u64),
+        Some(gib) => bail!("--memory-limit-gib {gib} is not a positive number"),
+        None => Ok(total_memory_bytes().map_or(8 << 30, |m| m / 2)),
+    }
+}
+
+fn validate(file: &Path, memory_limit_gib: Option<f64>) -> Result<()> {
+    let experiment = load_experiment(file, memory_limit(memory_limit_gib)?)?;
+    println!(
+        "{}: experiment `{}`, {} points, {} skipped",
+        file.display(),
+        experiment.name,
+        experiment.points.len(),
+        experiment.skipped.len()
+    );
+    for point in &experiment.points {
+        println!("  {}", point.key());
+    }
+    for skipped in &experiment.skipped {
+        println!("  skipped {}: {}", skipped.what, skipped.reason);
+    }
+    Ok(())
+}
+
+fn run_file(args: &RunArgs) -> Result<()> {
+    // Everything is checked before the output directory is touched.
+    let experiment = load_experiment(&args.file, memory_limit(args.memory_limit_gib)?)?;
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(&experiment.name));
+    let existing = match (args.resume, args.force) {
+        (true, _) => Existing::Resume,
+        (_, true) => Existing::Overwrite,
+        _ => Existing::Refuse,
+    };
+    let mut reporter = ProgressReporter::new(experiment.points.len());
+    let results = run_experiment(&experiment, &dir, existing, &mut |event| {
+        reporter.event(event)
+    })?;
+    reporter.finish();
+    write_results_json(&dir, &results)?;
+    write_reports(&dir, &results)?;
+    if !args.quiet {
+        println!("{}", markdown(&results));
+    }
+    let failed = results.points.iter().filter(|p| p.error.is_some()).count();
+    eprintln!(
+        "wrote {dir}/{{results.json,results.csv,results.md}}: {} points ({} resumed, {failed} failed), {} skipped",
+        results.points.len(),
+        results.experiment.points_resumed,
+        results.skipped.len(),
+        dir = dir.display()
+    );
+    Ok(())
+}
+
+/// Progress on stderr: a bar with the current point and an ETA on a terminal, one plain line
+/// per point otherwise (logs, CI).
+struct ProgressReporter {
+    bar: Option<ProgressBar>,
+    total: usize,
+}
+
+impl ProgressReporter {
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Self { bar, total }
+    }
+
+    fn event(&mut self, event: Progress<'_>) {
+        match (event, &self.bar) {
+            (Progress::Resumed(n), bar) if n > 0 => {
+                let line = format!("resuming: {n} of {} points already measured", self.total);
+                match bar {
+                    Some(bar) => {
+                        bar.set_position(n as u64);
+                        bar.reset_eta();
+                        bar.println(line);
+                    }
+                    None => eprintln!("{line}"),
+                }
+            }
+            (Progress::Start { point, .. }, Some(bar)) => bar.set_message(point.key()),
+            (
+                Progress::Start {
+                    index,
+                    total,
+                    point,
+                },
+                None,
+            ) => {
+                eprint!("[{}/{total}] {} ... ", index + 1, point.key());
+            }
+            (Progress::Done { result, .. }, Some(bar)) => {
+                if let Some(error) = &result.error {
+                    bar.println(format!("{}: error: {error}", result.key));
+                }
+                bar.inc(1);
+            }
+            (Progress::Done { result, .. }, None) => match (&result.error, result.median_ns) {
+                (Some(error), _) => eprintln!("error: {error}"),
+                (None, Some(ns)) => eprintln!("{:.3} ms", ns / 1e6),
+                (None, None) => eprintln!("done"),
+            },
+            _ => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[derive(Tabled)]
+struct PresetRow {
+    name: String,
+    variant: String,
+    d_model: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    #[tabled(rename = "MLA d_c+rope")]
+    mla_latent: String,
+    layers: usize,
+    #[tabled(rename = "KV values/token/layer")]
+    kv_values: usize,
+}
+
+#[derive(Tabled)]
+struct ExperimentRow {
+    file: String,
+    points: String,
+    description: String,
+}
+
+fn list(dir: &Path) -> Result<()> {
+    let presets: Vec<PresetRow> = attnbench::experiment::presets()
+        .into_iter()
+        .map(|p| PresetRow {
+            variant: p.variant.to_string(),
+            d_model: p.d_model,
+            n_heads: p.n_heads,
+            n_kv_heads: p.n_kv_heads,
+            head_dim: p.head_dim,
+            mla_latent: match (p.kv_lora_rank, p.qk_rope_head_dim) {
+                (Some(c), Some(r)) => format!("{c}+{r}"),
+                _ => String::new(),
+            },
+            layers: p.n_layers,
+            kv_values: p.kv_values_per_token_per_layer,
+            name: p.name,
+        })
+        .collect();
+    println!("Presets (use as `preset = \"NAME\"` in an experiment's [model]):\n");
+    println!("{}\n", Table::new(presets).with(Style::markdown()));
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list experiments in {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && p.file_name().is_some_and(|n| n != "presets.toml")
+        })
+        .collect();
+    files.sort();
+    let limit = memory_limit(None)?;
+    let experiments: Vec<ExperimentRow> = files
+        .iter()
+        .map(|path| match load_experiment(path, limit) {
+            Ok(e) => ExperimentRow {
+                file: path.display().to_string(),
+                points: e.points.len().to_string(),
+                description: e.description.lines().next().unwrap_or_default().to_string(),
+            },
+            Err(err) => ExperimentRow {
+                file: path.display().to_string(),
+                points: "invalid".into(),
+                description: err.to_string(),
+            },
+        })
+        .collect();
+    println!(
+        "Experiments in {} (run with `attnbench run FILE`):\n",
+        dir.display()
+    );
+    println!("{}", Table::new(experiments).with(Style::markdown()));
     Ok(())
 }

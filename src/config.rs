@@ -84,6 +84,32 @@ impl fmt::Display for MlaPath {
     }
 }
 
+/// What a step does (DESIGN §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `batch` sequences of `seq_len` new tokens each, causal, appended to the cache.
+    Prefill,
+    /// `batch` sequences of one new token each, over a cache of `context` tokens.
+    Decode,
+}
+
+impl Mode {
+    /// The lowercase name used in files and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Prefill => "prefill",
+            Mode::Decode => "decode",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Shape of an MHA, GQA or MQA layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupedConfig {
@@ -136,6 +162,15 @@ impl GroupedConfig {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Weights by formula: `W_q`, `W_k`, `W_v`, `W_o`.
+    pub fn param_count(&self) -> usize {
+        let (q, kv) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        2 * self.d_model * q + 2 * self.d_model * kv
     }
 
     /// Values the cache holds per token: post-RoPE K and V, `2 · n_kv_heads · head_dim`.
@@ -195,6 +230,22 @@ impl MlaConfig {
     /// Per-head query/key width, `qk_nope_head_dim + qk_rope_head_dim`.
     pub fn qk_head_dim(&self) -> usize {
         self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Weights by formula: the query path (`W_q`, or `W_dq`, its norm and `W_uq`), `W_dkv`,
+    /// the latent norm, `W_uk`, `W_uv`, `W_o`.
+    pub fn param_count(&self) -> usize {
+        let q_width = self.n_heads * self.qk_head_dim();
+        let query = match self.q_lora_rank {
+            None => self.d_model * q_width,
+            Some(rank) => self.d_model * rank + rank + rank * q_width,
+        };
+        let d_c = self.kv_lora_rank;
+        query
+            + self.d_model * self.kv_values_per_token()
+            + d_c
+            + d_c * self.n_heads * (self.qk_nope_head_dim + self.v_head_dim)
+            + self.n_heads * self.v_head_dim * self.d_model
     }
 
     /// Values the cache holds per token: `kv_lora_rank + qk_rope_head_dim`, whatever `n_heads`.
@@ -260,6 +311,22 @@ impl LayerSpec {
         match self {
             LayerSpec::Grouped { config, .. } => config.kv_values_per_token(),
             LayerSpec::Mla { config, .. } => config.kv_values_per_token(),
+        }
+    }
+
+    /// Weights by formula (equal to what the built layer allocates).
+    pub fn param_count(&self) -> usize {
+        match self {
+            LayerSpec::Grouped { config, .. } => config.param_count(),
+            LayerSpec::Mla { config, .. } => config.param_count(),
+        }
+    }
+
+    /// Query heads.
+    pub fn n_heads(&self) -> usize {
+        match self {
+            LayerSpec::Grouped { config, .. } => config.n_heads,
+            LayerSpec::Mla { config, .. } => config.n_heads,
         }
     }
 

@@ -220,6 +220,26 @@ impl KvCache {
             .try_for_each(|(b, s)| s.check_room(b, n_tokens))
     }
 
+    /// Makes every sequence hold `len` tokens of synthetic keys and values (seeded standard
+    /// normal values in every plane), the state a decode step at context `len` starts from.
+    /// Writing the values directly instead of running a prefill of `len` tokens makes long
+    /// contexts cheap to set up; a step's cost does not depend on the values it reads.
+    pub fn fill_synthetic(&mut self, len: usize, seed: u64) -> Result<()> {
+        for (b, seq) in self.sequences.iter_mut().enumerate() {
+            seq.len = 0;
+            seq.check_room(b, len)?;
+            for plane in &mut seq.planes {
+                let mut rng =
+                    crate::weights::SeededRng::new(seed, &format!("cache/{b}/{}", plane.spec.name));
+                for v in &mut plane.data[..len * plane.spec.width] {
+                    *v = rng.next_normal() as f32;
+                }
+            }
+            seq.len = len;
+        }
+        Ok(())
+    }
+
     /// Rolls every sequence back to at most `len` tokens.
     pub fn truncate(&mut self, len: usize) {
         self.sequences.iter_mut().for_each(|s| s.truncate(len));

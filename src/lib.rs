@@ -11,12 +11,15 @@
 
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod export;
 pub mod fsutil;
+pub mod harness;
 pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
 pub mod reference;
+pub mod report;
 pub mod tensor;
 pub mod variants;
 pub mod weights;

@@ -4,7 +4,12 @@ mod cli;
 
 use std::process::ExitCode;
 
+use attnbench::harness::CountingAllocator;
 use clap::Parser;
+
+// Counts heap bytes so that each point's transient memory is measured, not estimated.
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

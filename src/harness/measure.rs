@@ -1,0 +1,140 @@
+//! One point: build it outside the timing, sample its step, summarise honestly.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+use crate::error::Result;
+use crate::experiment::{MeasureSettings, Point};
+use crate::kv_cache::KvCache;
+use crate::layer::AttentionLayer;
+use crate::tensor::Matrix;
+use crate::variants::build_layer;
+use crate::weights::input;
+
+/// A point ready to time: layer, inputs, output buffer and a cache holding `context` tokens,
+/// all built before any timing. Shared by `attnbench run` and the criterion benches.
+pub struct PreparedPoint {
+    layer: Box<dyn AttentionLayer>,
+    mode: Mode,
+    x: Matrix,
+    out: Matrix,
+    cache: KvCache,
+    context: usize,
+}
+
+impl PreparedPoint {
+    /// Builds the layer (weights from `seed`), the inputs, and a cache of capacity
+    /// `context + seq_len` per sequence already holding `context` tokens.
+    pub fn new(point: &Point, seed: u64) -> Result<Self> {
+        let layer = build_layer(&point.spec, seed)?;
+        let d_model = point.spec.d_model();
+        let rows = point.batch * point.seq_len;
+        let x = input(seed, "harness/input", rows, d_model);
+        let mut cache = layer.new_cache(point.batch, point.context + point.seq_len)?;
+        cache.fill_synthetic(point.context, seed)?;
+        Ok(Self {
+            layer,
+            mode: point.mode,
+            x,
+            out: Matrix::zeros(rows, d_model),
+            cache,
+            context: point.context,
+        })
+    }
+
+    /// One step: roll the cache back to `context` tokens (O(1): a cursor moves) and run the
+    /// prefill or decode that the point names.
+    pub fn step(&mut self) -> Result<()> {
+        self.cache.truncate(self.context);
+        match self.mode {
+            Mode::Prefill => self.layer.prefill(&self.x, &mut self.cache, &mut self.out),
+            Mode::Decode => self.layer.decode(&self.x, &mut self.cache, &mut self.out),
+        }
+    }
+
+    /// The last step's output, `(batch · seq_len, d_model)`.
+    pub fn output(&self) -> &Matrix {
+        &self.out
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &dyn AttentionLayer {
+        self.layer.as_ref()
+    }
+}
+
+/// Summary of the timed samples of one point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleStats {
+    /// Median, the headline: robust to the outliers a shared machine produces.
+    pub median_ns: f64,
+    /// Median absolute deviation from the median.
+    pub mad_ns: f64,
+    /// Fastest sample.
+    pub min_ns: f64,
+    /// Slowest sample.
+    pub max_ns: f64,
+    /// Number of timed samples.
+    pub samples: usize,
+}
+
+impl SampleStats {
+    /// Summarises `samples_ns` (at least one).
+    pub fn from_samples(samples_ns: &[f64]) -> Self {
+        let mut sorted = samples_ns.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = median_of_sorted(&sorted);
+        let mut deviations: Vec<f64> = sorted.iter().map(|s| (s - median).abs()).collect();
+        deviations.sort_by(f64::total_cmp);
+        Self {
+            median_ns: median,
+            mad_ns: median_of_sorted(&deviations),
+            min_ns: sorted[0],
+            max_ns: sorted[sorted.len() - 1],
+            samples: sorted.len(),
+        }
+    }
+}
+
+fn median_of_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Warm-up bounded by `warmup_iters` and `warmup_ms`, then samples until `max_samples`, or
+/// until `time_budget_ms` has passed with at least `min_samples`. Each sample times one step;
+/// checks on the output happen after, outside the timing.
+pub fn sample(prepared: &mut PreparedPoint, settings: &MeasureSettings) -> Result<Vec<f64>> {
+    let warmup_start = Instant::now();
+    for _ in 0..settings.warmup_iters {
+        if warmup_start.elapsed() >= settings.warmup() {
+            break;
+        }
+        prepared.step()?;
+    }
+    let mut samples = Vec::with_capacity(settings.max_samples.min(4096));
+    let start = Instant::now();
+    while samples.len() < settings.max_samples
+        && (samples.len() < settings.min_samples || start.elapsed() < settings.time_budget())
+    {
+        let t0 = Instant::now();
+        prepared.step()?;
+        samples.push(duration_ns(t0.elapsed()));
+    }
+    Ok(samples)
+}
+
+fn duration_ns(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}

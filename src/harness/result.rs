@@ -1,0 +1,226 @@
+//! What a run records per point, and the results file.
+
+use serde::{Deserialize, Serialize};
+
+use super::environment::Environment;
+use super::measure::SampleStats;
+use crate::config::{LayerSpec, MlaPath, Mode, Variant};
+use crate::experiment::{Experiment, MeasureSettings, Point, Skipped};
+use crate::variants::step_cost;
+
+/// The `format` field of `results.json`.
+pub const RESULTS_FORMAT: &str = "attnbench-results/1";
+
+/// One measured point: what was measured, the timing summary, the cost by formula, the
+/// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointResult {
+    /// Unique key, e.g. `gqa/decode/ctx4096_h32_kv8_b1_t2`.
+    pub key: String,
+    /// Variant.
+    pub variant: Variant,
+    /// MLA path (MLA only).
+    pub mla_path: Option<MlaPath>,
+    /// Prefill or decode.
+    pub mode: Mode,
+    /// New tokens per sequence (1 for decode).
+    pub seq_len: usize,
+    /// Tokens already in each sequence's cache before the step.
+    pub context: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// Residual width.
+    pub d_model: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads (MHA/GQA/MQA).
+    pub n_kv_heads: Option<usize>,
+    /// Head width (MHA/GQA/MQA).
+    pub head_dim: Option<usize>,
+    /// MLA latent width.
+    pub kv_lora_rank: Option<usize>,
+    /// MLA query latent width (absent: no query compression).
+    pub q_lora_rank: Option<usize>,
+    /// MLA per-head non-rope query/key width.
+    pub qk_nope_head_dim: Option<usize>,
+    /// MLA rope width.
+    pub qk_rope_head_dim: Option<usize>,
+    /// MLA per-head value width.
+    pub v_head_dim: Option<usize>,
+    /// Threads of the rayon pool.
+    pub threads: usize,
+    /// Median step time.
+    pub median_ns: Option<f64>,
+    /// Median absolute deviation of the step times.
+    pub mad_ns: Option<f64>,
+    /// Fastest step.
+    pub min_ns: Option<f64>,
+    /// Slowest step.
+    pub max_ns: Option<f64>,
+    /// Timed samples.
+    pub samples: Option<usize>,
+    /// `batch · seq_len / median`.
+    pub tokens_per_s: Option<f64>,
+    /// Matmul FLOPs of the step: `projection_flops + attention_flops`.
+    pub flops: u64,
+    /// Projection FLOPs (MLA's expansion or absorption included).
+    pub projection_flops: u64,
+    /// Attention FLOPs over the visible (query, key) pairs.
+    pub attention_flops: u64,
+    /// Minimum bytes moved: weights, KV read, KV appended, activations in and out (f32).
+    pub bytes: u64,
+    /// `flops / median`, in GFLOP/s.
+    pub gflops: Option<f64>,
+    /// `bytes / median`, in GB/s.
+    pub gbps: Option<f64>,
+    /// KV-cache bytes read from the cache's allocation.
+    pub kv_cache_bytes: Option<u64>,
+    /// KV-cache bytes by formula: `batch · (context + seq_len) · kv_bytes_per_token`.
+    pub kv_cache_bytes_analytic: u64,
+    /// `kv_cache_bytes − kv_cache_bytes_analytic` (0 for unpadded storage).
+    pub kv_cache_padding_bytes: Option<u64>,
+    /// Cache bytes per token (f32).
+    pub kv_bytes_per_token: usize,
+    /// Peak heap one step allocates beyond the cache and weights, from the counting allocator
+    /// in a separate, untimed run of the step.
+    pub peak_transient_bytes: Option<u64>,
+    /// Weights of the layer.
+    pub params: usize,
+    /// Why the point failed, if it did.
+    pub error: Option<String>,
+}
+
+impl PointResult {
+    /// A row with the point's identity and its cost by formula; timing and memory unset.
+    pub fn unmeasured(point: &Point) -> Self {
+        let spec = &point.spec;
+        let cost = step_cost(spec, point.batch, point.seq_len, point.context);
+        let kv_bytes_per_token = spec.kv_values_per_token() * size_of::<f32>();
+        let (mut n_kv_heads, mut head_dim, mut mla) = (None, None, None);
+        match spec {
+            LayerSpec::Grouped { config, .. } => {
+                n_kv_heads = Some(config.n_kv_heads);
+                head_dim = Some(config.head_dim);
+            }
+            LayerSpec::Mla { config, .. } => mla = Some(config),
+        }
+        Self {
+            key: point.key(),
+            variant: spec.variant(),
+            mla_path: spec.mla_path(),
+            mode: point.mode,
+            seq_len: point.seq_len,
+            context: point.context,
+            batch: point.batch,
+            d_model: spec.d_model(),
+            n_heads: spec.n_heads(),
+            n_kv_heads,
+            head_dim,
+            kv_lora_rank: mla.map(|c| c.kv_lora_rank),
+            q_lora_rank: mla.and_then(|c| c.q_lora_rank),
+            qk_nope_head_dim: mla.map(|c| c.qk_nope_head_dim),
+            qk_rope_head_dim: mla.map(|c| c.qk_rope_head_dim),
+            v_head_dim: mla.map(|c| c.v_head_dim),
+            threads: point.threads,
+            median_ns: None,
+            mad_ns: None,
+            min_ns: None,
+            max_ns: None,
+            samples: None,
+            tokens_per_s: None,
+            flops: cost.flops(),
+            projection_flops: cost.projection_flops,
+            attention_flops: cost.attention_flops,
+            bytes: cost.bytes,
+            gflops: None,
+            gbps: None,
+            kv_cache_bytes: None,
+            kv_cache_bytes_analytic: (point.batch
+                * (point.context + point.seq_len)
+                * kv_bytes_per_token) as u64,
+            kv_cache_padding_bytes: None,
+            kv_bytes_per_token,
+            peak_transient_bytes: None,
+            params: spec.param_count(),
+            error: None,
+        }
+    }
+
+    /// Fills in the timing summary and what derives from it.
+    pub fn set_timing(&mut self, stats: &SampleStats) {
+        let seconds = stats.median_ns * 1e-9;
+        self.median_ns = Some(stats.median_ns);
+        self.mad_ns = Some(stats.mad_ns);
+        self.min_ns = Some(stats.min_ns);
+        self.max_ns = Some(stats.max_ns);
+        self.samples = Some(stats.samples);
+        self.tokens_per_s = Some((self.batch * self.seq_len) as f64 / seconds);
+        self.gflops = Some(self.flops as f64 / stats.median_ns);
+        self.gbps = Some(self.bytes as f64 / stats.median_ns);
+    }
+
+    /// The label of the variant, e.g. `gqa`, `mla-absorbed`.
+    pub fn variant_label(&self) -> String {
+        match self.mla_path {
+            Some(path) => format!("mla-{path}"),
+            None => self.variant.to_string(),
+        }
+    }
+
+    /// The length the tables sweep: `seq_len` for prefill, `context` for decode.
+    pub fn length(&self) -> usize {
+        match self.mode {
+            Mode::Prefill => self.seq_len,
+            Mode::Decode => self.context,
+        }
+    }
+}
+
+/// What `results.json` says of the experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    /// Name.
+    pub name: String,
+    /// Description from the file.
+    pub description: String,
+    /// The experiment file.
+    pub file: String,
+    /// Seed of weights and inputs.
+    pub seed: u64,
+    /// Sampling settings.
+    pub measure: MeasureSettings,
+    /// Points of the grid.
+    pub points_planned: usize,
+    /// Points taken from the log of an interrupted run instead of measured again.
+    pub points_resumed: usize,
+}
+
+/// `results.json`: the experiment, the environment, what was skipped, every point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultsFile {
+    /// Always [`RESULTS_FORMAT`].
+    pub format: String,
+    /// The experiment.
+    pub experiment: ExperimentRecord,
+    /// Where and how it ran.
+    pub environment: Environment,
+    /// Combinations of the grid not measured, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Every point, in grid order.
+    pub points: Vec<PointResult>,
+}
+
+impl ExperimentRecord {
+    /// The record of `experiment`, `resumed` of whose points came from a log.
+    pub fn new(experiment: &Experiment, resumed: usize) -> Self {
+        Self {
+            name: experiment.name.clone(),
+            description: experiment.description.clone(),
+            file: experiment.file.clone(),
+            seed: experiment.seed,
+            measure: experiment.measure.clone(),
+            points_planned: experiment.points.len(),
+            points_resumed: resumed,
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! `attnbench run`, `validate` and `list` end to end: bad files refused before anything is
+//! touched, results written, a killed sweep resumed without re-measuring.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use attnbench::harness::{ResultsFile, read_log};
+
+fn attnbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("harness")
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny experiment: every variant, both modes, a few milliseconds per point.
+const TINY: &str = r#"
+name = "tiny"
+description = "test"
+[model]
+d_model = 32
+n_heads = 4
+n_kv_heads = 2
+head_dim = 8
+kv_lora_rank = 16
+qk_nope_head_dim = 8
+qk_rope_head_dim = 4
+v_head_dim = 8
+[sweep]
+variant = ["mha", "mqa", "gqa", "mla"]
+mode = ["prefill", "decode"]
+seq_len = [4, 9]
+context = [16, 33]
+threads = [1]
+[measure]
+warmup_iters = 1
+min_samples = 3
+max_samples = 5
+time_budget_ms = 5
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn results(dir: &Path) -> ResultsFile {
+    serde_json::from_str(&fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
+    let dir = scratch("run");
+    let file = write(&dir, "tiny.toml", TINY);
+    let out = dir.join("out");
+    let run = attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("decode: latency"),
+        "tables not printed: {stdout}"
+    );
+    let r = results(&out);
+    // 5 layers (mla twice) × (2 prefill + 2 decode).
+    assert_eq!(r.points.len(), 20);
+    assert!(
+        r.environment.cores >= 1
+            && !r.environment.rustc.is_empty()
+            && !r.environment.date.is_empty()
+    );
+    for p in &r.points {
+        assert!(p.error.is_none(), "{}: {:?}", p.key, p.error);
+        let measured = p.kv_cache_bytes.unwrap();
+        assert!(measured >= p.kv_cache_bytes_analytic, "{}", p.key);
+        assert_eq!(
+            measured, p.kv_cache_bytes_analytic,
+            "{}: this storage does not pad",
+            p.key
+        );
+        assert!(p.median_ns.unwrap() > 0.0 && p.samples.unwrap() >= 3);
+        assert!(
+            p.min_ns.unwrap() <= p.median_ns.unwrap() && p.median_ns.unwrap() <= p.max_ns.unwrap()
+        );
+        assert!(
+            p.peak_transient_bytes.unwrap() > 0,
+            "{}: the counting allocator saw nothing",
+            p.key
+        );
+        assert!(p.flops > 0 && p.bytes > 0);
+    }
+    let csv = fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 21);
+    assert!(csv.starts_with("key,variant,mla_path,mode,seq_len,context"));
+    let md = fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| variant") && md.contains("against MHA"));
+}
+
+#[test]
+fn an_existing_results_directory_is_not_overwritten_without_being_told() {
+    let dir = scratch("existing");
+    let file = write(
+        &dir,
+        "tiny.toml",
+        &TINY
+            .replace("\"mla\"]", "]")
+            .replace("[\"prefill\", \"decode\"]", "[\"decode\"]"),
+    );
+    let out = dir.join("out");
+    assert!(
+        attnbench(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let before = snapshot(&out);
+    let again = attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    assert_eq!(snapshot(&out), before);
+    let forced = attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+        "--quiet",
+    ]);
+    assert!(forced.status.success());
+}
+
+#[test]
+fn bad_files_are_refused_with_a_clear_error_and_touch_nothing() {
+    let dir = scratch("bad");
+    let good = write(&dir, "good.toml", TINY);
+    let out = dir.join("out");
+    assert!(
+        attnbench(&[
+            "run",
+            good.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet"
+        ])
+        .status
+        .success()
+    );
+    let before = snapshot(&out);
+
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "unknown_key",
+            TINY.replace("d_model = 32", "d_model = 32\nhead_size = 8"),
+            vec!["unknown field `head_size`", ":6:1", "model.head_size"],
+        ),
+        (
+            "string_for_number",
+            TINY.replace("d_model = 32", "d_model = \"big\""),
+            vec!["model.d_model", ":5:11", "invalid type: string"],
+        ),
+        (
+            "syntax",
+            TINY.replace("n_heads = 4", "n_heads = = 4"),
+            vec![":6:"],
+        ),
+        (
+            "heads_32_kv_5",
+            TINY.replace("n_heads = 4", "n_heads = 32")
+                .replace("n_kv_heads = 2", "n_kv_heads = 5"),
+            vec!["n_kv_heads", "5", "must divide n_heads = 32", ":7:"],
+        ),
+        (
+            "zero_length",
+            TINY.replace("seq_len = [4, 9]", "seq_len = [0, 9]"),
+            vec!["sweep.seq_len", "0 is not a valid value"],
+        ),
+        (
+            "hundred_gib",
+            TINY.replace("context = [16, 33]", "context = [16, 2000000000]")
+                .replace("d_model = 32", "d_model = 4096"),
+            vec!["sweep.context", "GiB", "memory limit"],
+        ),
+        (
+            "negative",
+            TINY.replace("threads = [1]", "threads = [-1]"),
+            vec!["sweep.threads"],
+        ),
+        (
+            "gqa_without_kv",
+            TINY.replace("n_kv_heads = 2\n", ""),
+            vec!["n_kv_heads", "GQA"],
+        ),
+        (
+            "mla_without_latent",
+            TINY.replace("kv_lora_rank = 16\n", ""),
+            vec!["model.kv_lora_rank", "MLA"],
+        ),
+        (
+            "unknown_preset",
+            TINY.replace("d_model = 32", "preset = \"llama-9\"\nd_model = 32"),
+            vec!["unknown preset `llama-9`", "llama-3-8b"],
+        ),
+        (
+            "unknown_variant",
+            TINY.replace("\"mqa\", ", "\"mqa\", \"sparse\", "),
+            vec!["sparse", "sweep.variant"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let file = write(&dir, &format!("{name}.toml"), &text);
+        for command in [
+            vec!["validate", file.to_str().unwrap()],
+            vec![
+                "run",
+                file.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--force",
+            ],
+        ] {
+            let result = attnbench(&command);
+            let stderr = String::from_utf8_lossy(&result.stderr);
+            assert!(!result.status.success(), "{name}: accepted");
+            assert!(!stderr.contains("panicked"), "{name}: panicked: {stderr}");
+            assert!(
+                stderr.contains(file.to_str().unwrap()),
+                "{name}: the file is not named: {stderr}"
+            );
+            for needle in &needles {
+                assert!(
+                    stderr.contains(needle),
+                    "{name}: `{needle}` not in: {stderr}"
+                );
+            }
+            assert_eq!(snapshot(&out), before, "{name}: results changed");
+        }
+    }
+}
+
+#[test]
+fn nonsense_combinations_are_listed_as_skipped_not_dropped() {
+    let dir = scratch("skips");
+    let text = TINY
+        .replace(
+            "threads = [1]",
+            "threads = [1]\nn_heads = [4, 6]\nn_kv_heads = [4, 2, 1]",
+        )
+        .replace("mode = [\"prefill\", \"decode\"]", "mode = [\"decode\"]");
+    let file = write(&dir, "skips.toml", &text);
+    let out = attnbench(&["validate", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "skipped gqa n_heads=6 n_kv_heads=4: `n_kv_heads` = 4: must divide n_heads = 6"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GQA with n_kv_heads = 4 is mha"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GQA with n_kv_heads = 1 is mqa"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("gqa/decode/ctx16_h6_kv2_b1_t1"), "{stdout}");
+    assert!(!stdout.contains("gqa/decode/ctx16_h4_kv4"), "{stdout}");
+}
+
+#[test]
+fn a_killed_sweep_resumes_without_remeasuring_finished_points() {
+    let dir = scratch("resume");
+    // Eight points of a few hundred milliseconds each, so the kill lands mid-sweep.
+    let text = TINY
+        .replace(
+            "variant = [\"mha\", \"mqa\", \"gqa\", \"mla\"]",
+            "variant = [\"mha\", \"mqa\", \"gqa\", \"mla\"]\nmla_path = [\"absorbed\"]",
+        )
+        .replace("mode = [\"prefill\", \"decode\"]", "mode = [\"decode\"]")
+        .replace("time_budget_ms = 5", "time_budget_ms = 250")
+        .replace("max_samples = 5", "max_samples = 100000");
+    let file = write(&dir, "resume.toml", &text);
+    let out = dir.join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = out.join("points.jsonl");
+    let start = Instant::now();
+    while fs::read_to_string(&log).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the sweep did not progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !out.join("results.json").exists(),
+        "the run finished before the kill"
+    );
+    let before = read_log(&log).unwrap();
+    assert!(
+        before.len() >= 3 && before.len() < 8,
+        "{} points finished",
+        before.len()
+    );
+
+    let resumed = attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&resumed.stderr)
+            .contains(&format!("resuming: {} of 8", before.len()))
+    );
+    let r = results(&out);
+    assert_eq!(r.points.len(), 8);
+    assert_eq!(r.experiment.points_resumed, before.len());
+    for old in &before {
+        let new = r.points.iter().find(|p| p.key == old.key).unwrap();
+        assert_eq!(new, old, "{} was measured again", old.key);
+    }
+    // The log now holds each point exactly once.
+    assert_eq!(read_log(&log).unwrap().len(), 8);
+}
+
+#[test]
+fn list_shows_presets_and_experiments() {
+    let out = attnbench(&[
+        "list",
+        "--dir",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/variants"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "gpt2-small",
+        "llama-2-7b",
+        "llama-3-8b",
+        "mistral-7b-v0.1",
+        "falcon-7b",
+        "qwen2.5-7b",
+        "deepseek-v2-lite",
+        "deepseek-v3",
+        "smoke.toml",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("invalid"),
+        "an experiment in variants/ does not validate:\n{stdout}"
+    );
+}

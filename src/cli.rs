@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
@@ -13,11 +12,33 @@ use attnbench::harness::{
     Existing, Progress, run_experiment, total_memory_bytes, write_results_json,
 };
 use attnbench::report::{markdown, write_reports};
-use attnbench::{GroupedConfig, LayerSpec, Matrix, MlaConfig, MlaPath, Variant, build_layer};
+use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
+
+/// `println!` that ends quietly when standard output is closed (e.g. piped into `head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes `text` to standard output; a closed pipe ends the process quietly with success,
+/// as the reader has all it wanted.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Measures what attention variants (MHA, MQA, GQA, MLA) cost on this machine.
 #[derive(Debug, Parser)]
@@ -46,9 +67,6 @@ enum Command {
         #[arg(long, default_value = "variants")]
         dir: PathBuf,
     },
-    /// Run every variant on one small shape and print a short table (a quick look, not a
-    /// benchmark: five samples per cell).
-    Demo,
     /// Write an export case: one layer, its weights, a prefill then single-token decodes on one
     /// cache, the outputs and the final cache, as JSON (format `attnbench-case/1`).
     Export(ExportArgs),
@@ -195,7 +213,6 @@ impl ExportArgs {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo => demo(),
         Command::Run(args) => run_file(&args),
         Command::Validate {
             file,
@@ -219,103 +236,8 @@ fn export(args: &ExportArgs) -> Result<()> {
     match &args.out {
         Some(path) => write_atomic(path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => println!("{text}"),
+        None => outln!("{text}"),
     }
-    Ok(())
-}
-
-#[derive(Tabled)]
-struct DemoRow {
-    variant: String,
-    params: usize,
-    #[tabled(rename = "KV B/token")]
-    kv_bytes_per_token: usize,
-    #[tabled(rename = "KV cache B (allocated)")]
-    kv_cache_bytes: usize,
-    #[tabled(rename = "prefill 256 ms")]
-    prefill_ms: String,
-    #[tabled(rename = "decode @256 µs")]
-    decode_us: String,
-}
-
-/// The median of `samples` timings of `step`, in seconds.
-fn median_seconds(samples: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let start = Instant::now();
-        step()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-fn demo() -> Result<()> {
-    const SEQ: usize = 256;
-    const SAMPLES: usize = 5;
-    let grouped = |variant, n_kv_heads| LayerSpec::Grouped {
-        variant,
-        config: GroupedConfig {
-            d_model: 512,
-            n_heads: 8,
-            n_kv_heads,
-            head_dim: 64,
-            rope_theta: DEFAULT_ROPE_THETA,
-        },
-    };
-    let mla = |path| LayerSpec::Mla {
-        config: MlaConfig {
-            d_model: 512,
-            n_heads: 8,
-            kv_lora_rank: 128,
-            q_lora_rank: Some(192),
-            qk_nope_head_dim: 64,
-            qk_rope_head_dim: 32,
-            v_head_dim: 64,
-            rope_theta: DEFAULT_ROPE_THETA,
-            rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-        },
-        path,
-    };
-    let specs = [
-        grouped(Variant::Mha, 8),
-        grouped(Variant::Gqa, 2),
-        grouped(Variant::Mqa, 1),
-        mla(MlaPath::Naive),
-        mla(MlaPath::Absorbed),
-    ];
-    let mut rows = Vec::new();
-    for spec in &specs {
-        let layer = build_layer(spec, 0)?;
-        let info = layer.info();
-        let x = attnbench::weights::input(1, "demo/prefill", SEQ, spec.d_model());
-        let mut y = Matrix::zeros(SEQ, spec.d_model());
-        let prefill = median_seconds(SAMPLES, || {
-            let mut cache = layer.new_cache(1, SEQ + 1)?;
-            Ok(layer.prefill(&x, &mut cache, &mut y)?)
-        })?;
-        let mut cache = layer.new_cache(1, SEQ + 1)?;
-        layer.prefill(&x, &mut cache, &mut y)?;
-        let token = attnbench::weights::input(1, "demo/decode", 1, spec.d_model());
-        let mut out = Matrix::zeros(1, spec.d_model());
-        let decode = median_seconds(SAMPLES, || {
-            cache.truncate(SEQ);
-            Ok(layer.decode(&token, &mut cache, &mut out)?)
-        })?;
-        rows.push(DemoRow {
-            variant: spec.label(),
-            params: info.params,
-            kv_bytes_per_token: info.kv_bytes_per_token,
-            kv_cache_bytes: cache.allocated_bytes(),
-            prefill_ms: format!("{:.3}", prefill * 1e3),
-            decode_us: format!("{:.1}", decode * 1e6),
-        });
-    }
-    println!(
-        "attnbench demo: d_model 512, 8 heads, f32, batch 1, {} threads; median of {SAMPLES} samples",
-        rayon::current_num_threads()
-    );
-    println!("{}", Table::new(rows).with(Style::markdown()));
     Ok(())
 }
 
@@ -330,7 +252,7 @@ fn memory_limit(flag_gib: Option<f64>) -> Result<u64> {
 
 fn validate(file: &Path, memory_limit_gib: Option<f64>) -> Result<()> {
     let experiment = load_experiment(file, memory_limit(memory_limit_gib)?)?;
-    println!(
+    outln!(
         "{}: experiment `{}`, {} points, {} skipped",
         file.display(),
         experiment.name,
@@ -338,10 +260,10 @@ fn validate(file: &Path, memory_limit_gib: Option<f64>) -> Result<()> {
         experiment.skipped.len()
     );
     for point in &experiment.points {
-        println!("  {}", point.key());
+        outln!("  {}", point.key());
     }
     for skipped in &experiment.skipped {
-        println!("  skipped {}: {}", skipped.what, skipped.reason);
+        outln!("  skipped {}: {}", skipped.what, skipped.reason);
     }
     Ok(())
 }
@@ -366,7 +288,7 @@ fn run_file(args: &RunArgs) -> Result<()> {
     write_results_json(&dir, &results)?;
     write_reports(&dir, &results)?;
     if !args.quiet {
-        println!("{}", markdown(&results));
+        outln!("{}", markdown(&results));
     }
     let failed = results.points.iter().filter(|p| p.error.is_some()).count();
     eprintln!(
@@ -487,8 +409,8 @@ fn list(dir: &Path) -> Result<()> {
             name: p.name,
         })
         .collect();
-    println!("Presets (use as `preset = \"NAME\"` in an experiment's [model]):\n");
-    println!("{}\n", Table::new(presets).with(Style::markdown()));
+    outln!("Presets (use as `preset = \"NAME\"` in an experiment's [model]):\n");
+    outln!("{}\n", Table::new(presets).with(Style::markdown()));
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list experiments in {}", dir.display()))?
@@ -515,10 +437,10 @@ fn list(dir: &Path) -> Result<()> {
             },
         })
         .collect();
-    println!(
+    outln!(
         "Experiments in {} (run with `attnbench run FILE`):\n",
         dir.display()
     );
-    println!("{}", Table::new(experiments).with(Style::markdown()));
+    outln!("{}", Table::new(experiments).with(Style::markdown()));
     Ok(())
 }

@@ -18,61 +18,47 @@ qk_rope_head_dim = 32
 v_head_dim = 64
 "#;
 
-fn grid(sweep: &str) -> String {
-    format!("{MODEL}\n[sweep]\n{sweep}")
-}
-
-fn prefill_seq_len(c: &mut Criterion) {
-    let sweep = r#"
+/// The default groups: (name, `[sweep]` table).
+const SWEEPS: [(&str, &str); 4] = [
+    (
+        "prefill_seq_len",
+        r#"
 variant = ["mha", "mqa", "gqa", "mla"]
 mla_path = ["absorbed"]
 mode = ["prefill"]
 seq_len = [128, 512, 1024]
-"#;
-    bench_grid(
-        c,
-        "prefill_seq_len",
-        "benches: prefill_seq_len",
-        &grid(sweep),
-    );
-}
-
-fn decode_context(c: &mut Criterion) {
-    let sweep = r#"
+"#,
+    ),
+    (
+        "decode_context",
+        r#"
 variant = ["mha", "mqa", "gqa", "mla"]
 mode = ["decode"]
 context = [512, 2048, 8192]
-"#;
-    bench_grid(c, "decode_context", "benches: decode_context", &grid(sweep));
-}
-
-fn decode_kv_heads(c: &mut Criterion) {
-    let sweep = r#"
+"#,
+    ),
+    (
+        "decode_kv_heads",
+        r#"
 variant = ["gqa"]
 mode = ["decode"]
 n_heads = [32]
 n_kv_heads = [32, 16, 8, 4, 2, 1]
 context = [2048]
-"#;
-    bench_grid(
-        c,
-        "decode_kv_heads",
-        "benches: decode_kv_heads",
-        &grid(sweep),
-    );
-}
-
-fn decode_n_heads(c: &mut Criterion) {
-    let sweep = r#"
+"#,
+    ),
+    (
+        "decode_n_heads",
+        r#"
 variant = ["mha", "mqa", "gqa", "mla"]
 mla_path = ["absorbed"]
 mode = ["decode"]
 n_heads = [8, 16, 32]
 n_kv_heads = [4]
 context = [2048]
-"#;
-    bench_grid(c, "decode_n_heads", "benches: decode_n_heads", &grid(sweep));
-}
+"#,
+    ),
+];
 
 /// The grid of the experiment file named by `ATTNBENCH_EXPERIMENT`, if set.
 fn experiment_from_env(c: &mut Criterion) {
@@ -92,10 +78,14 @@ fn all(c: &mut Criterion) {
     if std::env::var_os("ATTNBENCH_EXPERIMENT").is_some() {
         experiment_from_env(c);
     } else {
-        prefill_seq_len(c);
-        decode_context(c);
-        decode_kv_heads(c);
-        decode_n_heads(c);
+        for (name, sweep) in SWEEPS {
+            bench_grid(
+                c,
+                name,
+                &format!("benches: {name}"),
+                &format!("{MODEL}\n[sweep]\n{sweep}"),
+            );
+        }
     }
 }
 

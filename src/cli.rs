@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
-use attnbench::experiment::load_experiment;
+use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::harness::{
-    Existing, Progress, run_experiment, total_memory_bytes, write_results_json,
+    Environment, Existing, Progress, run_experiment, total_memory_bytes, write_results_json,
 };
 use attnbench::report::{markdown, write_reports};
+use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -61,6 +62,19 @@ enum Command {
         #[arg(long)]
         memory_limit_gib: Option<f64>,
     },
+    /// Measure this machine's peak f32 matmul GFLOP/s (faer) and streaming read bandwidth per
+    /// thread count, and save them: every run's roofline columns use them.
+    Calibrate {
+        /// Where to save [default: results/machine.json].
+        #[arg(long, default_value = "results/machine.json")]
+        out: PathBuf,
+        /// Thread counts to calibrate, comma-separated [default: 1 and all cores].
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// A small, fast calibration (for tests; too small to publish).
+        #[arg(long)]
+        quick: bool,
+    },
     /// List the presets of real models and the experiment files.
     List {
         /// Directory of experiment files.
@@ -92,6 +106,10 @@ struct RunArgs {
     /// Print no tables, only where the files went.
     #[arg(long)]
     quiet: bool,
+    /// This machine's calibration; made (and saved there) first if it is missing or was
+    /// measured on another machine.
+    #[arg(long, default_value = "results/machine.json")]
+    machine: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -219,6 +237,28 @@ pub fn run(cli: Cli) -> Result<()> {
             memory_limit_gib,
         } => validate(&file, memory_limit_gib),
         Command::List { dir } => list(&dir),
+        Command::Calibrate {
+            out,
+            threads,
+            quick,
+        } => {
+            let size = if quick {
+                CalibrationSize::QUICK
+            } else {
+                CalibrationSize::FULL
+            };
+            let threads = if threads.is_empty() {
+                default_calibration_threads()
+            } else {
+                threads
+            };
+            if let Some(&bad) = threads.iter().find(|&&t| t == 0 || t > MAX_THREADS) {
+                bail!("--threads {bad}: must be between 1 and {MAX_THREADS}");
+            }
+            let machine = calibrate_and_save(&out, &threads, size)?;
+            outln!("{}", serde_json::to_string_pretty(&machine)?);
+            Ok(())
+        }
         Command::Export(args) => export(&args),
     }
 }
@@ -280,8 +320,10 @@ fn run_file(args: &RunArgs) -> Result<()> {
         (_, true) => Existing::Overwrite,
         _ => Existing::Refuse,
     };
+    let threads: Vec<usize> = experiment.points.iter().map(|p| p.threads).collect();
+    let machine = machine_for(&args.machine, &threads)?;
     let mut reporter = ProgressReporter::new(experiment.points.len());
-    let results = run_experiment(&experiment, &dir, existing, &mut |event| {
+    let results = run_experiment(&experiment, &dir, existing, Some(&machine), &mut |event| {
         reporter.event(event)
     })?;
     reporter.finish();
@@ -299,6 +341,41 @@ fn run_file(args: &RunArgs) -> Result<()> {
         dir = dir.display()
     );
     Ok(())
+}
+
+/// 1 and every core: the thread counts a run uses unless told otherwise.
+fn default_calibration_threads() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 { vec![1] } else { vec![1, cores] }
+}
+
+fn calibrate_and_save(path: &Path, threads: &[usize], size: CalibrationSize) -> Result<Machine> {
+    let mut threads = threads.to_vec();
+    threads.sort_unstable();
+    threads.dedup();
+    eprintln!(
+        "calibrating: f32 matmul {n}×{n} and a {} MiB read, threads {threads:?} ...",
+        size.read_bytes >> 20,
+        n = size.matmul_n
+    );
+    let machine = calibrate(&threads, size, Environment::capture(threads.clone()));
+    write_machine(path, &machine)?;
+    eprintln!("saved {}", path.display());
+    Ok(machine)
+}
+
+/// The calibration at `path` if it describes this machine and covers `threads`; otherwise a
+/// new one, saved there, covering `threads`, 1 and all cores.
+fn machine_for(path: &Path, threads: &[usize]) -> Result<Machine> {
+    let now = Environment::capture(threads.to_vec());
+    if let Ok(machine) = read_machine(path)
+        && machine.matches(&now, threads)
+    {
+        return Ok(machine);
+    }
+    let mut wanted = default_calibration_threads();
+    wanted.extend_from_slice(threads);
+    calibrate_and_save(path, &wanted, CalibrationSize::FULL)
 }
 
 /// Progress on stderr: a bar with the current point and an ETA on a terminal, one plain line

@@ -84,6 +84,37 @@ impl fmt::Display for MlaPath {
     }
 }
 
+/// Which attention-core kernel a layer runs.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    /// One head at a time, the whole `s_q × s_k` score block materialised: the plain
+    /// formulation, kept to show what the tiled kernel gains.
+    Naive,
+    /// Flash style: query heads of a group packed, keys in blocks with an online softmax,
+    /// long key ranges split across threads. The default.
+    #[default]
+    Tiled,
+}
+
+impl Kernel {
+    /// The lowercase name used in files and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Naive => "naive",
+            Kernel::Tiled => "tiled",
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What a step does (DESIGN §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -137,9 +137,9 @@ pub fn export_case(request: &CaseRequest) -> Result<Value> {
 /// Columns `start..start + width` of plane `index` of `seq`, as a `{shape, data}` tensor of
 /// `(len, width)`.
 fn plane_json(seq: &SequenceCache, index: usize, start: usize, width: usize) -> Value {
-    let row_width = seq.planes()[index].spec().width;
+    let row_width = seq.planes()[index].spec().width();
     let data: Vec<f32> = seq
-        .plane_rows(index)
+        .token_rows(index)
         .chunks_exact(row_width)
         .flat_map(|r| r[start..start + width].iter().copied())
         .collect();

@@ -1,24 +1,37 @@
 //! The KV cache: one per sequence of a batch, allocated to its capacity, with a length cursor.
 //!
-//! A sequence's cache is a set of planes, each `(capacity, width)` row-major, one row per
-//! token: K and V for the grouped variants, the latent `[c_kv | k_rope]` for MLA. Memory is
-//! reserved once, up front; appending past capacity is an error, never a reallocation inside
-//! a step.
+//! A sequence's cache is a set of planes: K and V for the grouped variants (one head per KV
+//! head), the latent `[c_kv | k_rope]` for MLA (one head). A plane is stored head-major,
+//! `(heads, capacity, head_width)`: each head's keys are one contiguous run of memory, which
+//! the decode kernel streams at full bandwidth (a token-major layout would make it jump
+//! `heads · head_width` values between consecutive keys of a head, defeating the hardware
+//! prefetcher). Memory is reserved once, up front; appending past capacity is an error,
+//! never a reallocation inside a step.
 
 use faer::MatRef;
 
 use crate::error::{Error, Result};
 
-/// What a plane is called and how many values it holds per token.
+/// What a plane is called and how it is divided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlaneSpec {
     /// Name, e.g. `k`, `v`, `latent`.
     pub name: &'static str,
-    /// Values per token.
-    pub width: usize,
+    /// Heads (KV heads for K and V; 1 for MLA's latent).
+    pub heads: usize,
+    /// Values per token and head.
+    pub head_width: usize,
 }
 
-/// One cached tensor of a sequence: `(capacity, width)`, rows `0..len` filled.
+impl PlaneSpec {
+    /// Values per token over all heads.
+    pub fn width(&self) -> usize {
+        self.heads * self.head_width
+    }
+}
+
+/// One cached tensor of a sequence: `(heads, capacity, head_width)`, rows `0..len` of each
+/// head filled.
 #[derive(Clone, Debug)]
 pub struct CachePlane {
     spec: PlaneSpec,
@@ -48,7 +61,7 @@ impl SequenceCache {
             .iter()
             .map(|&spec| {
                 let values = capacity
-                    .checked_mul(spec.width)
+                    .checked_mul(spec.width())
                     .ok_or(Error::Allocation { bytes: usize::MAX })?;
                 let mut data = Vec::new();
                 data.try_reserve_exact(values)
@@ -86,16 +99,41 @@ impl SequenceCache {
         &self.planes
     }
 
-    /// The filled rows of plane `index`: `(len, width)`.
-    pub fn plane(&self, index: usize) -> MatRef<'_, f32> {
-        let width = self.planes[index].spec.width;
-        MatRef::from_row_major_slice(self.plane_rows(index), self.len, width)
+    /// Head `head` of plane `index`: `(len, head_width)`, contiguous.
+    pub fn head(&self, index: usize, head: usize) -> MatRef<'_, f32> {
+        let plane = &self.planes[index];
+        let hw = plane.spec.head_width;
+        let start = head * self.capacity * hw;
+        MatRef::from_row_major_slice(&plane.data[start..start + self.len * hw], self.len, hw)
     }
 
-    /// The filled rows of plane `index` as one row-major slice of `len · width` values.
-    pub fn plane_rows(&self, index: usize) -> &[f32] {
+    /// Every head of plane `index`, in order.
+    pub fn heads(&self, index: usize) -> Vec<MatRef<'_, f32>> {
+        (0..self.planes[index].spec.heads)
+            .map(|h| self.head(index, h))
+            .collect()
+    }
+
+    /// The filled tokens of plane `index` gathered token-major, `(len, width)` row-major:
+    /// token `t`'s heads side by side (the layout of the projections and of export files).
+    pub fn token_rows(&self, index: usize) -> Vec<f32> {
+        let spec = self.planes[index].spec;
+        let mut rows = vec![0.0f32; self.len * spec.width()];
+        for h in 0..spec.heads {
+            let head = self.head_slice(index, h);
+            for (t, values) in head.chunks_exact(spec.head_width).enumerate() {
+                rows[t * spec.width() + h * spec.head_width..][..spec.head_width]
+                    .copy_from_slice(values);
+            }
+        }
+        rows
+    }
+
+    fn head_slice(&self, index: usize, head: usize) -> &[f32] {
         let plane = &self.planes[index];
-        &plane.data[..self.len * plane.spec.width]
+        let hw = plane.spec.head_width;
+        let start = head * self.capacity * hw;
+        &plane.data[start..start + self.len * hw]
     }
 
     /// Checks that `n_tokens` more fit.
@@ -122,7 +160,7 @@ impl SequenceCache {
             });
         }
         for (plane, new) in self.planes.iter().zip(rows) {
-            let width = plane.spec.width;
+            let width = plane.spec.width();
             if new.len() != n_tokens * width {
                 return Err(Error::Shape {
                     what: "cache append rows",
@@ -132,8 +170,14 @@ impl SequenceCache {
             }
         }
         for (plane, new) in self.planes.iter_mut().zip(rows) {
-            let start = self.len * plane.spec.width;
-            plane.data[start..start + new.len()].copy_from_slice(new);
+            let (hw, width) = (plane.spec.head_width, plane.spec.width());
+            for h in 0..plane.spec.heads {
+                let head_start = (h * self.capacity + self.len) * hw;
+                for t in 0..n_tokens {
+                    plane.data[head_start + t * hw..][..hw]
+                        .copy_from_slice(&new[t * width + h * hw..][..hw]);
+                }
+            }
         }
         self.len += n_tokens;
         Ok(())
@@ -188,7 +232,7 @@ impl KvCache {
     pub fn values_per_token(&self) -> usize {
         self.sequences
             .first()
-            .map_or(0, |s| s.planes.iter().map(|p| p.spec.width).sum())
+            .map_or(0, |s| s.planes.iter().map(|p| p.spec.width()).sum())
     }
 
     /// Bytes really allocated, over all sequences (`Vec::capacity`, not a formula).
@@ -228,11 +272,15 @@ impl KvCache {
         for (b, seq) in self.sequences.iter_mut().enumerate() {
             seq.len = 0;
             seq.check_room(b, len)?;
+            let capacity = seq.capacity;
             for plane in &mut seq.planes {
-                let mut rng =
-                    crate::weights::SeededRng::new(seed, &format!("cache/{b}/{}", plane.spec.name));
-                for v in &mut plane.data[..len * plane.spec.width] {
-                    *v = rng.next_normal() as f32;
+                let name = format!("cache/{b}/{}", plane.spec.name);
+                let mut rng = crate::weights::SeededRng::new(seed, &name);
+                let hw = plane.spec.head_width;
+                for head in plane.data.chunks_exact_mut((capacity * hw).max(1)) {
+                    for v in &mut head[..len * hw] {
+                        *v = rng.next_normal() as f32;
+                    }
                 }
             }
             seq.len = len;

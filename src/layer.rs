@@ -52,9 +52,55 @@ pub trait AttentionLayer: Send + Sync {
         self.prefill(x, cache, out)
     }
 
+    /// Random queries (and, for a layer that expands its cache, the expanded keys and
+    /// values) for timing the attention core alone over `cache`, which already holds the
+    /// `seq_len` new tokens of a step after its context.
+    fn core_inputs(&self, cache: &KvCache, seq_len: usize, seed: u64) -> CoreInputs;
+
+    /// The attention core alone (scores, softmax, weighted sum over the cache) on `inputs`;
+    /// `out` has `inputs.out_len` values. Uses the same code as the full step.
+    fn run_core(&self, inputs: &CoreInputs, cache: &KvCache, out: &mut [f32]);
+
     /// A cache of `capacity` tokens for each of `batch` sequences, allocated up front.
     fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         KvCache::new(batch, capacity, &self.cache_planes())
+    }
+}
+
+/// What the attention core reads besides the cache, prepared outside any timing.
+#[derive(Clone, Debug)]
+pub struct CoreInputs {
+    /// Queries as the core reads them, `(batch · seq_len, n_heads · width)`, random normal.
+    pub queries: Matrix,
+    /// Per sequence, keys and values expanded from the cache (MLA naive); empty otherwise.
+    pub expanded: Vec<(Matrix, Matrix)>,
+    /// Position of each sequence's first query.
+    pub first_positions: Vec<usize>,
+    /// Length of the head-major output, `batch · n_heads · seq_len · value width`.
+    pub out_len: usize,
+}
+
+impl CoreInputs {
+    /// Random queries of `query_width` values per token for the last `seq_len` tokens of each
+    /// sequence of `cache`, and an output of `out_width` values per token.
+    pub fn random(
+        cache: &KvCache,
+        seq_len: usize,
+        query_width: usize,
+        out_width: usize,
+        seed: u64,
+    ) -> Self {
+        let rows = cache.batch() * seq_len;
+        Self {
+            queries: crate::weights::input(seed, "core/queries", rows, query_width),
+            expanded: Vec::new(),
+            first_positions: cache
+                .sequences()
+                .iter()
+                .map(|s| s.len().saturating_sub(seq_len))
+                .collect(),
+            out_len: rows * out_width,
+        }
     }
 }
 

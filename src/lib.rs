@@ -20,13 +20,16 @@ pub mod kv_cache;
 pub mod layer;
 pub mod reference;
 pub mod report;
+pub mod roofline;
 pub mod tensor;
 pub mod variants;
 pub mod weights;
 
-pub use config::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
+pub use config::{GroupedConfig, Kernel, LayerSpec, MlaConfig, MlaPath, Variant};
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
 pub use layer::{AttentionLayer, LayerInfo};
 pub use tensor::Matrix;
-pub use variants::{GroupedAttention, MultiHeadLatentAttention, build_layer};
+pub use variants::{
+    GroupedAttention, MultiHeadLatentAttention, build_layer, build_layer_with_kernel,
+};

@@ -15,6 +15,44 @@ fn attnbench(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A quick calibration shared by the tests (a full one takes seconds per run).
+fn machine() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("harness-machine");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("machine.json");
+        let out = attnbench(&[
+            "calibrate",
+            "--quick",
+            "--threads",
+            "1,2",
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path.to_string_lossy().into_owned()
+    })
+}
+
+/// `attnbench run FILE --out DIR --machine M` plus `extra`.
+fn run(file: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--machine",
+        machine(),
+    ];
+    args.extend_from_slice(extra);
+    attnbench(&args)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("harness")
@@ -80,18 +118,13 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
     let dir = scratch("run");
     let file = write(&dir, "tiny.toml", TINY);
     let out = dir.join("out");
-    let run = attnbench(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let result = run(&file, &out, &[]);
     assert!(
-        run.status.success(),
+        result.status.success(),
         "{}",
-        String::from_utf8_lossy(&run.stderr)
+        String::from_utf8_lossy(&result.stderr)
     );
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
         stdout.contains("decode: latency"),
         "tables not printed: {stdout}"
@@ -123,7 +156,17 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             p.key
         );
         assert!(p.flops > 0 && p.bytes > 0);
+        let (core, step) = (p.core_median_ns.unwrap(), p.median_ns.unwrap());
+        assert!(core > 0.0 && p.core_share_pct.unwrap() > 0.0, "{}", p.key);
+        assert!((p.core_share_pct.unwrap() - 100.0 * core / step).abs() < 1e-6);
+        assert!(
+            p.ideal_ns.unwrap() > 0.0 && p.roofline_pct.unwrap() > 0.0,
+            "{}",
+            p.key
+        );
+        assert!(p.core_roofline_pct.unwrap() > 0.0, "{}", p.key);
     }
+    assert!(r.machine.is_some());
     let csv = fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 21);
     assert!(csv.starts_with("key,variant,mla_path,mode,seq_len,context"));
@@ -142,34 +185,13 @@ fn an_existing_results_directory_is_not_overwritten_without_being_told() {
             .replace("[\"prefill\", \"decode\"]", "[\"decode\"]"),
     );
     let out = dir.join("out");
-    assert!(
-        attnbench(&[
-            "run",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    assert!(run(&file, &out, &[]).status.success());
     let before = snapshot(&out);
-    let again = attnbench(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let again = run(&file, &out, &[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
     assert_eq!(snapshot(&out), before);
-    let forced = attnbench(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--force",
-        "--quiet",
-    ]);
+    let forced = run(&file, &out, &["--force", "--quiet"]);
     assert!(forced.status.success());
 }
 
@@ -178,17 +200,7 @@ fn bad_files_are_refused_with_a_clear_error_and_touch_nothing() {
     let dir = scratch("bad");
     let good = write(&dir, "good.toml", TINY);
     let out = dir.join("out");
-    assert!(
-        attnbench(&[
-            "run",
-            good.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet"
-        ])
-        .status
-        .success()
-    );
+    assert!(run(&good, &out, &["--quiet"]).status.success());
     let before = snapshot(&out);
 
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
@@ -252,17 +264,10 @@ fn bad_files_are_refused_with_a_clear_error_and_touch_nothing() {
     ];
     for (name, text, needles) in cases {
         let file = write(&dir, &format!("{name}.toml"), &text);
-        for command in [
-            vec!["validate", file.to_str().unwrap()],
-            vec![
-                "run",
-                file.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--force",
-            ],
+        for result in [
+            attnbench(&["validate", file.to_str().unwrap()]),
+            run(&file, &out, &["--force"]),
         ] {
-            let result = attnbench(&command);
             let stderr = String::from_utf8_lossy(&result.stderr);
             assert!(!result.status.success(), "{name}: accepted");
             assert!(!stderr.contains("panicked"), "{name}: panicked: {stderr}");
@@ -337,6 +342,8 @@ fn a_killed_sweep_resumes_without_remeasuring_finished_points() {
             "--out",
             out.to_str().unwrap(),
             "--quiet",
+            "--machine",
+            machine(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -364,14 +371,7 @@ fn a_killed_sweep_resumes_without_remeasuring_finished_points() {
         before.len()
     );
 
-    let resumed = attnbench(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--resume",
-        "--quiet",
-    ]);
+    let resumed = run(&file, &out, &["--resume", "--quiet"]);
     assert!(
         resumed.status.success(),
         "{}",

@@ -5,7 +5,10 @@ mod common;
 
 use attnbench::reference;
 use attnbench::weights::input;
-use attnbench::{AttentionLayer, Error, LayerSpec, Matrix, MlaPath, Variant, build_layer};
+use attnbench::{
+    AttentionLayer, Error, Kernel, LayerSpec, Matrix, MlaPath, Variant, build_layer,
+    build_layer_with_kernel,
+};
 use common::{assert_close, assert_close_f32, grouped, mla, rows, small_specs, stack};
 
 const TOL: f64 = 1e-4;
@@ -170,8 +173,8 @@ fn prefill_then_decodes_equals_one_longer_prefill() {
         let (a, b) = (&cache.sequences()[0], &whole_cache.sequences()[0]);
         for p in 0..a.planes().len() {
             assert_close_f32(
-                a.plane_rows(p),
-                b.plane_rows(p),
+                &a.token_rows(p),
+                &b.token_rows(p),
                 1e-5,
                 &format!("{} cache", spec.label()),
             );
@@ -407,11 +410,7 @@ fn a_step_past_capacity_is_an_error_and_leaves_the_cache_intact() {
         let mut cache = layer.new_cache(2, 4).unwrap();
         let x = input(0, "x", 6, spec.d_model());
         prefill(layer.as_ref(), &x, &mut cache);
-        let before: Vec<Vec<f32>> = cache
-            .sequences()
-            .iter()
-            .map(|s| s.plane_rows(0).to_vec())
-            .collect();
+        let before: Vec<Vec<f32>> = cache.sequences().iter().map(|s| s.token_rows(0)).collect();
         let mut y = Matrix::zeros(4, spec.d_model());
         let err = layer
             .prefill(&input(0, "more", 4, spec.d_model()), &mut cache, &mut y)
@@ -428,11 +427,7 @@ fn a_step_past_capacity_is_an_error_and_leaves_the_cache_intact() {
             ),
             "{err}"
         );
-        let after: Vec<Vec<f32>> = cache
-            .sequences()
-            .iter()
-            .map(|s| s.plane_rows(0).to_vec())
-            .collect();
+        let after: Vec<Vec<f32>> = cache.sequences().iter().map(|s| s.token_rows(0)).collect();
         assert_eq!(before, after);
     }
 }
@@ -472,4 +467,47 @@ fn thin_constructors_build_the_variant_they_name() {
     let g = gqa::new(32, 4, 2, 8, 1e4, 0).unwrap();
     assert_eq!((g.info().variant, g.config().n_kv_heads), (Variant::Gqa, 2));
     assert!(gqa::new(32, 4, 3, 8, 1e4, 0).is_err());
+}
+
+#[test]
+fn every_variant_matches_the_reference_on_both_kernels() {
+    for spec in small_specs() {
+        for kernel in [Kernel::Naive, Kernel::Tiled] {
+            let layer = build_layer_with_kernel(&spec, kernel, 7).unwrap();
+            for (seq_len, prefix) in [(1, 0), (17, 0), (3, 40)] {
+                let x = input(3, "x", prefix + seq_len, spec.d_model());
+                let mut cache = layer.new_cache(1, prefix + seq_len).unwrap();
+                if prefix > 0 {
+                    prefill(layer.as_ref(), &rows(&x, 0, prefix), &mut cache);
+                }
+                let y = prefill(layer.as_ref(), &rows(&x, prefix, seq_len), &mut cache);
+                let expected = reference_rows(&spec, layer.as_ref(), &x);
+                let label = format!("{} {kernel} seq_len {seq_len} after {prefix}", spec.label());
+                assert_close(y.data(), &expected[prefix * spec.d_model()..], TOL, &label);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_attention_core_alone_agrees_across_kernels_on_the_layers_own_cache() {
+    for spec in small_specs() {
+        let (naive, tiled) = (
+            build_layer_with_kernel(&spec, Kernel::Naive, 3).unwrap(),
+            build_layer_with_kernel(&spec, Kernel::Tiled, 3).unwrap(),
+        );
+        let mut cache = tiled.new_cache(2, 12).unwrap();
+        prefill(
+            tiled.as_ref(),
+            &input(1, "x", 24, spec.d_model()),
+            &mut cache,
+        );
+        let inputs = tiled.core_inputs(&cache, 5, 9);
+        assert_eq!(inputs.first_positions, vec![7, 7]);
+        let (mut a, mut b) = (vec![0.0; inputs.out_len], vec![0.0; inputs.out_len]);
+        naive.run_core(&inputs, &cache, &mut a);
+        tiled.run_core(&inputs, &cache, &mut b);
+        assert!(b.iter().any(|v| *v != 0.0));
+        assert_close_f32(&b, &a, 1e-5, &spec.label());
+    }
 }

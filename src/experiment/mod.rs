@@ -18,8 +18,8 @@ pub use error::ExperimentError;
 pub use presets::{PRESETS_TOML, Preset, preset, presets};
 
 use crate::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MlaConfig, MlaPath, Mode,
-    Variant,
+    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, Kernel, LayerSpec, MlaConfig, MlaPath,
+    Mode, Variant,
 };
 use crate::error::Error;
 use error::{at_span, key_at, line_column};
@@ -43,6 +43,8 @@ pub struct Point {
     pub batch: usize,
     /// Size of the rayon pool the point runs in.
     pub threads: usize,
+    /// The attention-core kernel.
+    pub kernel: Kernel,
 }
 
 impl Point {
@@ -66,6 +68,9 @@ impl Point {
             s.push_str(&format!("_kv{}", config.n_kv_heads));
         }
         s.push_str(&format!("_b{}_t{}", self.batch, self.threads));
+        if self.kernel != Kernel::default() {
+            s.push_str(&format!("_{}", self.kernel));
+        }
         s
     }
 
@@ -417,6 +422,16 @@ impl Builder<'_> {
             ));
         }
 
+        let kernels = match &sweep.kernel {
+            Some(list) => unique(list).map_err(|v| {
+                self.error(
+                    list.span(),
+                    "sweep.kernel",
+                    format!("must list each kernel once and at least one ({v})"),
+                )
+            })?,
+            None => vec![Kernel::default()],
+        };
         let measure = self.measure(&wire.measure, memory_limit_default)?;
         let rope_theta = base
             .rope_theta
@@ -609,14 +624,17 @@ impl Builder<'_> {
                 for &(seq_len, context) in &lengths {
                     for &batch in &batches {
                         for &t in &threads {
-                            points.push(Point {
-                                spec: spec.clone(),
-                                mode,
-                                seq_len,
-                                context,
-                                batch,
-                                threads: t,
-                            });
+                            for &kernel in &kernels {
+                                points.push(Point {
+                                    spec: spec.clone(),
+                                    mode,
+                                    seq_len,
+                                    context,
+                                    batch,
+                                    threads: t,
+                                    kernel,
+                                });
+                            }
                         }
                     }
                 }

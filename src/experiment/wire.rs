@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{MlaPath, Mode, Variant};
+use crate::config::{Kernel, MlaPath, Mode, Variant};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +48,7 @@ pub(super) struct SweepWire {
     pub n_kv_heads: Option<Spanned<Vec<usize>>>,
     pub batch: Option<Spanned<Vec<usize>>>,
     pub threads: Option<Spanned<Vec<usize>>>,
+    pub kernel: Option<Spanned<Vec<Kernel>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

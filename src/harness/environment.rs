@@ -1,7 +1,5 @@
 //! The environment a run records: machine, toolchain, revision, date, command line.
 
-use std::process::Command;
-
 use serde::{Deserialize, Serialize};
 
 /// Where and how a result set was measured.
@@ -21,7 +19,8 @@ pub struct Environment {
     pub rustc: String,
     /// attnbench's version.
     pub crate_version: String,
-    /// `git rev-parse HEAD` of the source tree, `+dirty` when it has uncommitted changes.
+    /// `git rev-parse HEAD` of the sources the binary was built from, `+dirty` when they had
+    /// uncommitted changes.
     pub git_revision: String,
     /// When the run started, UTC, ISO 8601.
     pub date: String,
@@ -40,7 +39,7 @@ impl Environment {
             os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
             rustc: env!("ATTNBENCH_RUSTC_VERSION").to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
-            git_revision: git_revision(),
+            git_revision: env!("ATTNBENCH_GIT_REVISION").to_string(),
             date: utc_now_iso8601(),
             command_line: std::env::args().collect::<Vec<_>>().join(" "),
         }
@@ -65,28 +64,6 @@ pub fn total_memory_bytes() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-fn git_revision() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(rev) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty { format!("{rev}+dirty") } else { rev }
-        }
-        None => "unknown".into(),
-    }
 }
 
 /// Now, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use super::environment::Environment;
 use super::measure::SampleStats;
-use crate::config::{LayerSpec, MlaPath, Mode, Variant};
+use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
 use crate::experiment::{Experiment, MeasureSettings, Point, Skipped};
-use crate::variants::step_cost;
+use crate::roofline::Machine;
+use crate::variants::{core_cost, step_cost};
 
 /// The `format` field of `results.json`.
 pub const RESULTS_FORMAT: &str = "attnbench-results/1";
@@ -49,6 +50,8 @@ pub struct PointResult {
     pub v_head_dim: Option<usize>,
     /// Threads of the rayon pool.
     pub threads: usize,
+    /// The attention-core kernel (`naive` or `tiled`).
+    pub kernel: Kernel,
     /// Median step time.
     pub median_ns: Option<f64>,
     /// Median absolute deviation of the step times.
@@ -73,6 +76,32 @@ pub struct PointResult {
     pub gflops: Option<f64>,
     /// `bytes / median`, in GB/s.
     pub gbps: Option<f64>,
+    /// Ideal step time on this machine: `max(flops / peak_gflops, bytes / read_gbps)` at the
+    /// point's thread count, from the calibration (`attnbench calibrate`).
+    pub ideal_ns: Option<f64>,
+    /// `100 · ideal_ns / median_ns`: how close the step runs to this machine's roofline.
+    pub roofline_pct: Option<f64>,
+    /// Median time of the attention core alone (scores, softmax, weighted sum over the cache).
+    pub core_median_ns: Option<f64>,
+    /// Median absolute deviation of the core times.
+    pub core_mad_ns: Option<f64>,
+    /// Timed samples of the core.
+    pub core_samples: Option<usize>,
+    /// `100 · core_median_ns / median_ns`: the core's share of the step.
+    pub core_share_pct: Option<f64>,
+    /// Minimum bytes the core moves: keys and values read (MLA naive: the expanded ones),
+    /// queries in, head outputs out.
+    pub core_bytes: u64,
+    /// `attention_flops / core_median`, GFLOP/s.
+    pub core_gflops: Option<f64>,
+    /// `core_bytes / core_median`, GB/s.
+    pub core_gbps: Option<f64>,
+    /// Ideal core time: `max(attention_flops / peak_gflops, core_bytes / read_gbps)`.
+    pub core_ideal_ns: Option<f64>,
+    /// `100 · core_ideal_ns / core_median_ns`.
+    pub core_roofline_pct: Option<f64>,
+    /// Peak heap the core allocates in one call (counting allocator, untimed run).
+    pub core_peak_transient_bytes: Option<u64>,
     /// KV-cache bytes read from the cache's allocation.
     pub kv_cache_bytes: Option<u64>,
     /// KV-cache bytes by formula: `batch · (context + seq_len) · kv_bytes_per_token`.
@@ -95,6 +124,7 @@ impl PointResult {
     pub fn unmeasured(point: &Point) -> Self {
         let spec = &point.spec;
         let cost = step_cost(spec, point.batch, point.seq_len, point.context);
+        let core = core_cost(spec, point.batch, point.seq_len, point.context);
         let kv_bytes_per_token = spec.kv_values_per_token() * size_of::<f32>();
         let (mut n_kv_heads, mut head_dim, mut mla) = (None, None, None);
         match spec {
@@ -122,6 +152,7 @@ impl PointResult {
             qk_rope_head_dim: mla.map(|c| c.qk_rope_head_dim),
             v_head_dim: mla.map(|c| c.v_head_dim),
             threads: point.threads,
+            kernel: point.kernel,
             median_ns: None,
             mad_ns: None,
             min_ns: None,
@@ -134,6 +165,18 @@ impl PointResult {
             bytes: cost.bytes,
             gflops: None,
             gbps: None,
+            ideal_ns: None,
+            roofline_pct: None,
+            core_median_ns: None,
+            core_mad_ns: None,
+            core_samples: None,
+            core_share_pct: None,
+            core_bytes: core.bytes,
+            core_gflops: None,
+            core_gbps: None,
+            core_ideal_ns: None,
+            core_roofline_pct: None,
+            core_peak_transient_bytes: None,
             kv_cache_bytes: None,
             kv_cache_bytes_analytic: (point.batch
                 * (point.context + point.seq_len)
@@ -157,6 +200,30 @@ impl PointResult {
         self.tokens_per_s = Some((self.batch * self.seq_len) as f64 / seconds);
         self.gflops = Some(self.flops as f64 / stats.median_ns);
         self.gbps = Some(self.bytes as f64 / stats.median_ns);
+    }
+
+    /// Fills in the core's timing summary and its share of the step.
+    pub fn set_core_timing(&mut self, stats: &SampleStats) {
+        self.core_median_ns = Some(stats.median_ns);
+        self.core_mad_ns = Some(stats.mad_ns);
+        self.core_samples = Some(stats.samples);
+        self.core_gflops = Some(self.attention_flops as f64 / stats.median_ns);
+        self.core_gbps = Some(self.core_bytes as f64 / stats.median_ns);
+        self.core_share_pct = self.median_ns.map(|m| 100.0 * stats.median_ns / m);
+    }
+
+    /// Fills in the ideal times and roofline percentages from a calibration.
+    pub fn set_roofline(&mut self, machine: &Machine) {
+        self.ideal_ns = machine.ideal_ns(self.flops, self.bytes, self.threads);
+        self.roofline_pct = self
+            .ideal_ns
+            .zip(self.median_ns)
+            .map(|(i, m)| 100.0 * i / m);
+        self.core_ideal_ns = machine.ideal_ns(self.attention_flops, self.core_bytes, self.threads);
+        self.core_roofline_pct = self
+            .core_ideal_ns
+            .zip(self.core_median_ns)
+            .map(|(i, m)| 100.0 * i / m);
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.
@@ -204,6 +271,8 @@ pub struct ResultsFile {
     pub experiment: ExperimentRecord,
     /// Where and how it ran.
     pub environment: Environment,
+    /// The calibration the roofline columns use, if any.
+    pub machine: Option<Machine>,
     /// Combinations of the grid not measured, with the reason.
     pub skipped: Vec<Skipped>,
     /// Every point, in grid order.

@@ -14,6 +14,7 @@ use super::environment::Environment;
 use super::measure::{PreparedPoint, SampleStats, sample};
 use super::result::{ExperimentRecord, PointResult, RESULTS_FORMAT, ResultsFile};
 use crate::experiment::{Experiment, MeasureSettings, Point};
+use crate::roofline::Machine;
 
 /// The log of finished points, one JSON object per line, appended as each point finishes.
 pub const LOG_FILE: &str = "points.jsonl";
@@ -96,6 +97,7 @@ pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,
     existing: Existing,
+    machine: Option<&Machine>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ResultsFile, RunError> {
     let log_path = dir.join(LOG_FILE);
@@ -150,7 +152,10 @@ pub fn run_experiment(
             total,
             point,
         });
-        let result = measure_point(point, experiment.seed, &experiment.measure);
+        let mut result = measure_point(point, experiment.seed, &experiment.measure);
+        if let Some(machine) = machine {
+            result.set_roofline(machine);
+        }
         let mut line = serde_json::to_string(&result).expect("a point result serialises");
         line.push('\n');
         log.write_all(line.as_bytes()).map_err(io(&log_path))?;
@@ -165,6 +170,7 @@ pub fn run_experiment(
         format: RESULTS_FORMAT.to_string(),
         experiment: ExperimentRecord::new(experiment, resumed),
         environment,
+        machine: machine.cloned(),
         skipped: experiment.skipped.clone(),
         points,
     })
@@ -222,7 +228,7 @@ pub fn measure_point(point: &Point, seed: u64, settings: &MeasureSettings) -> Po
             .map_err(|e| format!("cannot start {} threads: {e}", point.threads))?;
         pool.install(|| {
             let mut prepared = PreparedPoint::new(point, seed).map_err(|e| e.to_string())?;
-            let samples = sample(&mut prepared, settings).map_err(|e| e.to_string())?;
+            let samples = sample(settings, || prepared.step()).map_err(|e| e.to_string())?;
             if let Some(bad) = prepared.output().data().iter().find(|v| !v.is_finite()) {
                 return Err(format!("the step produced a non-finite output ({bad})"));
             }
@@ -233,6 +239,22 @@ pub fn measure_point(point: &Point, seed: u64, settings: &MeasureSettings) -> Po
             let (step, peak) = measure_peak(|| prepared.step());
             step.map_err(|e| e.to_string())?;
             result.peak_transient_bytes = peak;
+
+            // The attention core on its own, over the same cache.
+            prepared.prepare_core().map_err(|e| e.to_string())?;
+            let core_samples = sample(settings, || {
+                prepared.core_step();
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+            if let Some(bad) = prepared.core_output().iter().find(|v| !v.is_finite()) {
+                return Err(format!(
+                    "the attention core produced a non-finite output ({bad})"
+                ));
+            }
+            result.set_core_timing(&SampleStats::from_samples(&core_samples));
+            let ((), core_peak) = measure_peak(|| prepared.core_step());
+            result.core_peak_transient_bytes = core_peak;
             Ok(())
         })
     }));

@@ -23,15 +23,15 @@ pub struct HeadLayout {
     pub scale: f32,
 }
 
-/// One sequence's operands. Column blocks of width `qk_dim` (`v_dim`) are heads.
-#[derive(Clone, Copy, Debug)]
+/// One sequence's operands. Query column blocks of width `qk_dim` are heads.
+#[derive(Clone, Debug)]
 pub struct AttentionOperands<'a> {
     /// Queries, `(s_q, n_heads · qk_dim)`, already rotated.
     pub q: MatRef<'a, f32>,
-    /// Keys, `(s_k, n_kv_heads · qk_dim)`, at positions `0..s_k`.
-    pub k: MatRef<'a, f32>,
-    /// Values, `(s_k, n_kv_heads · v_dim)`.
-    pub v: MatRef<'a, f32>,
+    /// Keys per KV head, each `(s_k, qk_dim)`, at positions `0..s_k`.
+    pub k: Vec<MatRef<'a, f32>>,
+    /// Values per KV head, each `(s_k, v_dim)`.
+    pub v: Vec<MatRef<'a, f32>>,
     /// Absolute position of query row 0; query `i` sees keys `0..=first_query_position + i`.
     pub first_query_position: usize,
 }
@@ -64,8 +64,7 @@ pub fn grouped_attention(seqs: &[AttentionOperands<'_>], layout: &HeadLayout, ou
             let seq = &seqs[b];
             let g = h / group;
             let q_h = seq.q.subcols(h * layout.qk_dim, layout.qk_dim);
-            let k_g = seq.k.subcols(g * layout.qk_dim, layout.qk_dim);
-            let v_g = seq.v.subcols(g * layout.v_dim, layout.v_dim);
+            let (k_g, v_g) = (seq.k[g], seq.v[g]);
             let out_h = MatMut::from_row_major_slice_mut(out_h, s_q, layout.v_dim);
             attend_one_head(q_h, k_g, v_g, layout.scale, seq.first_query_position, out_h);
         });

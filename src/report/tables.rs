@@ -7,7 +7,7 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::config::{Mode, Variant};
+use crate::config::{Kernel, Mode, Variant};
 use crate::harness::{PointResult, ResultsFile};
 
 /// Everything that identifies a point except its length and its variant's shape.
@@ -17,6 +17,7 @@ struct Setting {
     batch: usize,
     threads: usize,
     cache_len: usize,
+    kernel: Kernel,
 }
 
 impl Setting {
@@ -30,6 +31,7 @@ impl Setting {
             } else {
                 0
             },
+            kernel: p.kernel,
         }
     }
 }
@@ -57,6 +59,7 @@ struct Varies {
     batch: bool,
     threads: bool,
     cache_len: bool,
+    kernel: bool,
 }
 
 fn label(p: &PointResult, varies: &Varies) -> String {
@@ -77,6 +80,9 @@ fn label(p: &PointResult, varies: &Varies) -> String {
     }
     if varies.cache_len {
         let _ = write!(s, " cache{}", p.context);
+    }
+    if varies.kernel {
+        let _ = write!(s, " {}", p.kernel);
     }
     s
 }
@@ -162,6 +168,25 @@ pub fn markdown(results: &ResultsFile) -> String {
         "Measured {} on {} ({} cores), attnbench {} at {}, {}. f32; latency is the median of the samples, ± the median absolute deviation.\n",
         env.date, env.cpu_model, env.cores, env.crate_version, env.git_revision, env.rustc
     );
+    if let Some(m) = &results.machine {
+        let peaks: Vec<String> = m
+            .matmul_gflops
+            .iter()
+            .map(|(t, g)| {
+                format!(
+                    "{t} thread(s): {g:.1} GFLOP/s, {:.1} GB/s",
+                    m.read_gbps.get(t).copied().unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "Calibration ({}): {}.\n",
+            m.environment.date,
+            peaks.join("; ")
+        );
+    }
+
     for mode in [Mode::Prefill, Mode::Decode] {
         let points: Vec<&PointResult> = results.points.iter().filter(|p| p.mode == mode).collect();
         if points.is_empty() {
@@ -175,6 +200,12 @@ pub fn markdown(results: &ResultsFile) -> String {
             batch: distinct(&|p| p.batch),
             threads: distinct(&|p| p.threads),
             cache_len: mode == Mode::Prefill && distinct(&|p| p.context),
+            kernel: points
+                .iter()
+                .map(|p| p.kernel)
+                .collect::<BTreeSet<_>>()
+                .len()
+                > 1,
         };
         let (length_name, what) = match mode {
             Mode::Prefill => ("seq", "new tokens per sequence"),
@@ -203,6 +234,35 @@ pub fn markdown(results: &ResultsFile) -> String {
             "{}\n",
             table(&points, &varies, "variant", length_name, &kv)
         );
+        let _ = writeln!(
+            out,
+            "### {mode}: attention core alone, ms (share of the step)\n"
+        );
+        let core = |p: &PointResult| match (p.core_median_ns, p.core_share_pct) {
+            (Some(c), Some(share)) => format!("{} ({share:.0}%)", fmt_ms(c)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{}\n",
+            table(&points, &varies, "variant", length_name, &core)
+        );
+        if points.iter().any(|p| p.roofline_pct.is_some()) {
+            let _ = writeln!(
+                out,
+                "### {mode}: roofline, % of this machine's ideal time (step / core)\n\nIdeal = max(FLOPs / peak matmul FLOP/s, bytes / read bandwidth), from `attnbench calibrate`.\n"
+            );
+            let roof = |p: &PointResult| match (p.roofline_pct, p.core_roofline_pct) {
+                (Some(l), Some(c)) => format!("{l:.0}% / {c:.0}%"),
+                (Some(l), None) => format!("{l:.0}%"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{}\n",
+                table(&points, &varies, "variant", length_name, &roof)
+            );
+        }
         if points
             .iter()
             .any(|p| baseline(&points, p).is_some_and(|b| b.key != p.key))

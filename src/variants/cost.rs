@@ -84,6 +84,42 @@ pub fn step_cost(spec: &LayerSpec, batch: usize, s_q: usize, context: usize) -> 
     }
 }
 
+/// The attention core alone: its FLOPs (the step's `attention_flops`) and its minimum
+/// traffic: what it reads as keys and values (the cache; MLA naive: the expanded per-head keys
+/// and values), the queries in and the head outputs out, f32. `projection_flops` is 0.
+pub fn core_cost(spec: &LayerSpec, batch: usize, s_q: usize, context: usize) -> StepCost {
+    let step = step_cost(spec, batch, s_q, context);
+    let (b, t, total) = (batch as u64, (batch * s_q) as u64, (context + s_q) as u64);
+    let (kv_read, q_width, out_width) = match spec {
+        LayerSpec::Grouped { config: c, .. } => (
+            b * total * c.kv_values_per_token() as u64,
+            c.n_heads * c.head_dim,
+            c.n_heads * c.head_dim,
+        ),
+        LayerSpec::Mla {
+            config: c,
+            path: crate::config::MlaPath::Naive,
+        } => (
+            b * total * (c.n_heads * (c.qk_head_dim() + c.v_head_dim)) as u64,
+            c.n_heads * c.qk_head_dim(),
+            c.n_heads * c.v_head_dim,
+        ),
+        LayerSpec::Mla {
+            config: c,
+            path: crate::config::MlaPath::Absorbed,
+        } => (
+            b * total * c.kv_values_per_token() as u64,
+            c.n_heads * c.kv_values_per_token(),
+            c.n_heads * c.kv_lora_rank,
+        ),
+    };
+    StepCost {
+        projection_flops: 0,
+        attention_flops: step.attention_flops,
+        bytes: F32 * (kv_read + t * (q_width + out_width) as u64),
+    }
+}
+
 /// Memory a point needs, by formula, before anything is allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryEstimate {

@@ -1,12 +1,12 @@
 //! The one layer behind MHA, MQA and GQA: they differ only in `n_kv_heads`.
 
-use crate::config::{GroupedConfig, LayerSpec, Variant};
+use crate::config::{GroupedConfig, Kernel, LayerSpec, Variant};
 use crate::error::Result;
 use crate::kernels::{
-    AttentionOperands, HeadLayout, RopeTable, grouped_attention, heads_to_rows, project, project_to,
+    AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, project, project_to,
 };
 use crate::kv_cache::{KvCache, PlaneSpec};
-use crate::layer::{AttentionLayer, LayerInfo, check_step, row_positions};
+use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positions};
 use crate::tensor::Matrix;
 use crate::weights::projection_weight;
 
@@ -17,6 +17,7 @@ use crate::weights::projection_weight;
 pub struct GroupedAttention {
     variant: Variant,
     config: GroupedConfig,
+    kernel: Kernel,
     /// `(d_model, n_heads · head_dim)`
     w_q: Matrix,
     /// `(d_model, n_kv_heads · head_dim)`
@@ -43,7 +44,13 @@ impl GroupedAttention {
             w_o: projection_weight(seed, "w_o", q_width, d),
             variant,
             config,
+            kernel: Kernel::default(),
         })
+    }
+
+    /// The same layer running the attention core on `kernel`.
+    pub fn with_kernel(self, kernel: Kernel) -> Self {
+        Self { kernel, ..self }
     }
 
     /// Builds from `[d_model, n_heads, n_kv_heads, head_dim]`: the thin `mha`, `mqa` and `gqa`
@@ -88,10 +95,17 @@ impl AttentionLayer for GroupedAttention {
     }
 
     fn cache_planes(&self) -> Vec<PlaneSpec> {
-        let width = self.config.n_kv_heads * self.config.head_dim;
         vec![
-            PlaneSpec { name: "k", width },
-            PlaneSpec { name: "v", width },
+            PlaneSpec {
+                name: "k",
+                heads: self.config.n_kv_heads,
+                head_width: self.config.head_dim,
+            },
+            PlaneSpec {
+                name: "v",
+                heads: self.config.n_kv_heads,
+                head_width: self.config.head_dim,
+            },
         ]
     }
 
@@ -125,26 +139,8 @@ impl AttentionLayer for GroupedAttention {
         }
 
         let q_width = cfg.n_heads * cfg.head_dim;
-        let operands: Vec<AttentionOperands<'_>> = cache
-            .sequences()
-            .iter()
-            .enumerate()
-            .map(|(b, seq)| AttentionOperands {
-                q: q.view().subrows(b * seq_len, seq_len),
-                k: seq.plane(0),
-                v: seq.plane(1),
-                first_query_position: first_positions[b],
-            })
-            .collect();
-        let layout = HeadLayout {
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-            qk_dim: cfg.head_dim,
-            v_dim: cfg.head_dim,
-            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-        };
         let mut heads = vec![0.0f32; batch * seq_len * q_width];
-        grouped_attention(&operands, &layout, &mut heads);
+        self.attend(&q, cache, &first_positions, &mut heads);
         let mut concat = Matrix::zeros(batch * seq_len, q_width);
         heads_to_rows(
             &heads,
@@ -156,5 +152,49 @@ impl AttentionLayer for GroupedAttention {
         );
         project_to(out, concat.view(), &self.w_o);
         Ok(())
+    }
+
+    fn core_inputs(&self, cache: &KvCache, seq_len: usize, seed: u64) -> CoreInputs {
+        let cfg = &self.config;
+        CoreInputs::random(
+            cache,
+            seq_len,
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_heads * cfg.head_dim,
+            seed,
+        )
+    }
+
+    fn run_core(&self, inputs: &CoreInputs, cache: &KvCache, out: &mut [f32]) {
+        self.attend(&inputs.queries, cache, &inputs.first_positions, out);
+    }
+}
+
+impl GroupedAttention {
+    /// The attention core: rotated queries `q: (batch · s_q, n_heads · head_dim)` against
+    /// each sequence's cached K and V, whose first query sits at `first[b]`. Writes head-major
+    /// `(batch, n_heads, s_q, head_dim)`.
+    fn attend(&self, q: &Matrix, cache: &KvCache, first: &[usize], heads: &mut [f32]) {
+        let cfg = &self.config;
+        let s_q = q.rows() / cache.batch();
+        let operands: Vec<AttentionOperands<'_>> = cache
+            .sequences()
+            .iter()
+            .enumerate()
+            .map(|(b, seq)| AttentionOperands {
+                q: q.view().subrows(b * s_q, s_q),
+                k: seq.heads(0),
+                v: seq.heads(1),
+                first_query_position: first[b],
+            })
+            .collect();
+        let layout = HeadLayout {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            qk_dim: cfg.head_dim,
+            v_dim: cfg.head_dim,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+        };
+        attention(self.kernel, &operands, &layout, heads);
     }
 }

@@ -3,14 +3,14 @@
 use faer::{MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::config::{LayerSpec, MlaConfig, MlaPath, Variant};
+use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Variant};
 use crate::error::Result;
 use crate::kernels::{
-    AttentionOperands, HeadLayout, RopeTable, grouped_attention, heads_to_rows, matmul,
-    matmul_threads, project, project_to, rms_norm_rows,
+    AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, matmul, matmul_threads,
+    project, project_to, rms_norm_rows,
 };
 use crate::kv_cache::{KvCache, PlaneSpec, SequenceCache};
-use crate::layer::{AttentionLayer, LayerInfo, check_step, row_positions};
+use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positions};
 use crate::tensor::Matrix;
 use crate::weights::{norm_scale, projection_weight};
 
@@ -36,6 +36,7 @@ enum QueryProjection {
 pub struct MultiHeadLatentAttention {
     config: MlaConfig,
     path: MlaPath,
+    kernel: Kernel,
     query: QueryProjection,
     /// `(d_model, kv_lora_rank + qk_rope_head_dim)`: `[c_kv | k_rope_raw] = x · w_dkv`.
     w_dkv: Matrix,
@@ -74,7 +75,13 @@ impl MultiHeadLatentAttention {
             w_o: projection_weight(seed, "w_o", c.n_heads * c.v_head_dim, c.d_model),
             config,
             path,
+            kernel: Kernel::default(),
         })
+    }
+
+    /// The same layer running the attention core on `kernel`.
+    pub fn with_kernel(self, kernel: Kernel) -> Self {
+        Self { kernel, ..self }
     }
 
     /// The same layer (same weights) running the other path.
@@ -114,24 +121,22 @@ impl MultiHeadLatentAttention {
         latent
     }
 
-    /// Naive path: expand each sequence's latent into per-head keys `[k_nope_h | k_rope]` and
-    /// values `v_h`, then run MHA. Writes head-major `(batch, n_heads, s_q, v_head_dim)`.
-    fn attend_naive(&self, q: &Matrix, seqs: &[SequenceCache], first: &[usize], heads: &mut [f32]) {
+    /// Naive path, first half: each sequence's latent expanded into per-head keys
+    /// `[k_nope_h | k_rope]` `(len, n_heads · qk_head_dim)` and values `(len, n_heads · v)`.
+    fn expand(&self, seqs: &[SequenceCache]) -> Vec<(Matrix, Matrix)> {
         let c = &self.config;
-        let (nope, qk) = (c.qk_nope_head_dim, c.qk_head_dim());
-        let s_q = q.rows() / seqs.len();
-        let expanded: Vec<(Matrix, Matrix)> = seqs
-            .iter()
+        let (nope, qk, latent_width) =
+            (c.qk_nope_head_dim, c.qk_head_dim(), c.kv_values_per_token());
+        seqs.iter()
             .map(|seq| {
-                let latent = seq.plane(0);
+                let latent = seq.head(0, 0);
                 let c_kv = latent.subcols(0, c.kv_lora_rank);
                 let k_nope = project(c_kv, &self.w_uk);
                 let values = project(c_kv, &self.w_uv);
-                let latent_width = latent.ncols();
                 let mut keys = Matrix::zeros(seq.len(), c.n_heads * qk);
-                for j in 0..seq.len() {
-                    let k_rope = &seq.plane_rows(0)[j * latent_width..(j + 1) * latent_width]
-                        [c.kv_lora_rank..];
+                let rows = seq.token_rows(0);
+                for (j, latent) in rows.chunks_exact(latent_width).enumerate() {
+                    let k_rope = &latent[c.kv_lora_rank..];
                     let row = keys.row_mut(j);
                     for h in 0..c.n_heads {
                         row[h * qk..h * qk + nope]
@@ -141,80 +146,104 @@ impl MultiHeadLatentAttention {
                 }
                 (keys, values)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Naive path, second half: MHA of `q: (batch · s_q, n_heads · qk_head_dim)` over the
+    /// expanded keys and values. Writes head-major `(batch, n_heads, s_q, v_head_dim)`.
+    fn attend_expanded(
+        &self,
+        q: &Matrix,
+        expanded: &[(Matrix, Matrix)],
+        first: &[usize],
+        heads: &mut [f32],
+    ) {
+        let qk = self.config.qk_head_dim();
+        let c = &self.config;
+        let s_q = q.rows() / expanded.len();
         let operands: Vec<AttentionOperands<'_>> = expanded
             .iter()
             .enumerate()
             .map(|(b, (keys, values))| AttentionOperands {
                 q: q.view().subrows(b * s_q, s_q),
-                k: keys.view(),
-                v: values.view(),
+                k: (0..c.n_heads)
+                    .map(|h| keys.view().subcols(h * qk, qk))
+                    .collect(),
+                v: (0..c.n_heads)
+                    .map(|h| values.view().subcols(h * c.v_head_dim, c.v_head_dim))
+                    .collect(),
                 first_query_position: first[b],
             })
             .collect();
         let layout = HeadLayout {
             n_heads: c.n_heads,
             n_kv_heads: c.n_heads,
-            qk_dim: qk,
+            qk_dim: c.qk_head_dim(),
             v_dim: c.v_head_dim,
             scale: self.score_scale(),
         };
-        grouped_attention(&operands, &layout, heads);
+        attention(self.kernel, &operands, &layout, heads);
     }
 
-    /// Absorbed path: `q̃_h = q_nope_h · W_uk_hᵀ`, MQA of `[q̃_h | q_rope_h]` over the latent
-    /// rows (value: `c_kv`), then `o_h = õ_h · W_uv_h`. Writes head-major
-    /// `(batch, n_heads, s_q, v_head_dim)`.
-    fn attend_absorbed(
-        &self,
-        q: &Matrix,
-        seqs: &[SequenceCache],
-        first: &[usize],
-        heads: &mut [f32],
-    ) {
+    /// Absorbed path, queries: head `h` becomes `[q_nope_h · W_uk_hᵀ | q_rope_h]`,
+    /// `(t, n_heads · (kv_lora_rank + qk_rope_head_dim))`.
+    fn absorb_queries(&self, q: &Matrix) -> Matrix {
         let c = &self.config;
         let (d_c, nope, qk) = (c.kv_lora_rank, c.qk_nope_head_dim, c.qk_head_dim());
         let latent_width = c.kv_values_per_token();
-        let (t, s_q) = (q.rows(), q.rows() / seqs.len());
-
-        // Queries over the latent: head h is [q_nope_h · W_uk_hᵀ | q_rope_h].
-        let mut q_latent = Matrix::zeros(t, c.n_heads * latent_width);
+        let mut q_latent = Matrix::zeros(q.rows(), c.n_heads * latent_width);
         for h in 0..c.n_heads {
             let dst = q_latent.view_mut().subcols_mut(h * latent_width, d_c);
             let q_nope = q.view().subcols(h * qk, nope);
             let w_uk_h = self.w_uk.view().subcols(h * nope, nope);
             matmul(dst, q_nope, w_uk_h.transpose(), matmul_threads());
         }
-        for r in 0..t {
+        for r in 0..q.rows() {
             for h in 0..c.n_heads {
                 let q_rope = &q.row(r)[h * qk + nope..(h + 1) * qk];
                 q_latent.row_mut(r)[h * latent_width + d_c..(h + 1) * latent_width]
                     .copy_from_slice(q_rope);
             }
         }
+        q_latent
+    }
 
+    /// Absorbed path, core: MQA of the absorbed queries over each sequence's latent rows (key:
+    /// the whole row, value: its `c_kv` part). Writes head-major `(batch, n_heads, s_q, d_c)`.
+    fn attend_latent(
+        &self,
+        q_latent: &Matrix,
+        seqs: &[SequenceCache],
+        first: &[usize],
+        heads_latent: &mut [f32],
+    ) {
+        let c = &self.config;
+        let s_q = q_latent.rows() / seqs.len();
         let operands: Vec<AttentionOperands<'_>> = seqs
             .iter()
             .enumerate()
             .map(|(b, seq)| AttentionOperands {
                 q: q_latent.view().subrows(b * s_q, s_q),
-                k: seq.plane(0),
-                v: seq.plane(0).subcols(0, d_c),
+                k: vec![seq.head(0, 0)],
+                v: vec![seq.head(0, 0).subcols(0, c.kv_lora_rank)],
                 first_query_position: first[b],
             })
             .collect();
         let layout = HeadLayout {
             n_heads: c.n_heads,
             n_kv_heads: 1,
-            qk_dim: latent_width,
-            v_dim: d_c,
+            qk_dim: c.kv_values_per_token(),
+            v_dim: c.kv_lora_rank,
             scale: self.score_scale(),
         };
-        let mut heads_latent = vec![0.0f32; seqs.len() * c.n_heads * s_q * d_c];
-        grouped_attention(&operands, &layout, &mut heads_latent);
+        attention(self.kernel, &operands, &layout, heads_latent);
+    }
 
-        // o_h = õ_h · W_uv_h, per (sequence, head) block, in parallel.
-        let v = c.v_head_dim;
+    /// Absorbed path, output: `o_h = õ_h · W_uv_h` for every (sequence, head) block, in
+    /// parallel. `heads_latent: (batch, n_heads, s_q, d_c)` → `heads: (batch, n_heads, s_q, v)`.
+    fn unabsorb(&self, heads_latent: &[f32], s_q: usize, heads: &mut [f32]) {
+        let c = &self.config;
+        let (d_c, v) = (c.kv_lora_rank, c.v_head_dim);
         heads
             .par_chunks_mut(s_q * v)
             .zip(heads_latent.par_chunks(s_q * d_c))
@@ -223,8 +252,7 @@ impl MultiHeadLatentAttention {
                 let h = i % c.n_heads;
                 let dst = MatMut::from_row_major_slice_mut(o_h, s_q, v);
                 let lhs = MatRef::from_row_major_slice(latent_h, s_q, d_c);
-                let w_uv_h = self.w_uv.view().subcols(h * v, v);
-                matmul(dst, lhs, w_uv_h, Par::Seq);
+                matmul(dst, lhs, self.w_uv.view().subcols(h * v, v), Par::Seq);
             });
     }
 
@@ -253,7 +281,8 @@ impl AttentionLayer for MultiHeadLatentAttention {
     fn cache_planes(&self) -> Vec<PlaneSpec> {
         vec![PlaneSpec {
             name: "latent",
-            width: self.config.kv_values_per_token(),
+            heads: 1,
+            head_width: self.config.kv_values_per_token(),
         }]
     }
 
@@ -293,8 +322,16 @@ impl AttentionLayer for MultiHeadLatentAttention {
 
         let mut heads = vec![0.0f32; batch * c.n_heads * seq_len * c.v_head_dim];
         match self.path {
-            MlaPath::Naive => self.attend_naive(&q, cache.sequences(), &first, &mut heads),
-            MlaPath::Absorbed => self.attend_absorbed(&q, cache.sequences(), &first, &mut heads),
+            MlaPath::Naive => {
+                let expanded = self.expand(cache.sequences());
+                self.attend_expanded(&q, &expanded, &first, &mut heads);
+            }
+            MlaPath::Absorbed => {
+                let q_latent = self.absorb_queries(&q);
+                let mut heads_latent = vec![0.0f32; batch * c.n_heads * seq_len * c.kv_lora_rank];
+                self.attend_latent(&q_latent, cache.sequences(), &first, &mut heads_latent);
+                self.unabsorb(&heads_latent, seq_len, &mut heads);
+            }
         }
         let mut concat = Matrix::zeros(batch * seq_len, c.n_heads * c.v_head_dim);
         heads_to_rows(
@@ -307,5 +344,39 @@ impl AttentionLayer for MultiHeadLatentAttention {
         );
         project_to(out, concat.view(), &self.w_o);
         Ok(())
+    }
+
+    fn core_inputs(&self, cache: &KvCache, seq_len: usize, seed: u64) -> CoreInputs {
+        let c = &self.config;
+        match self.path {
+            MlaPath::Naive => {
+                let width = c.n_heads * c.qk_head_dim();
+                let mut inputs =
+                    CoreInputs::random(cache, seq_len, width, c.n_heads * c.v_head_dim, seed);
+                inputs.expanded = self.expand(cache.sequences());
+                inputs
+            }
+            MlaPath::Absorbed => {
+                let width = c.n_heads * c.kv_values_per_token();
+                CoreInputs::random(cache, seq_len, width, c.n_heads * c.kv_lora_rank, seed)
+            }
+        }
+    }
+
+    fn run_core(&self, inputs: &CoreInputs, cache: &KvCache, out: &mut [f32]) {
+        match self.path {
+            MlaPath::Naive => self.attend_expanded(
+                &inputs.queries,
+                &inputs.expanded,
+                &inputs.first_positions,
+                out,
+            ),
+            MlaPath::Absorbed => self.attend_latent(
+                &inputs.queries,
+                cache.sequences(),
+                &inputs.first_positions,
+                out,
+            ),
+        }
     }
 }

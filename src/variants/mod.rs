@@ -8,23 +8,32 @@ pub mod mha;
 mod mla;
 pub mod mqa;
 
-pub use cost::{MemoryEstimate, StepCost, memory_estimate, step_cost, visible_pairs};
+pub use cost::{MemoryEstimate, StepCost, core_cost, memory_estimate, step_cost, visible_pairs};
 pub use grouped::GroupedAttention;
 pub use mla::MultiHeadLatentAttention;
 
-use crate::config::LayerSpec;
+use crate::config::{Kernel, LayerSpec};
 use crate::error::Result;
 use crate::layer::AttentionLayer;
 
 /// Builds the layer a spec describes, weights drawn from `seed`. The harness, the benches and
 /// `export` all build layers here, so they time and check the same thing.
 pub fn build_layer(spec: &LayerSpec, seed: u64) -> Result<Box<dyn AttentionLayer>> {
+    build_layer_with_kernel(spec, Kernel::default(), seed)
+}
+
+/// [`build_layer`] with the attention core on `kernel`.
+pub fn build_layer_with_kernel(
+    spec: &LayerSpec,
+    kernel: Kernel,
+    seed: u64,
+) -> Result<Box<dyn AttentionLayer>> {
     Ok(match spec {
         LayerSpec::Grouped { variant, config } => {
-            Box::new(GroupedAttention::new(*variant, config.clone(), seed)?)
+            Box::new(GroupedAttention::new(*variant, config.clone(), seed)?.with_kernel(kernel))
         }
-        LayerSpec::Mla { config, path } => {
-            Box::new(MultiHeadLatentAttention::new(config.clone(), *path, seed)?)
-        }
+        LayerSpec::Mla { config, path } => Box::new(
+            MultiHeadLatentAttention::new(config.clone(), *path, seed)?.with_kernel(kernel),
+        ),
     })
 }

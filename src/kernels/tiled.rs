@@ -1,0 +1,300 @@
+//! Flash-style grouped attention: the kernel the harness times by default.
+//!
+//! Work is split into tasks of (sequence, KV head, query tile). A task packs every query head
+//! of its group and every query of its tile into one matrix, so each block of keys and values
+//! is read once for the whole group (GQA's and MQA's real saving at decode; MLA absorbed packs
+//! all heads over the one latent). Keys are visited in blocks with an online softmax, so the
+//! `s_q × s_k` score matrix never exists; blocks entirely in the causal future are skipped.
+//! When there are fewer tasks than threads (decode with few KV heads), each task's keys are
+//! split into ranges that run in parallel and are merged by log-sum-exp, so every core streams
+//! the cache. Matmuls inside run sequentially: the parallelism is over tasks.
+
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::attention::{AttentionOperands, HeadLayout};
+use super::simd::{axpy, dots, with_best_features};
+
+/// Rows of a packed query block (group heads × tile queries) aimed for.
+const TARGET_ROWS: usize = 64;
+/// Keys per block of the online softmax.
+const KEY_BLOCK: usize = 256;
+/// Largest packed block handled by plain loops over key rows instead of matmuls.
+const ROWWISE_MAX_ROWS: usize = 4;
+/// Fewest keys worth a split of their own.
+const MIN_KEYS_PER_SPLIT: usize = 512;
+
+/// Causal grouped attention, tiled; same contract as [`super::grouped_attention`]: `out` is
+/// head-major `(batch, n_heads, s_q, v_dim)`.
+pub fn tiled_attention(seqs: &[AttentionOperands<'_>], layout: &HeadLayout, out: &mut [f32]) {
+    let s_q = seqs.first().map_or(0, |s| s.q.nrows());
+    let group = layout.n_heads / layout.n_kv_heads;
+    let dv = layout.v_dim;
+    assert_eq!(
+        out.len(),
+        seqs.len() * layout.n_heads * s_q * dv,
+        "output length"
+    );
+    if s_q == 0 || dv == 0 {
+        return;
+    }
+    let tile = (TARGET_ROWS / group).clamp(1, s_q);
+    let n_tiles = s_q.div_ceil(tile);
+    let tasks = seqs.len() * layout.n_kv_heads * n_tiles;
+    let threads = rayon::current_num_threads();
+    let longest = seqs.iter().map(|s| s.k[0].nrows()).max().unwrap_or(0);
+    let splits = if tasks >= threads {
+        1
+    } else {
+        (2 * threads)
+            .div_ceil(tasks)
+            .min(longest / MIN_KEYS_PER_SPLIT)
+            .max(1)
+    };
+
+    // Heads of one group are adjacent in the head-major output: one chunk per (sequence, KV head).
+    out.par_chunks_mut(group * s_q * dv)
+        .enumerate()
+        .for_each(|(index, chunk)| {
+            let (b, g) = (index / layout.n_kv_heads, index % layout.n_kv_heads);
+            let seq = &seqs[b];
+            let mut heads: Vec<&mut [f32]> = chunk.chunks_mut(s_q * dv).collect();
+            let mut tiles = Vec::with_capacity(n_tiles);
+            for q0 in (0..s_q).step_by(tile) {
+                let tq = tile.min(s_q - q0);
+                let parts: Vec<&mut [f32]> = heads
+                    .iter_mut()
+                    .map(|rest| {
+                        let (now, later) = std::mem::take(rest).split_at_mut(tq * dv);
+                        *rest = later;
+                        now
+                    })
+                    .collect();
+                tiles.push((q0, tq, parts));
+            }
+            tiles.into_par_iter().for_each(|(q0, tq, mut parts)| {
+                let task = Task {
+                    seq,
+                    layout,
+                    g,
+                    group,
+                    q0,
+                    tq,
+                };
+                task.run(splits, &mut parts);
+            });
+        });
+}
+
+/// One (sequence, KV head, query tile).
+struct Task<'a> {
+    seq: &'a AttentionOperands<'a>,
+    layout: &'a HeadLayout,
+    g: usize,
+    group: usize,
+    q0: usize,
+    tq: usize,
+}
+
+/// The running state of an online softmax over some keys: unnormalised output rows, row
+/// maxima and row sums.
+struct Partial {
+    acc: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl Task<'_> {
+    fn rows(&self) -> usize {
+        self.group * self.tq
+    }
+
+    /// Keys any row of the tile may see: up to the last query's position.
+    fn visible_keys(&self) -> usize {
+        (self.seq.first_query_position + self.q0 + self.tq).min(self.seq.k[self.g].nrows())
+    }
+
+    fn run(&self, splits: usize, parts: &mut [&mut [f32]]) {
+        let dv = self.layout.v_dim;
+        let q = self.packed_queries();
+        let keys = self.visible_keys();
+        let ranges: Vec<(usize, usize)> = if splits <= 1 || keys < 2 * MIN_KEYS_PER_SPLIT {
+            vec![(0, keys)]
+        } else {
+            let per = keys.div_ceil(splits).next_multiple_of(KEY_BLOCK);
+            (0..keys)
+                .step_by(per)
+                .map(|s| (s, (s + per).min(keys)))
+                .collect()
+        };
+        let partials: Vec<Partial> = if ranges.len() == 1 {
+            vec![self.attend(&q, ranges[0])]
+        } else {
+            ranges.par_iter().map(|&r| self.attend(&q, r)).collect()
+        };
+        // Merge by log-sum-exp and normalise: o = Σ e^(m_s − M) acc_s / Σ e^(m_s − M) l_s.
+        for r in 0..self.rows() {
+            let top = partials
+                .iter()
+                .map(|p| p.max[r])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0f32;
+            let (h_local, i) = (r / self.tq, r % self.tq);
+            let dst = &mut parts[h_local][i * dv..(i + 1) * dv];
+            dst.fill(0.0);
+            for p in &partials {
+                let w = if p.max[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (p.max[r] - top).exp()
+                };
+                total += w * p.sum[r];
+                for (d, a) in dst.iter_mut().zip(&p.acc[r * dv..(r + 1) * dv]) {
+                    *d += w * a;
+                }
+            }
+            let inv = 1.0 / total;
+            dst.iter_mut().for_each(|d| *d *= inv);
+        }
+    }
+
+    /// `(group · tq, qk_dim)`: row `h_local · tq + i` is query `q0 + i` of head
+    /// `g · group + h_local`.
+    fn packed_queries(&self) -> Vec<f32> {
+        let d = self.layout.qk_dim;
+        let mut packed = vec![0.0f32; self.rows() * d];
+        for h_local in 0..self.group {
+            let h = self.g * self.group + h_local;
+            let q_h = self.seq.q.subcols(h * d, d);
+            for i in 0..self.tq {
+                let row = &mut packed[(h_local * self.tq + i) * d..][..d];
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = q_h[(self.q0 + i, c)];
+                }
+            }
+        }
+        packed
+    }
+
+    /// Online softmax over keys `range`, block by block.
+    fn attend(&self, packed: &[f32], range: (usize, usize)) -> Partial {
+        with_best_features(|| self.attend_blocks(packed, range))
+    }
+
+    #[inline(always)]
+    fn attend_blocks(&self, packed: &[f32], (start, end): (usize, usize)) -> Partial {
+        let (d, dv, rows) = (self.layout.qk_dim, self.layout.v_dim, self.rows());
+        let (k, v) = (self.seq.k[self.g], self.seq.v[self.g]);
+        let q = MatRef::from_row_major_slice(packed, rows, d);
+        // Few rows (decode of MHA and narrow groups): a matmul call per block costs more than
+        // the block; plain loops over each key row stream the cache instead.
+        let rowwise = (rows <= ROWWISE_MAX_ROWS)
+            .then(|| k.try_as_row_major().zip(v.try_as_row_major()))
+            .flatten();
+        let mut partial = Partial {
+            acc: vec![0.0; rows * dv],
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+        };
+        let mut scores = vec![0.0f32; rows * KEY_BLOCK];
+        let first = self.seq.first_query_position + self.q0;
+        for j0 in (start..end).step_by(KEY_BLOCK) {
+            let nb = KEY_BLOCK.min(end - j0);
+            let block = &mut scores[..rows * nb];
+            match rowwise {
+                Some((k, _)) => {
+                    let mut column = [0.0f32; ROWWISE_MAX_ROWS];
+                    for j in 0..nb {
+                        let key = k.row(j0 + j).as_slice();
+                        dots(packed, key, self.layout.scale, &mut column[..rows]);
+                        for (r, &score) in column[..rows].iter().enumerate() {
+                            block[r * nb + j] = score;
+                        }
+                    }
+                }
+                None => faer::linalg::matmul::matmul(
+                    MatMut::from_row_major_slice_mut(block, rows, nb),
+                    Accum::Replace,
+                    q,
+                    k.subrows(j0, nb).transpose(),
+                    self.layout.scale,
+                    Par::Seq,
+                ),
+            }
+            for r in 0..rows {
+                // Row r is query q0 + i: it sees keys up to position first + i.
+                let i = r % self.tq;
+                let visible = (first + i + 1).saturating_sub(j0).min(nb);
+                let row = &mut block[r * nb..(r + 1) * nb];
+                let acc = &mut partial.acc[r * dv..(r + 1) * dv];
+                if visible == 0 {
+                    row.fill(0.0);
+                    continue;
+                }
+                let block_max = row[..visible]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let new_max = partial.max[r].max(block_max);
+                let rescale = if partial.max[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (partial.max[r] - new_max).exp()
+                };
+                for s in &mut row[..visible] {
+                    *s = fast_exp(*s - new_max);
+                }
+                let block_sum: f32 = row[..visible].iter().sum();
+                row[visible..].fill(0.0);
+                partial.sum[r] = partial.sum[r] * rescale + block_sum;
+                partial.max[r] = new_max;
+                if rescale != 1.0 {
+                    acc.iter_mut().for_each(|a| *a *= rescale);
+                }
+            }
+            match rowwise {
+                Some((_, v)) => {
+                    for j in 0..nb {
+                        let value = v.row(j0 + j).as_slice();
+                        for r in 0..rows {
+                            let p = block[r * nb + j];
+                            if p != 0.0 {
+                                axpy(p, value, &mut partial.acc[r * dv..(r + 1) * dv]);
+                            }
+                        }
+                    }
+                }
+                None => faer::linalg::matmul::matmul(
+                    MatMut::from_row_major_slice_mut(&mut partial.acc, rows, dv),
+                    Accum::Add,
+                    MatRef::from_row_major_slice(block, rows, nb),
+                    v.subrows(j0, nb),
+                    1.0f32,
+                    Par::Seq,
+                ),
+            }
+        }
+        partial
+    }
+}
+
+/// `e^x` for `x ≤ 0` (softmax arguments after the max shift), branch-free so that loops over
+/// it vectorise: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by a degree-6 polynomial
+/// (relative error below 2e-7), `2^n` put straight into the exponent bits. Arguments below
+/// −87 give 0, as `e^x` underflows f32 there anyway.
+#[inline]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // ln 2 in two parts (Cody–Waite): n · LN2_HI is exact in f32, so the reduction loses
+    // nothing even for n near −126.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}

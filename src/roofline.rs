@@ -1,0 +1,180 @@
+//! This machine's limits, measured by the tool itself, and the roofline of every point:
+//! `ideal = max(flops / peak_flops, bytes / read_bandwidth)` for the point's thread count.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use faer::{Accum, Mat, Par};
+use serde::{Deserialize, Serialize};
+
+use crate::harness::{Environment, RunError};
+
+/// The `format` field of `machine.json`.
+pub const MACHINE_FORMAT: &str = "attnbench-machine/1";
+
+/// How big the calibration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalibrationSize {
+    /// Side of the square f32 matrices multiplied.
+    pub matmul_n: usize,
+    /// Bytes of the array streamed; far beyond the last-level cache.
+    pub read_bytes: usize,
+    /// Repetitions; the best (fastest) is kept, as the peak is what the hardware can do.
+    pub repeats: usize,
+}
+
+impl CalibrationSize {
+    /// The real calibration: 2048² matmuls, a 1 GiB stream.
+    pub const FULL: Self = Self {
+        matmul_n: 2048,
+        read_bytes: 1 << 30,
+        repeats: 5,
+    };
+    /// A quick one for tests: numbers too low to publish.
+    pub const QUICK: Self = Self {
+        matmul_n: 256,
+        read_bytes: 16 << 20,
+        repeats: 2,
+    };
+}
+
+/// This machine's measured peaks, per thread count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Always [`MACHINE_FORMAT`].
+    pub format: String,
+    /// Where it was measured.
+    pub environment: Environment,
+    /// The calibration's size.
+    pub size: CalibrationSize,
+    /// Peak f32 matmul GFLOP/s (faer, square products), by thread count.
+    pub matmul_gflops: BTreeMap<usize, f64>,
+    /// Streaming read bandwidth in GB/s (10⁹ bytes/s), by thread count.
+    pub read_gbps: BTreeMap<usize, f64>,
+}
+
+impl Machine {
+    /// True when this file describes the machine running now (same CPU model and core
+    /// count) and covers every thread count in `threads`.
+    pub fn matches(&self, now: &Environment, threads: &[usize]) -> bool {
+        self.format == MACHINE_FORMAT
+            && self.environment.cpu_model == now.cpu_model
+            && self.environment.cores == now.cores
+            && threads
+                .iter()
+                .all(|t| self.matmul_gflops.contains_key(t) && self.read_gbps.contains_key(t))
+    }
+
+    /// The ideal time of a step in ns, on `threads` threads; `None` without calibration for
+    /// that count.
+    pub fn ideal_ns(&self, flops: u64, bytes: u64, threads: usize) -> Option<f64> {
+        let gflops = self.matmul_gflops.get(&threads)?;
+        let gbps = self.read_gbps.get(&threads)?;
+        Some((flops as f64 / gflops).max(bytes as f64 / gbps))
+    }
+}
+
+/// Measures the peaks for each thread count in `threads`.
+pub fn calibrate(threads: &[usize], size: CalibrationSize, environment: Environment) -> Machine {
+    let mut matmul_gflops = BTreeMap::new();
+    let mut read_gbps = BTreeMap::new();
+    let values = size.read_bytes / size_of::<f32>();
+    // Written, not just reserved, so that the pages are real before the first pass.
+    let stream: Vec<f32> = (0..values).map(|i| (i % 7) as f32).collect();
+    for &t in threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .expect("thread pool");
+        pool.install(|| {
+            matmul_gflops.insert(t, matmul_peak_gflops(size, t));
+            read_gbps.insert(t, read_bandwidth_gbps(&stream, size.repeats));
+        });
+    }
+    Machine {
+        format: MACHINE_FORMAT.to_string(),
+        environment,
+        size,
+        matmul_gflops,
+        read_gbps,
+    }
+}
+
+fn matmul_peak_gflops(size: CalibrationSize, threads: usize) -> f64 {
+    let n = size.matmul_n;
+    let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 3 + j) % 5) as f32 * 0.1);
+    let b = Mat::<f32>::from_fn(n, n, |i, j| ((i + 2 * j) % 7) as f32 * 0.1);
+    let mut c = Mat::<f32>::zeros(n, n);
+    let par = if threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..=size.repeats {
+        let start = Instant::now();
+        faer::linalg::matmul::matmul(
+            c.as_mut(),
+            Accum::Replace,
+            a.as_ref(),
+            b.as_ref(),
+            1.0f32,
+            par,
+        );
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(&c);
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// Sums `stream` split over the current pool's threads; eight independent accumulators per
+/// chunk let the compiler vectorise, so the loop is limited by memory, not by adds.
+fn read_bandwidth_gbps(stream: &[f32], repeats: usize) -> f64 {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let chunk = stream.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..=repeats {
+        let start = Instant::now();
+        let total: f32 = stream
+            .par_chunks(chunk)
+            .map(|part| {
+                let mut acc = [0.0f32; 16];
+                let mut lanes = part.chunks_exact(16);
+                for block in &mut lanes {
+                    for (a, v) in acc.iter_mut().zip(block) {
+                        *a += v;
+                    }
+                }
+                acc.iter().sum::<f32>() + lanes.remainder().iter().sum::<f32>()
+            })
+            .sum();
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(total);
+    }
+    std::mem::size_of_val(stream) as f64 / best / 1e9
+}
+
+/// Reads a machine file.
+pub fn read_machine(path: &Path) -> Result<Machine, RunError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| RunError::CorruptLog {
+        path: path.to_path_buf(),
+        line: e.line(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes a machine file atomically.
+pub fn write_machine(path: &Path, machine: &Machine) -> Result<(), RunError> {
+    let mut text = serde_json::to_string_pretty(machine).expect("machine serialises");
+    text.push('\n');
+    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,158 @@
+//! The tiled (flash-style) kernel against the naive one on the same operands: block edges,
+//! group sizes, causal offsets, long contexts split across threads.
+
+mod common;
+
+use attnbench::kernels::{
+    AttentionOperands, HeadLayout, fast_exp, grouped_attention, tiled_attention,
+};
+use attnbench::weights::SeededRng;
+use common::assert_close_f32;
+use faer::MatRef;
+
+struct Case {
+    batch: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    qk_dim: usize,
+    v_dim: usize,
+    s_q: usize,
+    context: usize,
+}
+
+fn run(case: &Case, threads: usize) {
+    let mut rng = SeededRng::new(7, "kernels");
+    let s_k = case.context + case.s_q;
+    let q = rng.normal_matrix(case.batch * case.s_q, case.n_heads * case.qk_dim, 1.0);
+    let kv: Vec<_> = (0..case.batch)
+        .map(|_| {
+            (
+                rng.normal_matrix(s_k, case.n_kv_heads * case.qk_dim, 1.0),
+                rng.normal_matrix(s_k, case.n_kv_heads * case.v_dim, 1.0),
+            )
+        })
+        .collect();
+    let operands: Vec<AttentionOperands<'_>> = kv
+        .iter()
+        .enumerate()
+        .map(|(b, (k, v))| AttentionOperands {
+            q: MatRef::from_row_major_slice(
+                &q.data()[b * case.s_q * q.cols()..(b + 1) * case.s_q * q.cols()],
+                case.s_q,
+                q.cols(),
+            ),
+            k: (0..case.n_kv_heads)
+                .map(|g| k.view().subcols(g * case.qk_dim, case.qk_dim))
+                .collect(),
+            v: (0..case.n_kv_heads)
+                .map(|g| v.view().subcols(g * case.v_dim, case.v_dim))
+                .collect(),
+            first_query_position: case.context,
+        })
+        .collect();
+    let layout = HeadLayout {
+        n_heads: case.n_heads,
+        n_kv_heads: case.n_kv_heads,
+        qk_dim: case.qk_dim,
+        v_dim: case.v_dim,
+        scale: 1.0 / (case.qk_dim as f32).sqrt(),
+    };
+    let len = case.batch * case.n_heads * case.s_q * case.v_dim;
+    let (mut naive, mut tiled) = (vec![0.0; len], vec![0.0; len]);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        grouped_attention(&operands, &layout, &mut naive);
+        tiled_attention(&operands, &layout, &mut tiled);
+    });
+    let label = format!(
+        "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads}",
+        case.batch, case.n_heads, case.n_kv_heads, case.qk_dim, case.v_dim, case.s_q, case.context
+    );
+    assert_close_f32(&tiled, &naive, 1e-5, &label);
+}
+
+#[test]
+fn tiled_equals_naive_at_block_edges_and_group_sizes() {
+    for (n_heads, n_kv_heads) in [(4, 4), (4, 2), (4, 1), (6, 3), (32, 1)] {
+        for (s_q, context) in [
+            (1, 0),
+            (1, 15),
+            (17, 0),
+            (16, 5),
+            (65, 0),
+            (3, 255),
+            (1, 256),
+            (1, 257),
+            (129, 130),
+        ] {
+            let case = Case {
+                batch: 2,
+                n_heads,
+                n_kv_heads,
+                qk_dim: 8,
+                v_dim: 6,
+                s_q,
+                context,
+            };
+            for threads in [1, 2] {
+                run(&case, threads);
+            }
+        }
+    }
+}
+
+#[test]
+fn long_decode_contexts_split_across_threads_merge_exactly() {
+    // One sequence, one KV head: fewer tasks than threads, so the keys are split.
+    for context in [1023, 2048, 3001] {
+        for (n_heads, n_kv_heads) in [(8, 1), (4, 2), (1, 1)] {
+            let case = Case {
+                batch: 1,
+                n_heads,
+                n_kv_heads,
+                qk_dim: 16,
+                v_dim: 16,
+                s_q: 1,
+                context,
+            };
+            for threads in [2, 4] {
+                run(&case, threads);
+            }
+        }
+    }
+}
+
+#[test]
+fn absorbed_mla_shape_with_wide_keys_and_narrower_values() {
+    let case = Case {
+        batch: 1,
+        n_heads: 16,
+        n_kv_heads: 1,
+        qk_dim: 72,
+        v_dim: 64,
+        s_q: 3,
+        context: 700,
+    };
+    run(&case, 2);
+}
+
+#[test]
+fn fast_exp_is_accurate_over_the_softmax_range() {
+    let mut worst = 0.0f64;
+    let mut x = -90.0f32;
+    while x <= 0.0 {
+        let exact = f64::from(x).exp();
+        let got = f64::from(fast_exp(x));
+        if exact > 1e-30 {
+            worst = worst.max(((got - exact) / exact).abs());
+        }
+        x += 0.0137;
+    }
+    assert!(worst < 1e-6, "relative error {worst:e}");
+    assert_eq!(fast_exp(f32::NEG_INFINITY), fast_exp(-87.0));
+    assert!(fast_exp(-87.0) < 1e-37);
+    assert_eq!(fast_exp(0.0), 1.0);
+}

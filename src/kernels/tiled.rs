@@ -13,7 +13,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::attention::{AttentionOperands, HeadLayout};
-use super::simd::{axpy, dots, with_best_features};
+use super::simd::{axpy, dots, exp_shifted_sum, max_of, with_best_features};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
 const TARGET_ROWS: usize = 64;
@@ -231,20 +231,14 @@ impl Task<'_> {
                     row.fill(0.0);
                     continue;
                 }
-                let block_max = row[..visible]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max);
+                let block_max = max_of(&row[..visible]);
                 let new_max = partial.max[r].max(block_max);
                 let rescale = if partial.max[r] == f32::NEG_INFINITY {
                     0.0
                 } else {
                     (partial.max[r] - new_max).exp()
                 };
-                for s in &mut row[..visible] {
-                    *s = fast_exp(*s - new_max);
-                }
-                let block_sum: f32 = row[..visible].iter().sum();
+                let block_sum = exp_shifted_sum(&mut row[..visible], new_max);
                 row[visible..].fill(0.0);
                 partial.sum[r] = partial.sum[r] * rescale + block_sum;
                 partial.max[r] = new_max;

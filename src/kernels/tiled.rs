@@ -13,14 +13,17 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::attention::{AttentionOperands, HeadLayout};
-use super::simd::{axpy, dots, exp_shifted_sum, max_of, with_best_features};
+use super::simd::{exp_shifted_sum, max_of, with_best_features};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
 const TARGET_ROWS: usize = 64;
 /// Keys per block of the online softmax.
 const KEY_BLOCK: usize = 256;
-/// Largest packed block handled by plain loops over key rows instead of matmuls.
-const ROWWISE_MAX_ROWS: usize = 4;
+/// Largest packed block (rows) whose keys are taken in one long block instead of blocks of
+/// [`KEY_BLOCK`].
+const WIDE_BLOCK_MAX_ROWS: usize = 8;
+/// Longest such block.
+const WIDE_BLOCK_MAX_KEYS: usize = 16384;
 /// Fewest keys worth a split of their own.
 const MIN_KEYS_PER_SPLIT: usize = 512;
 
@@ -186,41 +189,35 @@ impl Task<'_> {
         let (d, dv, rows) = (self.layout.qk_dim, self.layout.v_dim, self.rows());
         let (k, v) = (self.seq.k[self.g], self.seq.v[self.g]);
         let q = MatRef::from_row_major_slice(packed, rows, d);
-        // Few rows (decode of MHA and narrow groups): a matmul call per block costs more than
-        // the block; plain loops over each key row stream the cache instead.
-        let rowwise = (rows <= ROWWISE_MAX_ROWS)
-            .then(|| k.try_as_row_major().zip(v.try_as_row_major()))
-            .flatten();
+        // Few rows (decode): one block spans the whole range, so each head's keys and values
+        // are read by one long matmul (faer's matrix-vector path streams them) instead of
+        // many short calls; the score buffer stays small because the rows are few.
+        let block_len = if rows <= WIDE_BLOCK_MAX_ROWS {
+            (end - start).clamp(1, WIDE_BLOCK_MAX_KEYS)
+        } else {
+            KEY_BLOCK
+        };
         let mut partial = Partial {
             acc: vec![0.0; rows * dv],
             max: vec![f32::NEG_INFINITY; rows],
             sum: vec![0.0; rows],
         };
-        let mut scores = vec![0.0f32; rows * KEY_BLOCK];
+        let mut scores = vec![0.0f32; rows * block_len];
         let first = self.seq.first_query_position + self.q0;
-        for j0 in (start..end).step_by(KEY_BLOCK) {
-            let nb = KEY_BLOCK.min(end - j0);
+        for j0 in (start..end).step_by(block_len) {
+            let nb = block_len.min(end - j0);
             let block = &mut scores[..rows * nb];
-            match rowwise {
-                Some((k, _)) => {
-                    let mut column = [0.0f32; ROWWISE_MAX_ROWS];
-                    for j in 0..nb {
-                        let key = k.row(j0 + j).as_slice();
-                        dots(packed, key, self.layout.scale, &mut column[..rows]);
-                        for (r, &score) in column[..rows].iter().enumerate() {
-                            block[r * nb + j] = score;
-                        }
-                    }
-                }
-                None => faer::linalg::matmul::matmul(
-                    MatMut::from_row_major_slice_mut(block, rows, nb),
-                    Accum::Replace,
-                    q,
-                    k.subrows(j0, nb).transpose(),
-                    self.layout.scale,
-                    Par::Seq,
-                ),
-            }
+            // Written as `blockᵀ = K_block · qᵀ` (and below `accᵀ += V_blockᵀ · blockᵀ`): the
+            // long key dimension becomes faer's row dimension, which its kernels stream
+            // without repacking the keys for every few query rows.
+            faer::linalg::matmul::matmul(
+                MatMut::from_column_major_slice_mut(block, nb, rows),
+                Accum::Replace,
+                k.subrows(j0, nb),
+                q.transpose(),
+                self.layout.scale,
+                Par::Seq,
+            );
             for r in 0..rows {
                 // Row r is query q0 + i: it sees keys up to position first + i.
                 let i = r % self.tq;
@@ -246,27 +243,14 @@ impl Task<'_> {
                     acc.iter_mut().for_each(|a| *a *= rescale);
                 }
             }
-            match rowwise {
-                Some((_, v)) => {
-                    for j in 0..nb {
-                        let value = v.row(j0 + j).as_slice();
-                        for r in 0..rows {
-                            let p = block[r * nb + j];
-                            if p != 0.0 {
-                                axpy(p, value, &mut partial.acc[r * dv..(r + 1) * dv]);
-                            }
-                        }
-                    }
-                }
-                None => faer::linalg::matmul::matmul(
-                    MatMut::from_row_major_slice_mut(&mut partial.acc, rows, dv),
-                    Accum::Add,
-                    MatRef::from_row_major_slice(block, rows, nb),
-                    v.subrows(j0, nb),
-                    1.0f32,
-                    Par::Seq,
-                ),
-            }
+            faer::linalg::matmul::matmul(
+                MatMut::from_column_major_slice_mut(&mut partial.acc, dv, rows),
+                Accum::Add,
+                v.subrows(j0, nb).transpose(),
+                MatRef::from_column_major_slice(block, nb, rows),
+                1.0f32,
+                Par::Seq,
+            );
         }
         partial
     }

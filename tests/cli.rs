@@ -1,13 +1,10 @@
 //! The binary's contract: bad input gives a clear error and a non-zero exit, never a panic.
 
-use std::process::{Command, Output};
+mod common;
 
-fn attnbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnbench"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::process::Output;
+
+use common::{assert_success, attnbench};
 
 fn assert_refused(args: &[&str], needles: &[&str]) {
     let out = attnbench(args);
@@ -70,11 +67,7 @@ fn export_writes_a_case_with_the_documented_fields() {
         "--out",
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let case: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(case["format"], "attnbench-case/1");
     assert_eq!(case["variant"], "mla");

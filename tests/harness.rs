@@ -3,17 +3,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output, Stdio};
+
+use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
 use attnbench::harness::{ResultsFile, read_log};
-
-fn attnbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnbench"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// A quick calibration shared by the tests (a full one takes seconds per run).
 fn machine() -> &'static str {
@@ -30,11 +27,7 @@ fn machine() -> &'static str {
             "--out",
             path.to_str().unwrap(),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         path.to_string_lossy().into_owned()
     })
 }
@@ -119,11 +112,7 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
     let file = write(&dir, "tiny.toml", TINY);
     let out = dir.join("out");
     let result = run(&file, &out, &[]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert_success(&result);
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
         stdout.contains("decode: latency"),
@@ -297,11 +286,7 @@ fn nonsense_combinations_are_listed_as_skipped_not_dropped() {
         .replace("mode = [\"prefill\", \"decode\"]", "mode = [\"decode\"]");
     let file = write(&dir, "skips.toml", &text);
     let out = attnbench(&["validate", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(
@@ -372,11 +357,7 @@ fn a_killed_sweep_resumes_without_remeasuring_finished_points() {
     );
 
     let resumed = run(&file, &out, &["--resume", "--quiet"]);
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    assert_success(&resumed);
     assert!(
         String::from_utf8_lossy(&resumed.stderr)
             .contains(&format!("resuming: {} of 8", before.len()))
@@ -399,11 +380,7 @@ fn list_shows_presets_and_experiments() {
         "--dir",
         concat!(env!("CARGO_MANIFEST_DIR"), "/variants"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for name in [
         "gpt2-small",

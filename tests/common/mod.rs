@@ -123,3 +123,20 @@ pub fn stack(parts: &[&Matrix]) -> Matrix {
         .collect();
     Matrix::from_vec(data.len() / cols, cols, data).unwrap()
 }
+
+/// Runs the `attnbench` binary with `args`.
+pub fn attnbench(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Asserts a command succeeded, showing its stderr when it did not.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

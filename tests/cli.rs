@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Output;
-
 use common::{assert_success, attnbench};
 
 fn assert_refused(args: &[&str], needles: &[&str]) {

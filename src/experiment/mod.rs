@@ -792,7 +792,7 @@ impl Builder<'_> {
         };
         let get_ms =
             |v: &Option<Spanned<u64>>, default: u64| v.as_ref().map_or(default, |s| *s.get_ref());
-        let settings = MeasureSettings {
+        let mut settings = MeasureSettings {
             warmup_iters: get(&m.warmup_iters, 3),
             warmup_ms: get_ms(&m.warmup_ms, 500),
             min_samples: get(&m.min_samples, 5),
@@ -821,7 +821,6 @@ impl Builder<'_> {
                 ),
             ));
         }
-        let mut settings = settings;
         if let Some(limit) = &m.memory_limit_gib {
             let gib = *limit.get_ref();
             if !(gib.is_finite() && gib > 0.0) {

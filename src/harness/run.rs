@@ -197,8 +197,8 @@ pub fn read_log(path: &Path) -> Result<Vec<PointResult>, RunError> {
                 results.push(r);
                 good_bytes += line.len() as u64 + 1;
             }
-            Err(e) if i + 1 == lines.len() => {
-                let _ = e;
+            // A torn last line: the run was killed while writing it.
+            Err(_) if i + 1 == lines.len() => {
                 let file = OpenOptions::new()
                     .write(true)
                     .open(path)

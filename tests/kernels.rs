@@ -126,6 +126,38 @@ fn long_decode_contexts_split_across_threads_merge_exactly() {
 }
 
 #[test]
+fn few_packed_rows_at_odd_head_widths() {
+    // Group sizes 1 to 8 at decode, and a 2-token step of a group of 3 (6 packed rows): every
+    // row count of the few-row score kernel, at widths that are not multiples of its lanes.
+    for (n_heads, n_kv_heads, s_q) in [
+        (2, 2, 1),
+        (4, 2, 1),
+        (3, 1, 1),
+        (8, 2, 1),
+        (5, 1, 1),
+        (6, 1, 1),
+        (7, 1, 1),
+        (8, 1, 1),
+        (6, 2, 2),
+    ] {
+        for (qk_dim, v_dim) in [(13, 7), (67, 64)] {
+            for context in [0, 9, 300] {
+                let case = Case {
+                    batch: 2,
+                    n_heads,
+                    n_kv_heads,
+                    qk_dim,
+                    v_dim,
+                    s_q,
+                    context,
+                };
+                run(&case, 2);
+            }
+        }
+    }
+}
+
+#[test]
 fn absorbed_mla_shape_with_wide_keys_and_narrower_values() {
     let case = Case {
         batch: 1,

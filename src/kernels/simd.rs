@@ -1,23 +1,8 @@
-//! Small vector loops of the softmax, and running them with the best instructions the CPU
-//! has. The crate is built for the x86-64 baseline (SSE2, no FMA); [`with_best_features`]
+//! Small vector loops of the tiled kernel (the softmax's reductions, the scores of a few packed
+//! query rows), and running them with the best instructions the CPU has. The crate is built for the x86-64 baseline (SSE2, no FMA); [`with_best_features`]
 //! recompiles the closure it is given for AVX2 + FMA and runs that when the CPU has them.
 
-/// Runs `f`, compiled for AVX2 and FMA when the CPU supports them (checked at run time).
-#[inline(always)]
-pub fn with_best_features<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: `with_avx2_fma` only needs AVX2 and FMA, and the CPU has both (checked above).
-        return unsafe { with_avx2_fma(f) };
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
+use faer::{ContiguousFwd, MatRef};
 
 /// The largest value of `x` (−∞ for an empty slice), with eight independent lanes so that
 /// the reduction is not one long dependency chain.
@@ -56,4 +41,239 @@ pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
         tail += *v;
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// A block of keys whose rows are contiguous: `(n_keys, d)`, any row stride.
+pub type KeyRows<'a> = MatRef<'a, f32, usize, usize, isize, ContiguousFwd>;
+
+/// Most packed query rows [`few_row_scores`] takes.
+pub const FEW_ROWS_MAX: usize = 8;
+
+/// Scores of a block of keys against a few packed query rows, reading each key once:
+/// `out[r · n_keys + j] = scale · keys[j] · queries[r]`, with `keys: (n_keys, d)`, `queries`
+/// row-major `(rows, d)` and `out: (rows, n_keys)` row-major (which is the column-major
+/// `(n_keys, rows)` block the tiled kernel works on).
+///
+/// Why not faer: with a handful of query columns a general product packs (copies) the keys
+/// before its microkernel, so decode reads the cache twice and writes it once; here every key
+/// row is loaded once and dotted with all rows, which keeps decode at the speed of memory.
+/// Several keys go through together when there are few rows, so there are always about eight
+/// independent accumulations in flight. On x86-64 with AVX2 and FMA this runs on explicit
+/// vector instructions; elsewhere on a portable loop of the same shape.
+///
+/// # Panics
+/// If `rows` is 0 or above [`FEW_ROWS_MAX`], or the slices disagree with the shapes.
+pub fn few_row_scores(
+    keys: KeyRows<'_>,
+    queries: &[f32],
+    rows: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (n, d) = (keys.nrows(), keys.ncols());
+    assert!(
+        (1..=FEW_ROWS_MAX).contains(&rows),
+        "few_row_scores takes 1 to {FEW_ROWS_MAX} rows, not {rows}"
+    );
+    assert_eq!(queries.len(), rows * d, "packed queries");
+    assert_eq!(out.len(), rows * n, "score block");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); the shapes are checked above.
+        unsafe { avx2::few_row_scores(keys, queries, rows, scale, out) };
+        return;
+    }
+    portable_scores(keys, queries, rows, scale, out);
+}
+
+/// The portable path of [`few_row_scores`], same contract.
+fn portable_scores(keys: KeyRows<'_>, queries: &[f32], rows: usize, scale: f32, out: &mut [f32]) {
+    let (n, d) = (keys.nrows(), keys.ncols());
+    for j in 0..n {
+        let key = keys.row(j).as_slice();
+        for r in 0..rows {
+            let dot = dot_in_lanes(key, &queries[r * d..(r + 1) * d]);
+            out[r * n + j] = scale * dot;
+        }
+    }
+}
+
+/// `a · b` in eight lanes (the portable path of [`few_row_scores`]).
+#[inline(always)]
+fn dot_in_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, a_tail) = a.as_chunks::<8>();
+    let (b_chunks, b_tail) = b.as_chunks::<8>();
+    let mut lanes = [0.0f32; 8];
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::KeyRows;
+
+    /// [`super::few_row_scores`] on AVX2 + FMA, shapes already checked.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `queries` is `(rows, d)` and `out` `(rows, n_keys)`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn few_row_scores(
+        keys: KeyRows<'_>,
+        queries: &[f32],
+        rows: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        // SAFETY (all arms): same contract as this function's.
+        unsafe {
+            match rows {
+                1 => scores_by::<1, 8>(keys, queries, scale, out),
+                2 => scores_by::<2, 4>(keys, queries, scale, out),
+                3 => scores_by::<3, 2>(keys, queries, scale, out),
+                4 => scores_by::<4, 2>(keys, queries, scale, out),
+                5 => scores_by::<5, 1>(keys, queries, scale, out),
+                6 => scores_by::<6, 1>(keys, queries, scale, out),
+                7 => scores_by::<7, 1>(keys, queries, scale, out),
+                _ => scores_by::<8, 1>(keys, queries, scale, out),
+            }
+        }
+    }
+
+    /// `R` query rows, `J` keys at a time (then the leftover keys one at a time).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `queries.len() == R · d`, `out.len() == R · n_keys`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_by<const R: usize, const J: usize>(
+        keys: KeyRows<'_>,
+        queries: &[f32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let n = keys.nrows();
+        let whole = n - n % J;
+        for j0 in (0..whole).step_by(J) {
+            // SAFETY: rows j0..j0 + J exist; the caller's contract covers the rest.
+            unsafe { block::<R, J>(keys, j0, queries, scale, out) };
+        }
+        for j in whole..n {
+            // SAFETY: as above, for one row.
+            unsafe { block::<R, 1>(keys, j, queries, scale, out) };
+        }
+    }
+
+    /// Scores of keys `j0 .. j0 + J` against the `R` rows.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; keys `j0 .. j0 + J` exist; `queries.len() == R · d`,
+    /// `out.len() == R · n_keys`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block<const R: usize, const J: usize>(
+        keys: KeyRows<'_>,
+        j0: usize,
+        queries: &[f32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (n, d) = (keys.nrows(), keys.ncols());
+        let whole = d - d % 8;
+        let mut key_rows = [&[][..]; J];
+        for (jj, row) in key_rows.iter_mut().enumerate() {
+            *row = keys.row(j0 + jj).as_slice();
+        }
+        let mut acc = [[_mm256_setzero_ps(); R]; J];
+        for c in (0..whole).step_by(8) {
+            let mut kv = [_mm256_setzero_ps(); J];
+            for (v, row) in kv.iter_mut().zip(&key_rows) {
+                // SAFETY: c + 8 ≤ d = row.len().
+                *v = unsafe { _mm256_loadu_ps(row.as_ptr().add(c)) };
+            }
+            for r in 0..R {
+                // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
+                let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
+                for jj in 0..J {
+                    acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
+                }
+            }
+        }
+        for jj in 0..J {
+            for r in 0..R {
+                let q = &queries[r * d..(r + 1) * d];
+                let tail = key_rows[jj][whole..]
+                    .iter()
+                    .zip(&q[whole..])
+                    .fold(0.0f32, |s, (a, b)| a.mul_add(*b, s));
+                out[r * n + j0 + jj] = scale * (horizontal_sum(acc[jj][r]) + tail);
+            }
+        }
+    }
+
+    /// The sum of the eight lanes of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn horizontal_sum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::SeededRng;
+
+    /// Both paths against an f64 dot product, at every row count, widths at the edges of the
+    /// eight lanes, and a key block that is a strided view (a column block of a wider matrix).
+    #[test]
+    fn few_row_scores_equal_f64_dot_products() {
+        let mut rng = SeededRng::new(3, "few_row_scores");
+        for d in [1, 7, 8, 13, 128, 129] {
+            for n in [1, 3, 17] {
+                let wide = rng.normal_matrix(n, d + 5, 1.0);
+                let keys = wide.view().subcols(2, d).try_as_row_major().unwrap();
+                for rows in 1..=FEW_ROWS_MAX {
+                    let queries = rng.normal_matrix(rows, d, 1.0);
+                    let q = queries.data();
+                    let scale = 0.37f32;
+                    let expected: Vec<f64> = (0..rows * n)
+                        .map(|i| {
+                            let (r, j) = (i / n, i % n);
+                            let key = keys.row(j).as_slice();
+                            let dot: f64 = (0..d)
+                                .map(|c| f64::from(key[c]) * f64::from(q[r * d + c]))
+                                .sum();
+                            f64::from(scale) * dot
+                        })
+                        .collect();
+                    let mut fast = vec![0.0f32; rows * n];
+                    let mut portable = vec![0.0f32; rows * n];
+                    few_row_scores(keys, q, rows, scale, &mut fast);
+                    portable_scores(keys, q, rows, scale, &mut portable);
+                    for (i, want) in expected.iter().enumerate() {
+                        let tol = 1e-5 * (1.0 + (d as f64).sqrt());
+                        let label = format!("d {d} n {n} rows {rows} at {i}");
+                        assert!(
+                            (f64::from(fast[i]) - want).abs() < tol,
+                            "{label}: {} vs {want}",
+                            fast[i]
+                        );
+                        assert!(
+                            (f64::from(portable[i]) - want).abs() < tol,
+                            "{label}: portable {} vs {want}",
+                            portable[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

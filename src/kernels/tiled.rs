@@ -13,15 +13,15 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::attention::{AttentionOperands, HeadLayout};
-use super::simd::{exp_shifted_sum, max_of, with_best_features};
+use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_of};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
 const TARGET_ROWS: usize = 64;
 /// Keys per block of the online softmax.
 const KEY_BLOCK: usize = 256;
 /// Largest packed block (rows) whose keys are taken in one long block instead of blocks of
-/// [`KEY_BLOCK`].
-const WIDE_BLOCK_MAX_ROWS: usize = 8;
+/// [`KEY_BLOCK`]; such blocks also get their scores from [`few_row_scores`].
+const WIDE_BLOCK_MAX_ROWS: usize = FEW_ROWS_MAX;
 /// Longest such block.
 const WIDE_BLOCK_MAX_KEYS: usize = 16384;
 /// Fewest keys worth a split of their own.
@@ -179,9 +179,25 @@ impl Task<'_> {
         packed
     }
 
-    /// Online softmax over keys `range`, block by block.
+    /// Online softmax over keys `range`, block by block, compiled for AVX2 and FMA when the
+    /// CPU has them (checked at run time; the crate itself targets the x86-64 baseline).
     fn attend(&self, packed: &[f32], range: (usize, usize)) -> Partial {
-        with_best_features(|| self.attend_blocks(packed, range))
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: `attend_avx2_fma` only needs AVX2 and FMA, and the CPU has both.
+            return unsafe { self.attend_avx2_fma(packed, range) };
+        }
+        self.attend_blocks(packed, range)
+    }
+
+    /// [`Self::attend_blocks`] compiled for AVX2 and FMA. A real function carries the target
+    /// features: a closure handed to a feature-enabled wrapper is not reliably inlined into
+    /// it, and then its loops (and `mul_add`) are compiled for the baseline.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn attend_avx2_fma(&self, packed: &[f32], range: (usize, usize)) -> Partial {
+        self.attend_blocks(packed, range)
     }
 
     #[inline(always)]
@@ -207,17 +223,23 @@ impl Task<'_> {
         for j0 in (start..end).step_by(block_len) {
             let nb = block_len.min(end - j0);
             let block = &mut scores[..rows * nb];
-            // Written as `blockᵀ = K_block · qᵀ` (and below `accᵀ += V_blockᵀ · blockᵀ`): the
-            // long key dimension becomes faer's row dimension, which its kernels stream
-            // without repacking the keys for every few query rows.
-            faer::linalg::matmul::matmul(
-                MatMut::from_column_major_slice_mut(block, nb, rows),
-                Accum::Replace,
-                k.subrows(j0, nb),
-                q.transpose(),
-                self.layout.scale,
-                Par::Seq,
-            );
+            if rows <= WIDE_BLOCK_MAX_ROWS
+                && let Some(keys) = k.subrows(j0, nb).try_as_row_major()
+            {
+                few_row_scores(keys, packed, rows, self.layout.scale, block);
+            } else {
+                // Written as `blockᵀ = K_block · qᵀ` (and below `accᵀ += V_blockᵀ · blockᵀ`):
+                // the long key dimension becomes faer's row dimension, which its kernels
+                // stream without repacking the keys for every few query rows.
+                faer::linalg::matmul::matmul(
+                    MatMut::from_column_major_slice_mut(block, nb, rows),
+                    Accum::Replace,
+                    k.subrows(j0, nb),
+                    q.transpose(),
+                    self.layout.scale,
+                    Par::Seq,
+                );
+            }
             for r in 0..rows {
                 // Row r is query q0 + i: it sees keys up to position first + i.
                 let i = r % self.tq;

@@ -165,7 +165,7 @@ impl GroupedConfig {
         dimension("head_dim", self.head_dim)?;
         even("head_dim", self.head_dim)?;
         positive_finite("rope_theta", self.rope_theta)?;
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(invalid(
                 "n_kv_heads",
                 self.n_kv_heads,
@@ -393,7 +393,7 @@ fn dimension(field: &'static str, value: usize) -> Result<()> {
 }
 
 fn even(field: &'static str, value: usize) -> Result<()> {
-    if value % 2 != 0 {
+    if !value.is_multiple_of(2) {
         return Err(invalid(
             field,
             value,

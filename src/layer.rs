@@ -112,7 +112,7 @@ pub(crate) fn check_step(
     out: &Matrix,
 ) -> Result<usize> {
     let batch = cache.batch();
-    if batch == 0 || x.rows() == 0 || x.rows() % batch != 0 {
+    if batch == 0 || x.rows() == 0 || !x.rows().is_multiple_of(batch) {
         return Err(Error::Shape {
             what: "layer input",
             expected: format!("a positive multiple of batch {batch} rows"),

@@ -17,7 +17,7 @@ pub struct RopeTable {
 impl RopeTable {
     /// A table with one row per entry of `positions`. `rotary_dim` must be even.
     pub fn new(positions: &[usize], rotary_dim: usize, rope_theta: f64) -> Self {
-        debug_assert!(rotary_dim % 2 == 0, "rotary_dim must be even");
+        debug_assert!(rotary_dim.is_multiple_of(2), "rotary_dim must be even");
         let half = rotary_dim / 2;
         let inv_freq: Vec<f64> = (0..half)
             .map(|i| rope_theta.powf(-2.0 * i as f64 / rotary_dim as f64))

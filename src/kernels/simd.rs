@@ -196,6 +196,10 @@ mod avx2 {
                 // SAFETY: c + 8 ≤ d = row.len().
                 *v = unsafe { _mm256_loadu_ps(row.as_ptr().add(c)) };
             }
+            #[expect(
+                clippy::needless_range_loop,
+                reason = "r walks the query rows and the accumulators in lockstep"
+            )]
             for r in 0..R {
                 // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
                 let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };

@@ -11,7 +11,7 @@ use attnbench::fsutil::write_atomic;
 use attnbench::harness::{
     Environment, Existing, Progress, run_experiment, total_memory_bytes, write_results_json,
 };
-use attnbench::report::{markdown, write_reports};
+use attnbench::report::{markdown, report, write_outputs};
 use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -52,8 +52,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run an experiment file: measure every point of its grid, write results.json,
-    /// results.csv and results.md to the output directory, and print the tables.
+    /// results.csv, results.md and charts/*.svg to the output directory, and print the tables.
     Run(RunArgs),
+    /// Regenerate results.csv, results.md and charts/*.svg of a results directory from its
+    /// results.json, measuring nothing: the same bytes the run wrote. Given a folder of
+    /// results directories (e.g. results/), regenerate each and write its README.md index.
+    Report {
+        /// A results directory (holding results.json), or a folder of them.
+        dir: PathBuf,
+    },
     /// Check an experiment file without running it: print its grid and what it skips.
     Validate {
         /// The experiment file (TOML).
@@ -237,6 +244,7 @@ pub fn run(cli: Cli) -> Result<()> {
             memory_limit_gib,
         } => validate(&file, memory_limit_gib),
         Command::List { dir } => list(&dir),
+        Command::Report { dir } => regenerate(&dir),
         Command::Calibrate {
             out,
             threads,
@@ -328,18 +336,34 @@ fn run_file(args: &RunArgs) -> Result<()> {
     })?;
     reporter.finish();
     write_results_json(&dir, &results)?;
-    write_reports(&dir, &results)?;
+    let written = write_outputs(&dir, &results)?;
     if !args.quiet {
         outln!("{}", markdown(&results));
     }
     let failed = results.points.iter().filter(|p| p.error.is_some()).count();
     eprintln!(
-        "wrote {dir}/{{results.json,results.csv,results.md}}: {} points ({} resumed, {failed} failed), {} skipped",
+        "wrote {dir}/{{results.json,results.csv,results.md}} and {} charts: {} points ({} resumed, {failed} failed), {} skipped",
+        written.len() - 2,
         results.points.len(),
         results.experiment.points_resumed,
         results.skipped.len(),
         dir = dir.display()
     );
+    Ok(())
+}
+
+fn regenerate(dir: &Path) -> Result<()> {
+    let done = report(dir)?;
+    for (dir, files) in &done.dirs {
+        eprintln!(
+            "wrote {dir}/{{results.csv,results.md}} and {} charts",
+            files.len() - 2,
+            dir = dir.display()
+        );
+    }
+    if let Some(index) = &done.index {
+        eprintln!("wrote {}", index.display());
+    }
     Ok(())
 }
 

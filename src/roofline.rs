@@ -162,11 +162,7 @@ pub fn read_machine(path: &Path) -> Result<Machine, RunError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| RunError::CorruptLog {
-        path: path.to_path_buf(),
-        line: e.line(),
-        message: e.to_string(),
-    })
+    crate::harness::parse_json(path, &text, "a calibration file")
 }
 
 /// Writes a machine file atomically.

@@ -12,24 +12,9 @@ use std::time::{Duration, Instant};
 
 use attnbench::harness::{ResultsFile, read_log};
 
-/// A quick calibration shared by the tests (a full one takes seconds per run).
+/// A quick calibration shared by the tests.
 fn machine() -> &'static str {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("harness-machine");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("machine.json");
-        let out = attnbench(&[
-            "calibrate",
-            "--quick",
-            "--threads",
-            "1,2",
-            "--out",
-            path.to_str().unwrap(),
-        ]);
-        assert_success(&out);
-        path.to_string_lossy().into_owned()
-    })
+    common::quick_machine()
 }
 
 /// `attnbench run FILE --out DIR --machine M` plus `extra`.
@@ -91,17 +76,24 @@ fn results(dir: &Path) -> ResultsFile {
     serde_json::from_str(&fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
 }
 
+/// Every file under `dir` (the charts folder included), by relative path.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for path in fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()) {
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((name, fs::read(&path).unwrap()));
+            }
+        }
+    }
     files.sort();
     files
 }

@@ -14,6 +14,7 @@ use super::environment::Environment;
 use super::measure::{PreparedPoint, SampleStats, sample};
 use super::result::{ExperimentRecord, PointResult, RESULTS_FORMAT, ResultsFile};
 use crate::experiment::{Experiment, MeasureSettings, Point};
+use crate::report::{CHARTS_DIR, CSV_FILE, MARKDOWN_FILE};
 use crate::roofline::Machine;
 
 /// The log of finished points, one JSON object per line, appended as each point finishes.
@@ -48,6 +49,45 @@ pub enum RunError {
         /// The parser's complaint.
         message: String,
     },
+    /// A JSON file the tool wrote (results, calibration) does not parse as one.
+    #[error("{path}:{line}:{column}: not {what}: {message}")]
+    BadJson {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold, e.g. `an attnbench results file`.
+        what: &'static str,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// A results file of another format version than this build reads.
+    #[error("{path}: format `{found}`; this attnbench reads `{expected}`")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its `format` field.
+        found: String,
+        /// The one this build reads.
+        expected: &'static str,
+    },
+}
+
+/// Parses `text`, the contents of `path`, as JSON holding `what`.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    what: &'static str,
+) -> Result<T, RunError> {
+    serde_json::from_str(text).map_err(|e| RunError::BadJson {
+        path: path.to_path_buf(),
+        what,
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -92,7 +132,8 @@ pub enum Progress<'a> {
 }
 
 /// Runs (or resumes) `experiment` into `dir`, calling `progress` as it goes. Returns the
-/// results; the caller writes the final files with [`write_results_json`] and the reports.
+/// results; the caller writes the final files with [`write_results_json`] and
+/// [`crate::report::write_outputs`].
 pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,
@@ -108,11 +149,15 @@ pub fn run_experiment(
             return Err(RunError::ExistingResults(dir.to_path_buf()));
         }
         Existing::Overwrite if has_results => {
-            for name in [LOG_FILE, JSON_FILE, "results.csv", "results.md"] {
+            for name in [LOG_FILE, JSON_FILE, CSV_FILE, MARKDOWN_FILE] {
                 let path = dir.join(name);
                 if path.exists() {
                     fs::remove_file(&path).map_err(io(&path))?;
                 }
+            }
+            let charts = dir.join(CHARTS_DIR);
+            if charts.exists() {
+                fs::remove_dir_all(&charts).map_err(io(&charts))?;
             }
         }
         Existing::Resume if log_path.exists() => {
@@ -281,12 +326,23 @@ pub fn write_results_json(dir: &Path, results: &ResultsFile) -> Result<(), RunEr
     crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io(&path))
 }
 
-/// Reads a `results.json`.
+/// Reads a `results.json`, refusing another format version before anything else (a newer
+/// file may not even parse as this one).
 pub fn read_results_json(path: &Path) -> Result<ResultsFile, RunError> {
+    /// Just the version, read first.
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: String,
+    }
+    const WHAT: &str = "an attnbench results file";
     let text = fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| RunError::CorruptLog {
-        path: path.to_path_buf(),
-        line: e.line(),
-        message: e.to_string(),
-    })
+    let Format { format } = parse_json(path, &text, WHAT)?;
+    if format != RESULTS_FORMAT {
+        return Err(RunError::UnknownFormat {
+            path: path.to_path_buf(),
+            found: format,
+            expected: RESULTS_FORMAT,
+        });
+    }
+    parse_json(path, &text, WHAT)
 }

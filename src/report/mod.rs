@@ -1,18 +1,70 @@
-//! Reports of a results set: Markdown tables (made with tabled) and CSV. They are derived
-//! from `results.json` alone, so `attnbench report` regenerates them byte for byte.
+//! Reports of a results set: Markdown tables (made with tabled), CSV and SVG charts
+//! (plotters). They are derived from `results.json` alone, and a run and `attnbench report`
+//! write them with the one function [`write_outputs`], so a report regenerates what the run
+//! wrote byte for byte.
 
+mod charts;
+mod index;
+mod rows;
 mod tables;
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
+use thiserror::Error;
+
+pub use charts::{CHARTS_DIR, ChartSpec, plan as chart_plan};
+pub use index::{INDEX_FILE, index};
 pub use tables::markdown;
 
-use crate::harness::{ResultsFile, RunError};
+use crate::harness::{JSON_FILE, ResultsFile, RunError, read_results_json};
+use crate::roofline::{Machine, read_machine};
 
 /// The CSV file: one row per point, the columns of [`crate::harness::PointResult`].
 pub const CSV_FILE: &str = "results.csv";
 /// The Markdown tables.
 pub const MARKDOWN_FILE: &str = "results.md";
+/// The calibration file a results folder may hold beside the experiments.
+pub const MACHINE_FILE: &str = "machine.json";
+
+/// What can stop a report.
+#[derive(Debug, Error)]
+pub enum ReportError {
+    /// A results or calibration file is missing, unreadable, or not one.
+    #[error(transparent)]
+    Read(#[from] RunError),
+    /// An output could not be written.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory holds no results.
+    #[error(
+        "{0}: no results.json there nor in any directory inside it (give a results directory, or the folder of several)"
+    )]
+    NoResults(PathBuf),
+    /// plotters refused to draw a chart.
+    #[error("{path}: cannot draw the chart: {message}")]
+    Chart {
+        /// The chart's file.
+        path: PathBuf,
+        /// plotters' complaint.
+        message: String,
+    },
+}
+
+/// One output file, its path relative to the results directory, and its contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputFile {
+    /// E.g. `results.md`, `charts/decode_latency.svg`.
+    pub path: PathBuf,
+    /// What it holds.
+    pub text: String,
+}
 
 /// `results.csv` as text. The `csv` crate does the quoting (error messages hold commas).
 pub fn csv(results: &ResultsFile) -> String {
@@ -25,12 +77,137 @@ pub fn csv(results: &ResultsFile) -> String {
     String::from_utf8(writer.into_inner().expect("writing to memory")).expect("CSV is UTF-8")
 }
 
-/// Writes `results.csv` and `results.md` into `dir`, atomically.
-pub fn write_reports(dir: &Path, results: &ResultsFile) -> Result<(), RunError> {
-    for (name, text) in [(CSV_FILE, csv(results)), (MARKDOWN_FILE, markdown(results))] {
-        let path = dir.join(name);
-        crate::fsutil::write_atomic(&path, text.as_bytes())
-            .map_err(|source| RunError::Io { path, source })?;
+/// Every file derived from `results`: `results.csv`, `results.md` and the charts of
+/// [`chart_plan`] in `charts/`, in memory.
+pub fn render(results: &ResultsFile) -> Result<Vec<OutputFile>, ReportError> {
+    let mut files = vec![
+        OutputFile {
+            path: CSV_FILE.into(),
+            text: csv(results),
+        },
+        OutputFile {
+            path: MARKDOWN_FILE.into(),
+            text: markdown(results),
+        },
+    ];
+    for spec in chart_plan(results) {
+        let path = Path::new(CHARTS_DIR).join(&spec.file);
+        let text = charts::render(&spec, results).map_err(|message| ReportError::Chart {
+            path: path.clone(),
+            message,
+        })?;
+        files.push(OutputFile { path, text });
     }
-    Ok(())
+    Ok(files)
+}
+
+/// Writes every file derived from `results` into `dir`, each atomically, and removes charts
+/// the data no longer supports. Both `attnbench run` (after `results.json`) and `attnbench
+/// report` write through here. Returns the files written.
+pub fn write_outputs(dir: &Path, results: &ResultsFile) -> Result<Vec<PathBuf>, ReportError> {
+    let files = render(results)?;
+    write_rendered(dir, &files)
+}
+
+fn write_rendered(dir: &Path, files: &[OutputFile]) -> Result<Vec<PathBuf>, ReportError> {
+    let charts = dir.join(CHARTS_DIR);
+    if let Ok(entries) = fs::read_dir(&charts) {
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            let stale = path.extension().is_some_and(|e| e == "svg")
+                && !files.iter().any(|f| dir.join(&f.path) == path);
+            if stale {
+                fs::remove_file(&path).map_err(|source| ReportError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    let mut written = Vec::with_capacity(files.len());
+    for file in files {
+        let path = dir.join(&file.path);
+        crate::fsutil::write_atomic(&path, file.text.as_bytes()).map_err(|source| {
+            ReportError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// What [`report`] regenerated.
+#[derive(Debug)]
+pub struct Regenerated {
+    /// Each results directory and the files written into it.
+    pub dirs: Vec<(PathBuf, Vec<PathBuf>)>,
+    /// The index, when `dir` was a folder of results directories.
+    pub index: Option<PathBuf>,
+}
+
+/// `attnbench report DIR`: regenerates the tables and charts of a results directory (one
+/// holding `results.json`) from that file, or, given a folder of them (such as `results/`),
+/// of every directory inside it that holds one, and that folder's index ([`INDEX_FILE`]).
+/// Everything is read and drawn before the first file is written, so a missing or bad
+/// `results.json` leaves every file as it was.
+pub fn report(dir: &Path) -> Result<Regenerated, ReportError> {
+    let json = dir.join(JSON_FILE);
+    if json.exists() || !dir.is_dir() {
+        let results = read_results_json(&json)?;
+        let files = render(&results)?;
+        let written = write_rendered(dir, &files)?;
+        return Ok(Regenerated {
+            dirs: vec![(dir.to_path_buf(), written)],
+            index: None,
+        });
+    }
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(|source| RunError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(JSON_FILE).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(ReportError::NoResults(dir.to_path_buf()));
+    }
+    let mut experiments = Vec::with_capacity(names.len());
+    for name in names {
+        let results = read_results_json(&dir.join(&name).join(JSON_FILE))?;
+        let files = render(&results)?;
+        experiments.push((name, results, files));
+    }
+    let machine_path = dir.join(MACHINE_FILE);
+    let machine: Option<Machine> = if machine_path.exists() {
+        Some(read_machine(&machine_path)?)
+    } else {
+        None
+    };
+    let listed: Vec<(&str, &ResultsFile)> = experiments
+        .iter()
+        .map(|(name, results, _)| (name.as_str(), results))
+        .collect();
+    let index_text = index(&listed, machine.as_ref());
+
+    let mut dirs = Vec::with_capacity(experiments.len());
+    for (name, _, files) in &experiments {
+        let sub = dir.join(name);
+        let written = write_rendered(&sub, files)?;
+        dirs.push((sub, written));
+    }
+    let index_path = dir.join(INDEX_FILE);
+    crate::fsutil::write_atomic(&index_path, index_text.as_bytes()).map_err(|source| {
+        ReportError::Write {
+            path: index_path.clone(),
+            source,
+        }
+    })?;
+    Ok(Regenerated {
+        dirs,
+        index: Some(index_path),
+    })
 }

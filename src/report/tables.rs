@@ -1,5 +1,5 @@
 //! The Markdown tables a person reads at a glance: per mode, latency and KV memory by
-//! configuration × length, and speed-up and memory ratio against MHA.
+//! configuration × length, and speed-up and memory ratio against MHA; then links to the charts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -7,85 +7,11 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::config::{Kernel, Mode, Variant};
+use super::charts::{CHARTS_DIR, plan as chart_plan};
+use super::rows::{RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
+use crate::config::{Mode, Variant};
 use crate::harness::{PointResult, ResultsFile};
-
-/// Everything that identifies a point except its length and its variant's shape.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Setting {
-    n_heads: usize,
-    batch: usize,
-    threads: usize,
-    cache_len: usize,
-    kernel: Kernel,
-}
-
-impl Setting {
-    fn of(p: &PointResult) -> Self {
-        Self {
-            n_heads: p.n_heads,
-            batch: p.batch,
-            threads: p.threads,
-            cache_len: if p.mode == Mode::Prefill {
-                p.context
-            } else {
-                0
-            },
-            kernel: p.kernel,
-        }
-    }
-}
-
-/// A table row: the configuration a point belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct RowKey {
-    setting: Setting,
-    variant_rank: (Variant, String),
-    n_kv_heads: Option<usize>,
-}
-
-fn row_key(p: &PointResult) -> RowKey {
-    RowKey {
-        setting: Setting::of(p),
-        variant_rank: (p.variant, p.variant_label()),
-        // Descending KV heads read naturally (MHA-like first), hence the reversal.
-        n_kv_heads: p.n_kv_heads.map(|k| usize::MAX - k),
-    }
-}
-
-/// Which parts of the setting vary across the points of a mode, so that labels name only those.
-struct Varies {
-    n_heads: bool,
-    batch: bool,
-    threads: bool,
-    cache_len: bool,
-    kernel: bool,
-}
-
-fn label(p: &PointResult, varies: &Varies) -> String {
-    let mut s = p.variant_label();
-    if let Some(kv) = p.n_kv_heads
-        && p.variant == Variant::Gqa
-    {
-        let _ = write!(s, " kv{kv}");
-    }
-    if varies.n_heads {
-        let _ = write!(s, " h{}", p.n_heads);
-    }
-    if varies.batch {
-        let _ = write!(s, " b{}", p.batch);
-    }
-    if varies.threads {
-        let _ = write!(s, " t{}", p.threads);
-    }
-    if varies.cache_len {
-        let _ = write!(s, " cache{}", p.context);
-    }
-    if varies.kernel {
-        let _ = write!(s, " {}", p.kernel);
-    }
-    s
-}
+use crate::roofline::Machine;
 
 /// The baseline of a point: MHA (or GQA with as many KV heads as query heads) at the same
 /// setting and length.
@@ -95,30 +21,6 @@ fn baseline<'a>(points: &[&'a PointResult], p: &PointResult) -> Option<&'a Point
             || (b.variant == Variant::Gqa && b.n_kv_heads == Some(b.n_heads));
         is_mha && Setting::of(b) == Setting::of(p) && b.length() == p.length() && b.error.is_none()
     })
-}
-
-fn fmt_ms(ns: f64) -> String {
-    let ms = ns / 1e6;
-    if ms >= 100.0 {
-        format!("{ms:.0}")
-    } else if ms >= 10.0 {
-        format!("{ms:.1}")
-    } else if ms >= 1.0 {
-        format!("{ms:.2}")
-    } else {
-        format!("{ms:.3}")
-    }
-}
-
-fn fmt_mib(bytes: u64) -> String {
-    let mib = bytes as f64 / (1u64 << 20) as f64;
-    if mib >= 100.0 {
-        format!("{mib:.0}")
-    } else if mib >= 1.0 {
-        format!("{mib:.1}")
-    } else {
-        format!("{mib:.3}")
-    }
 }
 
 /// One table: a row per configuration, a column per length, `cell` for each point.
@@ -133,8 +35,8 @@ fn table(
     let mut rows: BTreeMap<RowKey, (String, BTreeMap<usize, String>)> = BTreeMap::new();
     for p in points {
         let entry = rows
-            .entry(row_key(p))
-            .or_insert_with(|| (label(p, varies), BTreeMap::new()));
+            .entry(RowKey::of(p))
+            .or_insert_with(|| (varies.label(p), BTreeMap::new()));
         entry.1.insert(p.length(), cell(p));
     }
     let mut builder = Builder::default();
@@ -153,6 +55,21 @@ fn table(
     builder.build().with(Style::markdown()).to_string()
 }
 
+/// A calibration's peaks per thread count, e.g. `1 thread(s): 40.1 GFLOP/s, 12.3 GB/s; ...`.
+pub(super) fn peaks(m: &Machine) -> String {
+    let peaks: Vec<String> = m
+        .matmul_gflops
+        .iter()
+        .map(|(t, g)| {
+            format!(
+                "{t} thread(s): {g:.1} GFLOP/s, {:.1} GB/s",
+                m.read_gbps.get(t).copied().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    peaks.join("; ")
+}
+
 /// All tables of a results set, as Markdown, with a short header naming the experiment and
 /// the machine.
 pub fn markdown(results: &ResultsFile) -> String {
@@ -169,47 +86,19 @@ pub fn markdown(results: &ResultsFile) -> String {
         env.date, env.cpu_model, env.cores, env.crate_version, env.git_revision, env.rustc
     );
     if let Some(m) = &results.machine {
-        let peaks: Vec<String> = m
-            .matmul_gflops
-            .iter()
-            .map(|(t, g)| {
-                format!(
-                    "{t} thread(s): {g:.1} GFLOP/s, {:.1} GB/s",
-                    m.read_gbps.get(t).copied().unwrap_or(f64::NAN)
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "Calibration ({}): {}.\n",
-            m.environment.date,
-            peaks.join("; ")
-        );
+        let _ = writeln!(out, "Calibration ({}): {}.\n", m.environment.date, peaks(m));
     }
 
     for mode in [Mode::Prefill, Mode::Decode] {
-        let points: Vec<&PointResult> = results.points.iter().filter(|p| p.mode == mode).collect();
+        let points = of_mode(&results.points, mode);
         if points.is_empty() {
             continue;
         }
-        let distinct = |f: &dyn Fn(&PointResult) -> usize| {
-            points.iter().map(|p| f(p)).collect::<BTreeSet<_>>().len() > 1
-        };
-        let varies = Varies {
-            n_heads: distinct(&|p| p.n_heads),
-            batch: distinct(&|p| p.batch),
-            threads: distinct(&|p| p.threads),
-            cache_len: mode == Mode::Prefill && distinct(&|p| p.context),
-            kernel: points
-                .iter()
-                .map(|p| p.kernel)
-                .collect::<BTreeSet<_>>()
-                .len()
-                > 1,
-        };
-        let (length_name, what) = match mode {
-            Mode::Prefill => ("seq", "new tokens per sequence"),
-            Mode::Decode => ("ctx", "tokens already in the cache"),
+        let varies = Varies::of(&points);
+        let length_name = length_name(mode);
+        let what = match mode {
+            Mode::Prefill => "new tokens per sequence",
+            Mode::Decode => "tokens already in the cache",
         };
         let _ = writeln!(out, "## {mode}\n");
         let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
@@ -285,6 +174,18 @@ pub fn markdown(results: &ResultsFile) -> String {
                 out,
                 "{}\n",
                 table(&points, &varies, "variant", length_name, &ratio)
+            );
+        }
+    }
+    let charts = chart_plan(results);
+    if !charts.is_empty() {
+        let _ = writeln!(out, "## Charts\n");
+        for chart in charts {
+            let _ = writeln!(
+                out,
+                "![{title}]({CHARTS_DIR}/{file})\n",
+                title = chart.title,
+                file = chart.file
             );
         }
     }

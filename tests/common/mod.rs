@@ -140,3 +140,30 @@ pub fn assert_success(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A quick calibration (`attnbench calibrate --quick`), made once per test binary: a full one
+/// takes seconds per run.
+pub fn quick_machine() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "machine-{}",
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("machine.json");
+        let out = attnbench(&[
+            "calibrate",
+            "--quick",
+            "--threads",
+            "1,2",
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert_success(&out);
+        path.to_string_lossy().into_owned()
+    })
+}

@@ -1,0 +1,607 @@
+//! SVG charts of a results set, drawn with plotters' SVG backend. Which charts exist depends
+//! only on the data ([`plan`]); each is a pure function of `results.json`, so the same file
+//! gives the same bytes (no fonts are read: plotters' built-in text estimate lays out labels,
+//! and the SVG names a generic font family).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::rows::{RowKey, Varies, length_name, of_mode};
+use crate::config::{MlaPath, Mode, Variant};
+use crate::harness::{PointResult, ResultsFile};
+
+/// The folder of a results directory that holds the charts.
+pub const CHARTS_DIR: &str = "charts";
+
+/// One chart a results set supports: its file name (in [`CHARTS_DIR`]) and title.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChartSpec {
+    /// What it shows.
+    kind: Kind,
+    /// File name, e.g. `decode_latency.svg`.
+    pub file: String,
+    /// Title, also the alt text of its link in `results.md`.
+    pub title: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Latency(Mode),
+    KvCache,
+    Roofline(Mode),
+    MlaPaths,
+    KvHeads,
+}
+
+/// A point with a timing (failed points are in the tables, not in the charts).
+fn measured(p: &PointResult) -> bool {
+    p.error.is_none() && p.median_ns.is_some()
+}
+
+fn distinct<T: Ord>(points: &[&PointResult], f: impl Fn(&PointResult) -> T) -> usize {
+    points.iter().map(|p| f(p)).collect::<BTreeSet<_>>().len()
+}
+
+/// The measured points of `mode`.
+fn measured_of(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
+    of_mode(&results.points, mode)
+        .into_iter()
+        .filter(|p| measured(p))
+        .collect()
+}
+
+/// MLA's points of `mode`, when both paths were measured at two lengths or more.
+fn mla_points(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
+    let points: Vec<&PointResult> = measured_of(results, mode)
+        .into_iter()
+        .filter(|p| p.variant == Variant::Mla)
+        .collect();
+    let both = MlaPath::ALL
+        .iter()
+        .all(|&path| points.iter().any(|p| p.mla_path == Some(path)));
+    if both && distinct(&points, PointResult::length) > 1 {
+        points
+    } else {
+        Vec::new()
+    }
+}
+
+/// GQA's points of `mode`, when two KV-head counts or more were measured.
+fn kv_head_points(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
+    let points: Vec<&PointResult> = measured_of(results, mode)
+        .into_iter()
+        .filter(|p| p.variant == Variant::Gqa)
+        .collect();
+    if distinct(&points, |p| p.n_kv_heads) > 1 {
+        points
+    } else {
+        Vec::new()
+    }
+}
+
+/// The charts `results` has data for, in the order `results.md` shows them.
+pub fn plan(results: &ResultsFile) -> Vec<ChartSpec> {
+    let mut specs = Vec::new();
+    let mut push = |kind, file: String, title: String| specs.push(ChartSpec { kind, file, title });
+    for mode in [Mode::Prefill, Mode::Decode] {
+        let points = measured_of(results, mode);
+        if distinct(&points, PointResult::length) > 1 {
+            let axis = match mode {
+                Mode::Prefill => "prefill length",
+                Mode::Decode => "context",
+            };
+            push(
+                Kind::Latency(mode),
+                format!("{mode}_latency.svg"),
+                format!("{mode} latency against {axis}"),
+            );
+        }
+    }
+    let decode = measured_of(results, Mode::Decode);
+    if distinct(&decode, PointResult::length) > 1
+        && decode.iter().any(|p| p.kv_cache_bytes.is_some())
+    {
+        push(
+            Kind::KvCache,
+            "kv_cache.svg".into(),
+            "KV-cache memory against context".into(),
+        );
+    }
+    for mode in [Mode::Prefill, Mode::Decode] {
+        if measured_of(results, mode)
+            .iter()
+            .any(|p| p.roofline_pct.is_some())
+        {
+            push(
+                Kind::Roofline(mode),
+                format!("roofline_{mode}.svg"),
+                format!("{mode}: % of this machine's roofline, step and attention core"),
+            );
+        }
+    }
+    if [Mode::Prefill, Mode::Decode]
+        .iter()
+        .any(|&m| !mla_points(results, m).is_empty())
+    {
+        push(
+            Kind::MlaPaths,
+            "mla_paths.svg".into(),
+            "MLA naive against absorbed".into(),
+        );
+    }
+    if [Mode::Prefill, Mode::Decode]
+        .iter()
+        .any(|&m| !kv_head_points(results, m).is_empty())
+    {
+        push(
+            Kind::KvHeads,
+            "kv_heads.svg".into(),
+            "GQA: latency and KV-cache memory against KV heads".into(),
+        );
+    }
+    specs
+}
+
+/// Draws `spec`'s chart of `results` as SVG text.
+pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, String> {
+    let title = format!("{}: {}", results.experiment.name, spec.title);
+    match spec.kind {
+        Kind::Latency(mode) => {
+            let points = measured_of(results, mode);
+            let panel = Panel {
+                title: String::new(),
+                x_desc: length_desc(mode),
+                y_desc: "latency, ms (median)",
+                series: by_row(&points, |p| p.median_ns.map(|ns| ns / 1e6)),
+            };
+            line_chart(&title, &[panel])
+        }
+        Kind::KvCache => {
+            let points = measured_of(results, Mode::Decode);
+            let panel = Panel {
+                title: String::new(),
+                x_desc: length_desc(Mode::Decode),
+                y_desc: "KV cache, MiB (measured from the allocation)",
+                series: by_row(&points, |p| p.kv_cache_bytes.map(mib)),
+            };
+            line_chart(&title, &[panel])
+        }
+        Kind::MlaPaths => {
+            let panels: Vec<Panel> = [Mode::Prefill, Mode::Decode]
+                .into_iter()
+                .filter_map(|mode| {
+                    let points = mla_points(results, mode);
+                    (!points.is_empty()).then(|| Panel {
+                        title: format!("{mode}"),
+                        x_desc: length_desc(mode),
+                        y_desc: "latency, ms (median)",
+                        series: by_row(&points, |p| p.median_ns.map(|ns| ns / 1e6)),
+                    })
+                })
+                .collect();
+            line_chart(&title, &panels)
+        }
+        Kind::KvHeads => {
+            let panels = [
+                (
+                    "latency",
+                    "latency, ms (median)",
+                    (|p: &PointResult| p.median_ns.map(|ns| ns / 1e6)) as fn(&_) -> _,
+                ),
+                ("KV cache", "KV cache, MiB (measured)", |p: &PointResult| {
+                    p.kv_cache_bytes.map(mib)
+                }),
+            ]
+            .map(|(panel_title, y_desc, value)| Panel {
+                title: panel_title.to_string(),
+                x_desc: "KV heads (n_kv_heads)",
+                y_desc,
+                series: [Mode::Prefill, Mode::Decode]
+                    .into_iter()
+                    .flat_map(|mode| by_length(&kv_head_points(results, mode), value))
+                    .collect(),
+            });
+            line_chart(&title, &panels)
+        }
+        Kind::Roofline(mode) => roofline_chart(&title, &measured_of(results, mode)),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+fn length_desc(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Prefill => "seq_len, new tokens per sequence",
+        Mode::Decode => "context, tokens already in the cache",
+    }
+}
+
+/// One line of a chart: a label and its (x, y) points, x ascending.
+struct Series {
+    label: String,
+    points: Vec<(f64, f64)>,
+}
+
+/// One series per table row (labelled as the tables label it), x the point's length.
+fn by_row(points: &[&PointResult], value: impl Fn(&PointResult) -> Option<f64>) -> Vec<Series> {
+    let varies = Varies::of(points);
+    let mut rows: BTreeMap<RowKey, Series> = BTreeMap::new();
+    for p in points {
+        if let Some(v) = value(p) {
+            rows.entry(RowKey::of(p))
+                .or_insert_with(|| Series {
+                    label: varies.label(p),
+                    points: Vec::new(),
+                })
+                .points
+                .push((p.length() as f64, v));
+        }
+    }
+    finish(rows.into_values())
+}
+
+/// One series per length (and varying setting) of one mode, x the point's KV heads: the
+/// KV-head sweep. Labelled as the tables' column headers, e.g. `decode ctx 2048`.
+fn by_length(points: &[&PointResult], value: fn(&PointResult) -> Option<f64>) -> Vec<Series> {
+    let varies = Varies::of(points);
+    let mut lines: BTreeMap<(String, usize), Series> = BTreeMap::new();
+    for p in points {
+        if let (Some(kv), Some(v)) = (p.n_kv_heads, value(p)) {
+            let setting = varies.setting_label(p);
+            lines
+                .entry((setting.clone(), p.length()))
+                .or_insert_with(|| Series {
+                    label: format!("{} {} {}{setting}", p.mode, length_name(p.mode), p.length()),
+                    points: Vec::new(),
+                })
+                .points
+                .push((kv as f64, v));
+        }
+    }
+    finish(lines.into_values())
+}
+
+fn finish(series: impl Iterator<Item = Series>) -> Vec<Series> {
+    series
+        .map(|mut s| {
+            s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            s
+        })
+        .collect()
+}
+
+/// One log-log panel of a line chart.
+struct Panel {
+    title: String,
+    x_desc: &'static str,
+    y_desc: &'static str,
+    series: Vec<Series>,
+}
+
+/// Tableau's ten colours: distinguishable, and readable on white.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The colour of series `i`; past ten, the colours repeat with another marker.
+fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+const FONT: &str = "sans-serif";
+const PANEL_W: u32 = 560;
+const PANEL_H: u32 = 420;
+const TITLE_H: u32 = 36;
+/// Width per character of legend text (plotters' estimate for 14 px text is about 6.4 px).
+const LEGEND_CHAR_W: u32 = 8;
+
+/// What plotters' drawing calls return, whatever their error type.
+type DrawResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn to_string(draw: impl FnOnce(&mut String) -> DrawResult<()>) -> Result<String, String> {
+    let mut svg = String::new();
+    draw(&mut svg).map_err(|e| e.to_string())?;
+    Ok(svg)
+}
+
+/// A title across the top and a legend down the right of `root`; returns the area left for
+/// the panels.
+fn frame<'a>(
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+    title: &str,
+    legend: &[(String, RGBColor, usize)],
+    legend_w: u32,
+    bars: bool,
+) -> DrawResult<DrawingArea<SVGBackend<'a>, Shift>> {
+    root.fill(&WHITE)?;
+    let (w, _) = root.dim_in_pixel();
+    let (top, body) = root.split_vertically(TITLE_H);
+    top.draw(&Text::new(
+        title.to_string(),
+        (12, 10),
+        (FONT, 18).into_font().color(&BLACK),
+    ))?;
+    let (panels, side) = body.split_horizontally(w - legend_w);
+    for (row, (label, colour, marker)) in legend.iter().enumerate() {
+        let y = 40 + 22 * row as i32;
+        if bars {
+            side.draw(&Rectangle::new([(8, y - 6), (24, y + 6)], colour.filled()))?;
+        } else {
+            side.draw(&PathElement::new(
+                vec![(4, y), (28, y)],
+                colour.stroke_width(2),
+            ))?;
+            side.draw(&marker_at((16, y), *colour, *marker))?;
+        }
+        side.draw(&Text::new(
+            label.clone(),
+            (34, y - 7),
+            (FONT, 14).into_font().color(&BLACK),
+        ))?;
+    }
+    Ok(panels)
+}
+
+/// A marker: a filled circle, then triangles and squares when the colours repeat.
+fn marker_at<DB: DrawingBackend, C>(
+    at: C,
+    colour: RGBColor,
+    index: usize,
+) -> DynElement<'static, DB, C>
+where
+    C: Clone + 'static,
+{
+    let style = colour.filled();
+    match (index / PALETTE.len()) % 3 {
+        0 => Circle::new(at, 4, style).into_dyn(),
+        1 => TriangleMarker::new(at, 5, style).into_dyn(),
+        _ => Cross::new(at, 4, colour.stroke_width(2)).into_dyn(),
+    }
+}
+
+fn legend_width(labels: impl Iterator<Item = usize>) -> u32 {
+    let chars = labels.max().unwrap_or(0) as u32;
+    48 + LEGEND_CHAR_W * chars
+}
+
+/// Panels side by side, log-log, one shared legend (a label keeps its colour in every panel).
+fn line_chart(title: &str, panels: &[Panel]) -> Result<String, String> {
+    let mut labels: Vec<String> = Vec::new();
+    for s in panels.iter().flat_map(|p| &p.series) {
+        if !labels.contains(&s.label) {
+            labels.push(s.label.clone());
+        }
+    }
+    let legend: Vec<(String, RGBColor, usize)> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), colour(i), i))
+        .collect();
+    let legend_w = legend_width(labels.iter().map(|l| l.chars().count()));
+    let size = (
+        PANEL_W * panels.len() as u32 + legend_w,
+        (PANEL_H + TITLE_H).max(60 + 22 * labels.len() as u32),
+    );
+    to_string(|svg| {
+        let root = SVGBackend::with_string(svg, size).into_drawing_area();
+        let body = frame(&root, title, &legend, legend_w, false)?;
+        for (area, panel) in body.split_evenly((1, panels.len())).iter().zip(panels) {
+            draw_panel(area, panel, &labels)?;
+        }
+        root.present()?;
+        Ok(())
+    })
+}
+
+/// The lowest and highest positive value, widened a little so that markers are not cut.
+fn log_range(values: impl Iterator<Item = f64>, widen: f64) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return (1.0, 10.0);
+    }
+    (lo / widen, hi * widen)
+}
+
+/// Ticks at 1, 2 and 5 times the powers of ten within `lo..=hi` (more steps when that gives
+/// fewer than four).
+fn decade_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
+    let ticks = |mantissas: &[f64]| {
+        let mut ticks = Vec::new();
+        for exponent in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
+            for &mantissa in mantissas {
+                let v = mantissa * 10f64.powi(exponent);
+                if v >= lo && v <= hi {
+                    ticks.push((v, tick_label(v)));
+                }
+            }
+        }
+        ticks
+    };
+    let coarse = ticks(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 4 {
+        return coarse;
+    }
+    ticks(&[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0])
+}
+
+/// A tick value with the decimals it needs and no more: `0.05`, `1.5`, `200`.
+fn tick_label(v: f64) -> String {
+    let text = format!("{v:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn draw_panel(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    panel: &Panel,
+    labels: &[String],
+) -> DrawResult<()> {
+    let xs: BTreeSet<u64> = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0 as u64))
+        .collect();
+    let (x_lo, x_hi) = log_range(xs.iter().map(|&x| x as f64), 1.15);
+    let (y_lo, y_hi) = log_range(
+        panel
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1)),
+        1.25,
+    );
+    let y_ticks = decade_ticks(y_lo, y_hi);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 16))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(
+            (x_lo..x_hi)
+                .log_scale()
+                .with_key_points(xs.iter().map(|&x| x as f64).collect()),
+            (y_lo..y_hi)
+                .log_scale()
+                .with_key_points(y_ticks.iter().map(|t| t.0).collect()),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_desc)
+        .y_desc(panel.y_desc)
+        .x_label_formatter(&|x| format!("{}", x.round() as u64))
+        .y_label_formatter(&|y| {
+            y_ticks
+                .iter()
+                .find(|t| t.0 == *y)
+                .map(|t| t.1.clone())
+                .unwrap_or_default()
+        })
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 13))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()?;
+    for series in &panel.series {
+        let index = labels.iter().position(|l| *l == series.label).unwrap_or(0);
+        let c = colour(index);
+        chart.draw_series(LineSeries::new(
+            series.points.iter().copied(),
+            c.stroke_width(2),
+        ))?;
+        chart.draw_series(series.points.iter().map(|&p| marker_at(p, c, index)))?;
+    }
+    Ok(())
+}
+
+/// Horizontal bars, one group per table row, one bar per length, for the step (left) and the
+/// attention core alone (right).
+fn roofline_chart(title: &str, points: &[&PointResult]) -> Result<String, String> {
+    let varies = Varies::of(points);
+    let mut rows: BTreeMap<RowKey, String> = BTreeMap::new();
+    for p in points {
+        rows.entry(RowKey::of(p)).or_insert_with(|| varies.label(p));
+    }
+    let lengths: Vec<usize> = points
+        .iter()
+        .map(|p| p.length())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mode = points.first().map_or(Mode::Decode, |p| p.mode);
+    let legend: Vec<(String, RGBColor, usize)> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("{} {l}", length_name(mode)), colour(i), i))
+        .collect();
+    let legend_w = legend_width(legend.iter().map(|l| l.0.chars().count()));
+    // A slot per bar, and one empty slot between groups.
+    let slots = rows.len() * (lengths.len() + 1);
+    let label_w = 16 + 7 * rows.values().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
+    let size = (
+        2 * (PANEL_W + label_w) + legend_w,
+        TITLE_H + 110 + 12 * slots as u32,
+    );
+    let row_keys: Vec<&RowKey> = rows.keys().collect();
+    let bars = |value: fn(&PointResult) -> Option<f64>| -> Vec<(usize, usize, f64)> {
+        points
+            .iter()
+            .filter_map(|p| {
+                let row = row_keys.iter().position(|k| **k == RowKey::of(p))?;
+                let length = lengths.iter().position(|&l| l == p.length())?;
+                Some((row, length, value(p)?))
+            })
+            .collect()
+    };
+    let panels = [
+        ("step", bars(|p| p.roofline_pct)),
+        ("attention core alone", bars(|p| p.core_roofline_pct)),
+    ];
+    let labels: Vec<&String> = rows.values().collect();
+    to_string(|svg| {
+        let root = SVGBackend::with_string(svg, size).into_drawing_area();
+        let body = frame(&root, title, &legend, legend_w, true)?;
+        for (area, (panel_title, bars)) in body.split_evenly((1, 2)).iter().zip(&panels) {
+            let x_hi = bars.iter().fold(0.0f64, |m, b| m.max(b.2)).max(1.0) * 1.12;
+            let mut chart = ChartBuilder::on(area)
+                .caption(*panel_title, (FONT, 16))
+                .margin(12)
+                .x_label_area_size(44)
+                .y_label_area_size(label_w)
+                .build_cartesian_2d(0.0..x_hi, 0.0..slots as f64)?;
+            chart
+                .configure_mesh()
+                .x_desc("% of the roofline (ideal time / median)")
+                .disable_y_mesh()
+                .y_labels(0)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .label_style((FONT, 12))
+                .axis_desc_style((FONT, 13))
+                .light_line_style(WHITE)
+                .bold_line_style(RGBColor(225, 225, 225))
+                .draw()?;
+            let top =
+                |row: usize, length: usize| (slots - row * (lengths.len() + 1) - length) as f64;
+            chart.draw_series(bars.iter().map(|&(row, length, pct)| {
+                let y = top(row, length);
+                Rectangle::new([(0.0, y - 0.1), (pct, y - 0.9)], colour(length).filled())
+            }))?;
+            // The machine's limit, where it is in view.
+            if x_hi > 100.0 {
+                chart.draw_series(LineSeries::new(
+                    [(100.0, 0.0), (100.0, slots as f64)],
+                    BLACK.mix(0.6).stroke_width(1),
+                ))?;
+            }
+            for (row, label) in labels.iter().enumerate() {
+                let centre = top(row, 0) - lengths.len() as f64 / 2.0;
+                let (x, y) = chart.backend_coord(&(0.0, centre));
+                root.draw(&Text::new(
+                    (*label).clone(),
+                    (x - 8, y),
+                    (FONT, 12)
+                        .into_font()
+                        .color(&BLACK)
+                        .pos(Pos::new(HPos::Right, VPos::Center)),
+                ))?;
+            }
+        }
+        root.present()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,162 @@
+//! How points are grouped and labelled: one row of a table, one series of a chart. Tables and
+//! charts share this so that a chart's legend names exactly the rows of the tables beside it.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use crate::config::{Kernel, Mode, Variant};
+use crate::harness::PointResult;
+
+/// Everything that identifies a point except its length and its variant's shape.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Setting {
+    n_heads: usize,
+    batch: usize,
+    threads: usize,
+    cache_len: usize,
+    kernel: Kernel,
+}
+
+impl Setting {
+    pub(super) fn of(p: &PointResult) -> Self {
+        Self {
+            n_heads: p.n_heads,
+            batch: p.batch,
+            threads: p.threads,
+            cache_len: if p.mode == Mode::Prefill {
+                p.context
+            } else {
+                0
+            },
+            kernel: p.kernel,
+        }
+    }
+}
+
+/// A table row (a chart series): the configuration a point belongs to. Ordered as the rows
+/// are shown.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct RowKey {
+    setting: Setting,
+    variant_rank: (Variant, String),
+    n_kv_heads: Option<usize>,
+}
+
+impl RowKey {
+    pub(super) fn of(p: &PointResult) -> Self {
+        Self {
+            setting: Setting::of(p),
+            variant_rank: (p.variant, p.variant_label()),
+            // Descending KV heads read naturally (MHA-like first), hence the reversal.
+            n_kv_heads: p.n_kv_heads.map(|k| usize::MAX - k),
+        }
+    }
+}
+
+/// Which parts of the setting vary across the points of a mode, so that labels name only those.
+pub(super) struct Varies {
+    n_heads: bool,
+    batch: bool,
+    threads: bool,
+    cache_len: bool,
+    kernel: bool,
+}
+
+impl Varies {
+    /// What varies across `points`, all of one mode.
+    pub(super) fn of(points: &[&PointResult]) -> Self {
+        let distinct = |f: &dyn Fn(&PointResult) -> usize| {
+            points.iter().map(|p| f(p)).collect::<BTreeSet<_>>().len() > 1
+        };
+        Self {
+            n_heads: distinct(&|p| p.n_heads),
+            batch: distinct(&|p| p.batch),
+            threads: distinct(&|p| p.threads),
+            cache_len: points.iter().any(|p| p.mode == Mode::Prefill) && distinct(&|p| p.context),
+            kernel: points
+                .iter()
+                .map(|p| p.kernel)
+                .collect::<BTreeSet<_>>()
+                .len()
+                > 1,
+        }
+    }
+
+    /// The row label of `p`: its variant, GQA's KV heads, and whatever else varies, e.g.
+    /// `gqa kv8`, `mla-absorbed h32 tiled`.
+    pub(super) fn label(&self, p: &PointResult) -> String {
+        let mut s = p.variant_label();
+        if let Some(kv) = p.n_kv_heads
+            && p.variant == Variant::Gqa
+        {
+            let _ = write!(s, " kv{kv}");
+        }
+        self.push_setting(&mut s, p);
+        s
+    }
+
+    /// The label of `p` without its variant and KV heads (for series that run over them):
+    /// only the parts of the setting that vary, each with a leading space.
+    pub(super) fn setting_label(&self, p: &PointResult) -> String {
+        let mut s = String::new();
+        self.push_setting(&mut s, p);
+        s
+    }
+
+    fn push_setting(&self, s: &mut String, p: &PointResult) {
+        if self.n_heads {
+            let _ = write!(s, " h{}", p.n_heads);
+        }
+        if self.batch {
+            let _ = write!(s, " b{}", p.batch);
+        }
+        if self.threads {
+            let _ = write!(s, " t{}", p.threads);
+        }
+        if self.cache_len {
+            let _ = write!(s, " cache{}", p.context);
+        }
+        if self.kernel {
+            let _ = write!(s, " {}", p.kernel);
+        }
+    }
+}
+
+/// The short name of a mode's length axis, as in the table headers: `seq` or `ctx`.
+pub(super) fn length_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Prefill => "seq",
+        Mode::Decode => "ctx",
+    }
+}
+
+/// The points of `mode`, in file order.
+pub(super) fn of_mode(points: &[PointResult], mode: Mode) -> Vec<&PointResult> {
+    points.iter().filter(|p| p.mode == mode).collect()
+}
+
+/// Nanoseconds as milliseconds with three or four significant digits.
+pub(super) fn fmt_ms(ns: f64) -> String {
+    let ms = ns / 1e6;
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else if ms >= 1.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.3}")
+    }
+}
+
+/// Bytes as MiB with two to four significant digits.
+pub(super) fn fmt_mib(bytes: u64) -> String {
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    if mib >= 100.0 {
+        format!("{mib:.0}")
+    } else if mib >= 1.0 {
+        format!("{mib:.1}")
+    } else {
+        format!("{mib:.3}")
+    }
+}

@@ -1,0 +1,271 @@
+//! `attnbench report`: the tables and charts of a results directory regenerate from its
+//! `results.json` byte for byte, those committed in `results/` included, and a bad directory
+//! is refused without touching a file.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{assert_success, attnbench, quick_machine};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("report")
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every file under `dir` (relative path → bytes), `results.json` and the log left out.
+fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                let name = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if name != "results.json" && name != "points.jsonl" {
+                    files.insert(name, fs::read(&path).unwrap());
+                }
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+fn assert_same_files(expected: &BTreeMap<String, Vec<u8>>, actual: &BTreeMap<String, Vec<u8>>) {
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        actual.keys().collect::<Vec<_>>(),
+        "not the same files"
+    );
+    for (name, bytes) in expected {
+        assert!(actual[name] == *bytes, "{name} differs");
+    }
+}
+
+/// A tiny experiment with data for every chart: both modes at two lengths, GQA over three KV
+/// counts, both MLA paths.
+const TINY: &str = r#"
+name = "tiny"
+[model]
+d_model = 32
+n_heads = 4
+n_kv_heads = 2
+head_dim = 8
+kv_lora_rank = 16
+qk_nope_head_dim = 8
+qk_rope_head_dim = 4
+v_head_dim = 8
+[sweep]
+variant = ["gqa", "mla"]
+n_kv_heads = [4, 2, 1]
+mode = ["prefill", "decode"]
+seq_len = [4, 9]
+context = [16, 33]
+threads = [1]
+[measure]
+warmup_iters = 1
+min_samples = 3
+max_samples = 5
+time_budget_ms = 5
+"#;
+
+#[test]
+fn report_rewrites_what_the_run_wrote_byte_for_byte() {
+    let dir = scratch("identity");
+    let file = dir.join("tiny.toml");
+    fs::write(&file, TINY).unwrap();
+    let run_dir = dir.join("run");
+    assert_success(&attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--machine",
+        quick_machine(),
+        "--quiet",
+    ]));
+    let written = outputs(&run_dir);
+    let charts: Vec<&str> = written
+        .keys()
+        .filter_map(|k| k.strip_prefix("charts/"))
+        .collect();
+    assert_eq!(
+        charts,
+        [
+            "decode_latency.svg",
+            "kv_cache.svg",
+            "kv_heads.svg",
+            "mla_paths.svg",
+            "prefill_latency.svg",
+            "roofline_decode.svg",
+            "roofline_prefill.svg"
+        ]
+    );
+    let md = String::from_utf8_lossy(&written["results.md"]).into_owned();
+    assert!(md.contains("![decode latency against context](charts/decode_latency.svg)"));
+    for svg in charts {
+        let text = String::from_utf8_lossy(&written[&format!("charts/{svg}")]).into_owned();
+        assert!(text.starts_with("<svg") && text.contains("</svg>"), "{svg}");
+        assert!(text.contains("tiny: "), "{svg}: no title");
+    }
+    let svg = String::from_utf8_lossy(&written["charts/decode_latency.svg"]).into_owned();
+    for label in ["gqa kv4", "gqa kv1", "mla-naive", "mla-absorbed", "context"] {
+        assert!(svg.contains(label), "decode_latency.svg: no `{label}`");
+    }
+
+    // Only the JSON, elsewhere: report writes the same bytes.
+    let copy = dir.join("copy");
+    fs::create_dir_all(&copy).unwrap();
+    fs::copy(run_dir.join("results.json"), copy.join("results.json")).unwrap();
+    assert_success(&attnbench(&["report", copy.to_str().unwrap()]));
+    assert_same_files(&written, &outputs(&copy));
+
+    // Over the run's own directory, with a stale chart: the same files, the stale one gone.
+    fs::write(run_dir.join("charts/old.svg"), "<svg/>").unwrap();
+    assert_success(&attnbench(&["report", run_dir.to_str().unwrap()]));
+    assert_same_files(&written, &outputs(&run_dir));
+}
+
+/// The results directories committed to the repository (by git; local runs such as
+/// `results/smoke/` are ignored), or every one on disk outside a git checkout.
+fn committed_results() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "--", "results/*/results.json"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let mut names: Vec<String> = match listed {
+        Some(text) if !text.trim().is_empty() => text
+            .lines()
+            .filter_map(|l| l.split('/').nth(1).map(str::to_string))
+            .collect(),
+        _ => fs::read_dir(root.join("results"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("results.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+    };
+    names.sort();
+    names
+}
+
+#[test]
+fn committed_tables_charts_and_index_regenerate_from_their_json() {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    let names = committed_results();
+    assert!(!names.is_empty(), "no committed results found");
+    let copy = scratch("committed").join("results");
+    for name in &names {
+        fs::create_dir_all(copy.join(name)).unwrap();
+        fs::copy(
+            results.join(name).join("results.json"),
+            copy.join(name).join("results.json"),
+        )
+        .unwrap();
+    }
+    fs::copy(results.join("machine.json"), copy.join("machine.json")).unwrap();
+    assert_success(&attnbench(&["report", copy.to_str().unwrap()]));
+    for name in &names {
+        let generated = outputs(&copy.join(name));
+        let committed = outputs(&results.join(name));
+        assert_eq!(
+            committed.keys().collect::<Vec<_>>(),
+            generated.keys().collect::<Vec<_>>(),
+            "results/{name}: not the files `attnbench report results/` writes"
+        );
+        for (file, bytes) in &generated {
+            assert!(
+                committed[file] == *bytes,
+                "results/{name}/{file} is not what `attnbench report results/` writes from its \
+                 results.json (edited by hand, or the report code changed without regenerating)"
+            );
+        }
+    }
+    assert!(
+        fs::read(results.join("README.md")).unwrap() == fs::read(copy.join("README.md")).unwrap(),
+        "results/README.md is not what `attnbench report results/` writes"
+    );
+}
+
+/// Runs `report` on `dir`, expecting a refusal that names `needles`, and that nothing under
+/// `watched` changes.
+fn assert_refused(dir: &Path, watched: &Path, needles: &[&str]) {
+    let before = outputs(watched);
+    let out = attnbench(&["report", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}: accepted", dir.display());
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+    assert_same_files(&before, &outputs(watched));
+}
+
+#[test]
+fn bad_directories_are_refused_naming_the_file_and_touch_nothing() {
+    let dir = scratch("bad");
+    let good_json = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads/results.json"),
+    )
+    .unwrap();
+    let one = dir.join("one");
+    fs::create_dir_all(&one).unwrap();
+    fs::write(one.join("results.md"), "by hand").unwrap();
+
+    let missing = dir.join("nowhere");
+    assert_refused(&missing, &dir, &["nowhere/results.json", "No such file"]);
+
+    assert_refused(&one, &dir, &["one: no results.json"]);
+
+    fs::write(
+        one.join("results.json"),
+        "{\"format\": \"attnbench-results/1\",\n  \"points\": [}",
+    )
+    .unwrap();
+    assert_refused(
+        &one,
+        &dir,
+        &["one/results.json:2:", "not an attnbench results file"],
+    );
+
+    fs::write(
+        one.join("results.json"),
+        good_json.replace("attnbench-results/1", "attnbench-results/9"),
+    )
+    .unwrap();
+    assert_refused(
+        &one,
+        &dir,
+        &[
+            "one/results.json",
+            "attnbench-results/9",
+            "attnbench-results/1",
+        ],
+    );
+
+    // A folder of results directories: one bad directory, and the good one is not written.
+    let two = dir.join("two");
+    fs::create_dir_all(&two).unwrap();
+    fs::write(two.join("results.json"), &good_json).unwrap();
+    fs::write(two.join("results.md"), "by hand").unwrap();
+    assert_refused(&dir, &dir, &["one/results.json", "attnbench-results/9"]);
+
+    let empty = scratch("empty");
+    assert_refused(&empty, &empty, &["no results.json"]);
+}

@@ -48,6 +48,15 @@ pub enum RunError {
         /// The parser's complaint.
         message: String,
     },
+    /// A file read as `results.json` is not one: unreadable JSON, missing fields, or another
+    /// `format`.
+    #[error("{path}: not an attnbench results file ({RESULTS_FORMAT}): {message}")]
+    NotResults {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -281,12 +290,21 @@ pub fn write_results_json(dir: &Path, results: &ResultsFile) -> Result<(), RunEr
     crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io(&path))
 }
 
-/// Reads a `results.json`.
+/// Reads a `results.json`, refusing a file of another `format`.
 pub fn read_results_json(path: &Path) -> Result<ResultsFile, RunError> {
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|e| RunError::CorruptLog {
+    let not_results = |message: String| RunError::NotResults {
         path: path.to_path_buf(),
-        line: e.line(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    // The format is checked first so that a file of another version is named as such rather
+    // than reported as a missing field.
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| not_results(e.to_string()))?;
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(RESULTS_FORMAT) => {}
+        Some(other) => return Err(not_results(format!("format is `{other}`"))),
+        None => return Err(not_results("no `format` field".into())),
+    }
+    serde_json::from_value(value).map_err(|e| not_results(e.to_string()))
 }

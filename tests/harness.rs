@@ -7,30 +7,10 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_success, attnbench};
+use common::{assert_success, attnbench, machine};
 use std::time::{Duration, Instant};
 
 use attnbench::harness::{ResultsFile, read_log};
-
-/// A quick calibration shared by the tests (a full one takes seconds per run).
-fn machine() -> &'static str {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("harness-machine");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("machine.json");
-        let out = attnbench(&[
-            "calibrate",
-            "--quick",
-            "--threads",
-            "1,2",
-            "--out",
-            path.to_str().unwrap(),
-        ]);
-        assert_success(&out);
-        path.to_string_lossy().into_owned()
-    })
-}
 
 /// `attnbench run FILE --out DIR --machine M` plus `extra`.
 fn run(file: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -1,10 +1,12 @@
 //! Reports of a results set: Markdown tables (made with tabled) and CSV. They are derived
 //! from `results.json` alone, so `attnbench report` regenerates them byte for byte.
 
+mod comparison;
 mod tables;
 
 use std::path::Path;
 
+pub use comparison::comparison_markdown;
 pub use tables::markdown;
 
 use crate::harness::{ResultsFile, RunError};

@@ -140,3 +140,23 @@ pub fn assert_success(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A quick calibration shared by the tests (a full one takes seconds per run).
+pub fn machine() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("harness-machine");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("machine.json");
+        let out = attnbench(&[
+            "calibrate",
+            "--quick",
+            "--threads",
+            "1,2",
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert_success(&out);
+        path.to_string_lossy().into_owned()
+    })
+}

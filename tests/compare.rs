@@ -219,6 +219,7 @@ fn ignore_threads_matches_runs_with_different_thread_counts() {
         text.contains("0 within noise, 0 failed, 4 only in A, 4 only in B"),
         "{text}"
     );
+    assert!(text.contains("No point matched"), "{text}");
     let out = compare(a, &b, &["--ignore", "threads"]);
     assert_success(&out);
     let text = stdout(&out);

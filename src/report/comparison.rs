@@ -99,7 +99,17 @@ pub fn comparison_markdown(comparison: &Comparison) -> String {
         row.extend(change_cells(core.as_ref()));
         table.push_record(row);
     }
-    let _ = writeln!(out, "{}", table.build().with(Style::markdown()));
+    if comparison.points.is_empty() {
+        // The usual cause: runs that differ on purpose in an axis the key carries (`_t1` against
+        // `_t2`).
+        let _ = writeln!(
+            out,
+            "No point matched. If the runs differ on purpose in threads or kernel, match with \
+             `--ignore threads` (or `kernel`)."
+        );
+    } else {
+        let _ = writeln!(out, "{}", table.build().with(Style::markdown()));
+    }
     if !(failed.is_empty() && comparison.only_in_a.is_empty() && comparison.only_in_b.is_empty()) {
         out.push('\n');
     }

@@ -2,16 +2,22 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use attnbench::compare::{
+    Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
+    compare, load_results,
+};
 use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
 use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::harness::{
-    Environment, Existing, Progress, run_experiment, total_memory_bytes, write_results_json,
+    Environment, Existing, Progress, ResultsFile, run_experiment, total_memory_bytes,
+    write_results_json,
 };
-use attnbench::report::{markdown, report, write_outputs};
+use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
 use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -91,6 +97,62 @@ enum Command {
     /// Write an export case: one layer, its weights, a prefill then single-token decodes on one
     /// cache, the outputs and the final cache, as JSON (format `attnbench-case/1`).
     Export(ExportArgs),
+    /// Compare two result sets point by point: the ratio of medians B/A of the step and of the
+    /// attention core, with a verdict that accounts for noise (faster, slower, within noise).
+    ///
+    /// Points are matched by configuration (the key and the shape fields), in A's order;
+    /// points only in A or only in B, and points that failed on either side, are listed, not
+    /// compared.
+    ///
+    /// Statistics: each side's noise is estimated from its own samples: σ ≈ 1.4826·MAD, and
+    /// the median's standard error ≈ 1.2533·σ/√n. A change ln(B/A) counts as slower or faster
+    /// only when it exceeds both NOISE_K combined relative standard errors
+    /// √(se_A² + se_B²) and MIN_CHANGE_PCT percent, because runs on a shared machine drift
+    /// by a few percent even when each run's samples are tight.
+    ///
+    /// Exit status: 0 when no point's step time regressed beyond --fail-above-pct (or the flag
+    /// is not given), 1 when some point did, 2 for bad arguments or an unreadable result set.
+    Compare(CompareArgs),
+}
+
+impl Cli {
+    /// The exit status of an error: 2 for `compare`, whose 1 means "regressed", so that a CI
+    /// gate tells a regression from a broken invocation; 1 for every other command.
+    pub fn error_exit_code(&self) -> ExitCode {
+        match self.command {
+            Command::Compare(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Baseline: a results directory or its results.json.
+    a: PathBuf,
+    /// Candidate: a results directory or its results.json.
+    b: PathBuf,
+    /// Match points ignoring these axes, comma-separated (threads, kernel): e.g. a 1-thread
+    /// run against a 2-thread run. Two points of one side that then look alike are an error.
+    #[arg(long, value_delimiter = ',', value_parser = parse_axis)]
+    ignore: Vec<Axis>,
+    /// A change counts only beyond this many combined standard errors of the two medians.
+    #[arg(long, default_value_t = DEFAULT_NOISE_K)]
+    noise_k: f64,
+    /// A change counts only beyond this many percent, however tight the samples.
+    #[arg(long, default_value_t = DEFAULT_MIN_CHANGE_PCT)]
+    min_change_pct: f64,
+    /// CI gate: exit with status 1 when a point's step time is "slower" by more than this
+    /// many percent. The core's verdict is shown but not gated.
+    #[arg(long)]
+    fail_above_pct: Option<f64>,
+    /// Print the comparison as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_axis(name: &str) -> Result<Axis, UnknownAxis> {
+    name.parse()
 }
 
 #[derive(Debug, Args)]
@@ -235,9 +297,10 @@ impl ExportArgs {
     }
 }
 
-/// Runs the parsed command.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the parsed command; its exit status when it did not fail.
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Compare(args) => return compare_results(&args),
         Command::Run(args) => run_file(&args),
         Command::Validate {
             file,
@@ -268,6 +331,76 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export(args) => export(&args),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line on a result set: where it came from and how it ran.
+fn describe(label: &str, path: &Path, results: &ResultsFile) -> String {
+    let env = &results.environment;
+    format!(
+        "{label}: {} (experiment `{}`, {} points, {}, {} at {}, threads {:?})",
+        path.display(),
+        results.experiment.name,
+        results.points.len(),
+        env.date,
+        env.cpu_model,
+        env.git_revision,
+        env.threads
+    )
+}
+
+fn compare_results(args: &CompareArgs) -> Result<ExitCode> {
+    if let Some(pct) = args.fail_above_pct {
+        check_setting("fail_above_pct", pct)?;
+    }
+    let settings = CompareSettings {
+        noise_k: args.noise_k,
+        min_change_pct: args.min_change_pct,
+        ignore: args.ignore.clone(),
+    };
+    settings.validate()?;
+    let a = load_results(&args.a)?;
+    let b = load_results(&args.b)?;
+    let comparison = compare(&a.points, &b.points, &settings)?;
+    let regressions = args
+        .fail_above_pct
+        .map(|pct| comparison.regressions(pct))
+        .unwrap_or_default();
+    if args.json {
+        let regressed: Vec<&str> = regressions.iter().map(|p| p.key_a.as_str()).collect();
+        let json = serde_json::json!({
+            "a": args.a,
+            "b": args.b,
+            "counts": comparison.counts(),
+            "core_counts": comparison.core_counts(),
+            "fail_above_pct": args.fail_above_pct,
+            "regressions": regressed,
+            "comparison": comparison,
+        });
+        outln!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        outln!("{}", describe("A", &args.a, &a));
+        outln!("{}\n", describe("B", &args.b, &b));
+        outln!("{}", comparison_markdown(&comparison));
+    }
+    match (args.fail_above_pct, regressions.as_slice()) {
+        (Some(pct), [_, ..]) => {
+            let list: Vec<String> = regressions
+                .iter()
+                .filter_map(|p| {
+                    p.step()
+                        .map(|c| format!("{} (+{:.1}%)", p.key_a, c.change_pct()))
+                })
+                .collect();
+            eprintln!(
+                "regression: {} point(s) slower by more than {pct}%: {}",
+                regressions.len(),
+                list.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

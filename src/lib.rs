@@ -9,6 +9,7 @@
 //! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`].
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod experiment;

@@ -6,6 +6,7 @@
 mod charts;
 mod index;
 mod rows;
+mod comparison;
 mod tables;
 
 use std::fs;
@@ -15,6 +16,7 @@ use thiserror::Error;
 
 pub use charts::{CHARTS_DIR, ChartSpec, plan as chart_plan};
 pub use index::{INDEX_FILE, index};
+pub use comparison::comparison_markdown;
 pub use tables::markdown;
 
 use crate::harness::{JSON_FILE, ResultsFile, RunError, read_results_json};

@@ -1,0 +1,160 @@
+//! The comparison of two result sets as a person reads it: one row per matched point (step
+//! and core, A and B, ratio, noise bound, verdict), the points not compared, and the counts.
+
+use std::fmt::Write;
+
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use crate::compare::{Change, Comparison, Counts, Outcome, Verdict};
+
+/// Milliseconds to four significant digits: the points of one comparison span microseconds
+/// to seconds, and a few percent must stay visible at either end.
+fn fmt_ms(ns: f64) -> String {
+    let ms = ns / 1e6;
+    let decimals = (3 - ms.log10().floor() as i32).clamp(0, 9) as usize;
+    format!("{ms:.decimals$}")
+}
+
+/// The verdict with the factor in the direction it names: `slower 1.52×` (B takes 1.52 times
+/// as long), `faster 2.00×` (B runs twice as fast).
+fn verdict_cell(change: &Change) -> String {
+    match change.verdict {
+        Verdict::Slower => format!("slower {:.2}×", change.ratio),
+        Verdict::Faster => format!("faster {:.2}×", 1.0 / change.ratio),
+        Verdict::WithinNoise => "within noise".into(),
+    }
+}
+
+/// A's median, B's median, B/A, the noise bound and the verdict of one quantity.
+fn change_cells(change: Option<&Change>) -> [String; 5] {
+    match change {
+        Some(c) => [
+            fmt_ms(c.a.median_ns),
+            fmt_ms(c.b.median_ns),
+            format!("{:.3}", c.ratio),
+            format!("±{:.1}%", c.noise_pct),
+            verdict_cell(c),
+        ],
+        None => Default::default(),
+    }
+}
+
+fn counts_line(counts: &Counts) -> String {
+    format!(
+        "{} faster, {} slower, {} within noise, {} failed, {} only in A, {} only in B",
+        counts.faster,
+        counts.slower,
+        counts.within_noise,
+        counts.failed,
+        counts.only_in_a,
+        counts.only_in_b
+    )
+}
+
+/// The comparison as Markdown: the table of matched points in A's order, the failed and
+/// unmatched points, and the counts of step (and core) verdicts.
+pub fn comparison_markdown(comparison: &Comparison) -> String {
+    let settings = &comparison.settings;
+    let mut out = String::new();
+    let ignored: Vec<&str> = settings.ignore.iter().map(|a| a.name()).collect();
+    let _ = writeln!(
+        out,
+        "Times in ms (medians); B/A above 1 means B takes longer. A change counts when it is beyond \
+         ±noise ({} combined standard errors of the two medians) and beyond {}%.{}\n",
+        settings.noise_k,
+        settings.min_change_pct,
+        if ignored.is_empty() {
+            String::new()
+        } else {
+            format!(" Points matched ignoring {}.", ignored.join(", "))
+        }
+    );
+    let mut table = Builder::default();
+    table.push_record([
+        "point",
+        "A",
+        "B",
+        "B/A",
+        "noise",
+        "step",
+        "core A",
+        "core B",
+        "core B/A",
+        "core noise",
+        "core",
+    ]);
+    let mut failed = Vec::new();
+    for point in &comparison.points {
+        let Outcome::Compared { step, core } = &point.outcome else {
+            failed.push(point);
+            continue;
+        };
+        let mut row = vec![if point.key_a == point.key_b {
+            point.key_a.clone()
+        } else {
+            format!("{} ↔ {}", point.key_a, point.key_b)
+        }];
+        row.extend(change_cells(Some(step)));
+        row.extend(change_cells(core.as_ref()));
+        table.push_record(row);
+    }
+    if comparison.points.is_empty() {
+        // The usual cause: runs that differ on purpose in an axis the key carries (`_t1` against
+        // `_t2`).
+        let _ = writeln!(
+            out,
+            "No point matched. If the runs differ on purpose in threads or kernel, match with \
+             `--ignore threads` (or `kernel`)."
+        );
+    } else {
+        let _ = writeln!(out, "{}", table.build().with(Style::markdown()));
+    }
+    if !(failed.is_empty() && comparison.only_in_a.is_empty() && comparison.only_in_b.is_empty()) {
+        out.push('\n');
+    }
+    for point in failed {
+        if let Outcome::Failed { a_error, b_error } = &point.outcome {
+            let side = |e: &Option<String>| e.as_deref().unwrap_or("ok").to_string();
+            let _ = writeln!(
+                out,
+                "failed: {}: A: {}; B: {}",
+                point.key_a,
+                side(a_error),
+                side(b_error)
+            );
+        }
+    }
+    for key in &comparison.only_in_a {
+        let _ = writeln!(out, "only in A: {key}");
+    }
+    for key in &comparison.only_in_b {
+        let _ = writeln!(out, "only in B: {key}");
+    }
+    let _ = writeln!(
+        out,
+        "\nstep: {} points: {}",
+        comparison.points.len() + comparison.only_in_a.len() + comparison.only_in_b.len(),
+        counts_line(&comparison.counts())
+    );
+    let core = comparison.core_counts();
+    let _ = writeln!(
+        out,
+        "core: {} faster, {} slower, {} within noise, {} not compared",
+        core.faster, core.slower, core.within_noise, core.failed
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_ms;
+
+    #[test]
+    fn times_keep_four_significant_digits() {
+        assert_eq!(fmt_ms(6_123.0), "0.006123");
+        assert_eq!(fmt_ms(12_345_678.0), "12.35");
+        assert_eq!(fmt_ms(1_234_000_000.0), "1234");
+        assert_eq!(fmt_ms(99_999_000_000.0), "99999");
+    }
+}

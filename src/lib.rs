@@ -6,7 +6,7 @@
 //! project; every layer implements [`AttentionLayer`].
 //!
 //! Layers of the crate, each using only those below it: [`config`], [`kernels`] and
-//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`].
+//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`], [`planner`].
 #![warn(missing_docs)]
 
 pub mod config;
@@ -18,6 +18,7 @@ pub mod harness;
 pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
+pub mod planner;
 pub mod reference;
 pub mod report;
 pub mod roofline;

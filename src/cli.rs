@@ -294,10 +294,10 @@ struct KvArgs {
     #[arg(long)]
     gqa_kv_heads: Option<usize>,
     /// Tokens cached per sequence.
-    #[arg(long)]
+    #[arg(long, value_name = "TOKENS")]
     context: usize,
     /// Sequences.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "SEQUENCES", default_value_t = 1)]
     batch: usize,
     /// Storage types, comma-separated [default: all four].
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -664,7 +664,7 @@ fn plan_table(plan: &Plan) -> String {
     {
         let _ = writeln!(
             out,
-            "int8: one byte per value; quantisation scales are not counted."
+            "\nint8: one byte per value; quantisation scales are not counted."
         );
     }
     out.trim_end().to_string()

@@ -6,7 +6,8 @@
 //! project; every layer implements [`AttentionLayer`].
 //!
 //! Layers of the crate, each using only those below it: [`config`], [`kernels`] and
-//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`], [`planner`].
+//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`]
+//! and [`planner`].
 #![warn(missing_docs)]
 
 pub mod config;

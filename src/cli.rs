@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use attnbench::compare::{
     Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
     compare, load_results,
@@ -17,11 +17,13 @@ use attnbench::harness::{
     Environment, Existing, Progress, ResultsFile, run_experiment, total_memory_bytes,
     write_results_json,
 };
+use attnbench::planner::{self, Alternatives, Dtype, ModelShape, Plan, PlanRequest, human_bytes};
 use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
 use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use tabled::builder::Builder;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
@@ -97,6 +99,14 @@ enum Command {
     /// Write an export case: one layer, its weights, a prefill then single-token decodes on one
     /// cache, the outputs and the final cache, as JSON (format `attnbench-case/1`).
     Export(ExportArgs),
+    /// Plan a model's KV cache: bytes per token per layer, per token over all layers and at a
+    /// context and batch, in f32, f16, bf16 and int8, side by side for MHA, GQA, MQA and MLA
+    /// at the model's shape; with --budget-gib, the largest batch and context that fit.
+    #[command(
+        allow_negative_numbers = true,
+        long_about = KV_LONG_ABOUT,
+    )]
+    Kv(KvArgs),
     /// Compare two result sets point by point: the ratio of medians B/A of the step and of the
     /// attention core, with a verdict that accounts for noise (faster, slower, within noise).
     ///
@@ -154,6 +164,31 @@ struct CompareArgs {
 fn parse_axis(name: &str) -> Result<Axis, UnknownAxis> {
     name.parse()
 }
+
+const KV_LONG_ABOUT: &str = "\
+Plan a model's KV cache: bytes per token per layer, per token over all layers and at a context
+and batch, in f32, f16, bf16 and int8 storage (int8: one byte per value, scales not counted),
+side by side for MHA, GQA, MQA and MLA at the model's shape. With --budget-gib: the largest
+batch at --context and the largest context at --batch that fit beside the weights.
+
+The model is a preset (`attnbench list`), explicit shape flags, or a preset with flags
+overriding its fields. One row is the model's own variant; the others are hypothetical, at its
+shape:
+  MHA  n_kv_heads = n_heads.
+  MQA  n_kv_heads = 1.
+  GQA  --gqa-kv-heads, else the largest divisor of n_heads up to 8 strictly between 1 and
+       n_heads (32 heads: 8); no row when there is none (a prime head count).
+  MLA  --kv-lora-rank and --qk-rope-head-dim, else DeepSeek-V2/V3's ratios:
+       kv_lora_rank = 4 * head_dim, qk_rope_head_dim = head_dim / 2 (rounded down to even).
+For an MLA model, the MHA/GQA/MQA rows cache keys of qk_nope_head_dim + qk_rope_head_dim and
+values of v_head_dim per KV head.
+
+Weights: --params, else the preset's cited parameter count (llama-3-8b, deepseek-v3), else
+not counted. They are stored in the same type as the cache, and the model's own count is used
+for every row.
+
+The per-layer f32 figure is the one the layers report and the harness reads from the cache's
+allocation. Bytes are binary (1 GiB = 2^30); --json gives them exactly.";
 
 #[derive(Debug, Args)]
 struct RunArgs {
@@ -250,6 +285,105 @@ struct ExportArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+    Int8,
+}
+
+impl From<DtypeArg> for Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::F16 => Dtype::F16,
+            DtypeArg::Bf16 => Dtype::Bf16,
+            DtypeArg::Int8 => Dtype::Int8,
+        }
+    }
+}
+
+impl From<VariantArg> for Variant {
+    fn from(v: VariantArg) -> Self {
+        match v {
+            VariantArg::Mha => Variant::Mha,
+            VariantArg::Mqa => Variant::Mqa,
+            VariantArg::Gqa => Variant::Gqa,
+            VariantArg::Mla => Variant::Mla,
+        }
+    }
+}
+
+// Not ExportArgs' fields: those default to a tiny layer for a small case file, while the planner
+// must not invent a model, so every shape field here is optional and comes from the preset
+// unless given.
+#[derive(Debug, Args)]
+struct KvArgs {
+    /// A preset of a real model (`attnbench list`); shape flags override its fields.
+    #[arg(long)]
+    preset: Option<String>,
+    /// The model's own variant, when there is no preset (a preset knows its own).
+    #[arg(
+        long,
+        value_enum,
+        conflicts_with = "preset",
+        required_unless_present = "preset"
+    )]
+    variant: Option<VariantArg>,
+    /// Decoder layers (each caches its own KV) [default: the preset's].
+    #[arg(long)]
+    n_layers: Option<usize>,
+    /// Query heads [default: the preset's].
+    #[arg(long)]
+    n_heads: Option<usize>,
+    /// Key/value heads of an MHA/GQA/MQA model [default: the preset's; MHA: n_heads; MQA: 1].
+    #[arg(long)]
+    n_kv_heads: Option<usize>,
+    /// Width of one head of an MHA/GQA/MQA model [default: the preset's].
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// MLA: width of the cached latent c_kv; for a model that is not MLA, of the hypothetical
+    /// MLA row [default: the preset's; not MLA: 4 * head_dim].
+    #[arg(long)]
+    kv_lora_rank: Option<usize>,
+    /// MLA: width of the cached rope key; for a model that is not MLA, of the hypothetical MLA
+    /// row [default: the preset's; not MLA: head_dim / 2].
+    #[arg(long)]
+    qk_rope_head_dim: Option<usize>,
+    /// MLA model: per-head query/key width without RoPE (the hypothetical rows' keys are
+    /// qk_nope_head_dim + qk_rope_head_dim wide) [default: the preset's].
+    #[arg(long)]
+    qk_nope_head_dim: Option<usize>,
+    /// MLA model: per-head value width (the hypothetical rows' values) [default: the preset's].
+    #[arg(long)]
+    v_head_dim: Option<usize>,
+    /// KV heads of the hypothetical GQA row of a model that is not GQA [default: the largest
+    /// divisor of n_heads up to 8, strictly between 1 and n_heads].
+    #[arg(long)]
+    gqa_kv_heads: Option<usize>,
+    /// Tokens cached per sequence.
+    #[arg(long, value_name = "TOKENS")]
+    context: usize,
+    /// Sequences.
+    #[arg(long, value_name = "SEQUENCES", default_value_t = 1)]
+    batch: usize,
+    /// Storage types, comma-separated [default: all four].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    dtype: Vec<DtypeArg>,
+    /// Memory budget for weights and cache, in GiB (2^30 bytes): adds the largest batch at
+    /// --context and the largest context at --batch that fit.
+    #[arg(long)]
+    budget_gib: Option<f64>,
+    /// Parameters of the whole model, for the weights' share of the budget [default: the
+    /// preset's cited count; otherwise weights are not counted].
+    #[arg(long)]
+    params: Option<u64>,
+    /// Print the plan as JSON (exact bytes) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 impl ExportArgs {
     fn spec(&self) -> Result<LayerSpec> {
         let variant = match self.variant {
@@ -331,6 +465,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(())
         }
         Command::Export(args) => export(&args),
+        Command::Kv(args) => kv(&args),
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -402,6 +537,278 @@ fn compare_results(args: &CompareArgs) -> Result<ExitCode> {
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Turns a library error about a field into one naming the flag a user types.
+fn flag_error(error: attnbench::Error) -> anyhow::Error {
+    match error {
+        attnbench::Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        } => anyhow!("--{} {value}: {reason}", field.replace('_', "-")),
+        other => other.into(),
+    }
+}
+
+impl KvArgs {
+    /// The model and the hypothetical rows' choices, from the preset and the flags.
+    fn model(&self) -> Result<(ModelShape, Alternatives)> {
+        let preset = match &self.preset {
+            Some(name) => Some(attnbench::experiment::preset(name).ok_or_else(|| {
+                let known: Vec<String> = attnbench::experiment::presets()
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect();
+                anyhow!(
+                    "--preset {name}: unknown preset; known: {}",
+                    known.join(", ")
+                )
+            })?),
+            None => None,
+        };
+        let from_preset = preset
+            .as_ref()
+            .map(ModelShape::from_preset)
+            .transpose()
+            .map_err(flag_error)?;
+        let variant = match (&from_preset, self.variant) {
+            (Some(m), _) => m.layer.variant(),
+            (None, Some(v)) => v.into(),
+            (None, None) => bail!("--variant or --preset is required"),
+        };
+        // A flag, else the preset's value, else an error naming the flag.
+        let field = |flag: Option<usize>, preset_value: Option<usize>, name: &str| {
+            flag.or(preset_value)
+                .ok_or_else(|| anyhow!("--{name} is required without a preset that gives it"))
+        };
+        let p = preset.as_ref();
+        let n_layers = field(self.n_layers, p.map(|p| p.n_layers), "n-layers")?;
+        let n_heads = field(self.n_heads, p.map(|p| p.n_heads), "n-heads")?;
+        let params = self.params.or(p.and_then(|p| p.params));
+        let mut alternatives = Alternatives {
+            gqa_kv_heads: self.gqa_kv_heads,
+            ..Alternatives::default()
+        };
+        let layer = if variant == Variant::Mla {
+            if let Some(flag) = [("n-kv-heads", self.n_kv_heads), ("head-dim", self.head_dim)]
+                .iter()
+                .find_map(|(name, v)| v.map(|_| name))
+            {
+                bail!("--{flag} describes an MHA/GQA/MQA model; this one is MLA");
+            }
+            let q_lora_rank = p.and_then(|p| p.q_lora_rank);
+            let kv_lora_rank = field(
+                self.kv_lora_rank,
+                p.and_then(|p| p.kv_lora_rank),
+                "kv-lora-rank",
+            )?;
+            let qk_nope_head_dim = field(
+                self.qk_nope_head_dim,
+                p.and_then(|p| p.qk_nope_head_dim),
+                "qk-nope-head-dim",
+            )?;
+            let qk_rope_head_dim = field(
+                self.qk_rope_head_dim,
+                p.and_then(|p| p.qk_rope_head_dim),
+                "qk-rope-head-dim",
+            )?;
+            let v_head_dim = field(self.v_head_dim, p.and_then(|p| p.v_head_dim), "v-head-dim")?;
+            LayerSpec::Mla {
+                config: MlaConfig {
+                    // d_model does not enter the cache; without a preset, any valid width will do.
+                    d_model: p.map_or(n_heads * v_head_dim, |p| p.d_model),
+                    n_heads,
+                    kv_lora_rank,
+                    q_lora_rank,
+                    qk_nope_head_dim,
+                    qk_rope_head_dim,
+                    v_head_dim,
+                    rope_theta: p.and_then(|p| p.rope_theta).unwrap_or(DEFAULT_ROPE_THETA),
+                    rms_norm_eps: DEFAULT_RMS_NORM_EPS,
+                },
+                path: MlaPath::Absorbed,
+            }
+        } else {
+            if let Some(flag) = [
+                ("qk-nope-head-dim", self.qk_nope_head_dim),
+                ("v-head-dim", self.v_head_dim),
+            ]
+            .iter()
+            .find_map(|(name, v)| v.map(|_| name))
+            {
+                bail!(
+                    "--{flag} describes an MLA model; this one is {variant} (the hypothetical MLA row caches only --kv-lora-rank and --qk-rope-head-dim)"
+                );
+            }
+            alternatives.kv_lora_rank = self.kv_lora_rank;
+            alternatives.qk_rope_head_dim = self.qk_rope_head_dim;
+            let head_dim = field(self.head_dim, p.map(|p| p.head_dim), "head-dim")?;
+            let n_kv_heads = match (self.n_kv_heads, variant) {
+                (Some(n), _) => n,
+                (None, Variant::Mha) => n_heads,
+                (None, Variant::Mqa) => 1,
+                (None, _) => field(None, p.map(|p| p.n_kv_heads), "n-kv-heads")?,
+            };
+            LayerSpec::Grouped {
+                variant,
+                config: GroupedConfig {
+                    d_model: p.map_or(n_heads * head_dim, |p| p.d_model),
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    rope_theta: p.and_then(|p| p.rope_theta).unwrap_or(DEFAULT_ROPE_THETA),
+                },
+            }
+        };
+        let name = match &self.preset {
+            Some(name)
+                if from_preset
+                    .as_ref()
+                    .is_some_and(|m| m.layer == layer && m.n_layers == n_layers) =>
+            {
+                name.clone()
+            }
+            Some(name) => format!("{name} (modified)"),
+            None => "custom".to_string(),
+        };
+        Ok((
+            ModelShape {
+                name,
+                n_layers,
+                layer,
+                params,
+            },
+            alternatives,
+        ))
+    }
+}
+
+fn kv(args: &KvArgs) -> Result<()> {
+    let (model, alternatives) = args.model()?;
+    let dtypes = if args.dtype.is_empty() {
+        Dtype::ALL.to_vec()
+    } else {
+        let mut dtypes: Vec<Dtype> = args.dtype.iter().map(|&d| d.into()).collect();
+        dtypes.dedup();
+        dtypes
+    };
+    let plan = planner::plan(&PlanRequest {
+        model,
+        alternatives,
+        context: args.context,
+        batch: args.batch,
+        dtypes,
+        budget_gib: args.budget_gib,
+    })
+    .map_err(flag_error)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        outln!("{}", plan_table(&plan));
+    }
+    Ok(())
+}
+
+/// The plan as a Markdown table with a heading and notes on how the rows were derived.
+fn plan_table(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "KV cache of {} ({}, {} layers) at context {} × batch {}\n",
+        plan.model, plan.variant, plan.n_layers, plan.context, plan.batch
+    );
+    let mut builder = Builder::default();
+    let mut header = vec![
+        "variant".to_string(),
+        "row".into(),
+        "cached per token and layer".into(),
+        "values".into(),
+        "dtype".into(),
+        "bytes/token/layer".into(),
+        format!("per token, {} layers", plan.n_layers),
+        format!("context {} × batch {}", plan.context, plan.batch),
+    ];
+    if plan.budget_bytes.is_some() {
+        header.push(format!("max batch at context {}", plan.context));
+        header.push(format!("max context at batch {}", plan.batch));
+    }
+    builder.push_record(header);
+    for row in &plan.rows {
+        for d in &row.dtypes {
+            let mut record = vec![
+                row.variant.to_string(),
+                if row.own {
+                    "own".into()
+                } else {
+                    "hypothetical".into()
+                },
+                row.cache.to_string(),
+                row.values_per_token_per_layer.to_string(),
+                d.dtype.to_string(),
+                d.bytes_per_token_per_layer.to_string(),
+                human_bytes(d.bytes_per_token),
+                human_bytes(d.cache_bytes),
+            ];
+            if let (Some(b), Some(c)) = (d.max_batch, d.max_context) {
+                record.push(b.to_string());
+                record.push(c.to_string());
+            }
+            builder.push_record(record);
+        }
+    }
+    let _ = writeln!(out, "{}\n", builder.build().with(Style::markdown()));
+    let _ = writeln!(out, "How each row's shape follows from the model's:");
+    for row in &plan.rows {
+        let _ = writeln!(out, "- {}: {}", row.variant, row.derivation);
+    }
+    for o in &plan.omitted {
+        let _ = writeln!(out, "- {}: no row: {}", o.variant, o.reason);
+    }
+    let budget = plan.budget_bytes.map(human_bytes);
+    match (plan.params, &budget) {
+        (None, Some(budget)) => {
+            let _ = writeln!(
+                out,
+                "\nWeights not counted (parameter count unknown; give --params N): the whole budget of {budget} goes to the cache."
+            );
+        }
+        (None, None) => {}
+        (Some(params), _) => {
+            let within = budget.map_or(String::new(), |b| format!(" in a budget of {b}"));
+            let _ = writeln!(
+                out,
+                "\nWeights: {params} params (the model's own count, used for every row){within}:"
+            );
+            for w in &plan.weights {
+                let share = match w.budget_share_pct {
+                    Some(pct) if pct >= 100.0 => {
+                        format!(", {pct:.1}% of the budget: no cache fits")
+                    }
+                    Some(pct) => format!(", {pct:.1}% of the budget"),
+                    None => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "- {}: {}{share}",
+                    w.dtype,
+                    human_bytes(w.weights_bytes)
+                );
+            }
+        }
+    }
+    if plan
+        .rows
+        .iter()
+        .any(|r| r.dtypes.iter().any(|d| d.dtype == Dtype::Int8))
+    {
+        let _ = writeln!(
+            out,
+            "\nint8: one byte per value; quantisation scales are not counted."
+        );
+    }
+    out.trim_end().to_string()
 }
 
 fn export(args: &ExportArgs) -> Result<()> {

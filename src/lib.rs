@@ -6,7 +6,8 @@
 //! project; every layer implements [`AttentionLayer`].
 //!
 //! Layers of the crate, each using only those below it: [`config`], [`kernels`] and
-//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`].
+//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`]
+//! and [`planner`].
 #![warn(missing_docs)]
 
 pub mod compare;
@@ -19,6 +20,7 @@ pub mod harness;
 pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
+pub mod planner;
 pub mod reference;
 pub mod report;
 pub mod roofline;

@@ -89,3 +89,197 @@ fn export_writes_a_case_with_the_documented_fields() {
         serde_json::json!([1, 32])
     );
 }
+
+/// The line of the table whose variant is `variant`, with `dtype`.
+fn table_row<'a>(stdout: &'a str, variant: &str, dtype: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            cells.get(1) == Some(&variant) && cells.get(5) == Some(&dtype)
+        })
+        .unwrap_or_else(|| panic!("no {variant} {dtype} row in:\n{stdout}"))
+}
+
+#[test]
+fn kv_prints_the_issues_two_figures() {
+    let out = attnbench(&[
+        "kv",
+        "--preset",
+        "llama-3-8b",
+        "--context",
+        "8192",
+        "--batch",
+        "1",
+        "--dtype",
+        "bf16",
+    ]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let gqa = table_row(&stdout, "gqa", "bf16");
+    assert!(gqa.contains("| own "), "{gqa}");
+    assert!(gqa.contains("1024 MiB (1.00 GiB)"), "{gqa}");
+    assert!(stdout.contains("hypothetical"), "{stdout}");
+
+    let out = attnbench(&[
+        "kv",
+        "--preset",
+        "deepseek-v3",
+        "--context",
+        "32768",
+        "--dtype",
+        "f16",
+    ]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mla = table_row(&stdout, "mla", "f16");
+    assert!(mla.contains("| own "), "{mla}");
+    assert!(mla.contains("2196 MiB"), "{mla}");
+}
+
+#[test]
+fn kv_json_has_exact_bytes_and_the_documented_fields() {
+    let out = attnbench(&[
+        "kv",
+        "--preset",
+        "llama-3-8b",
+        "--context",
+        "8192",
+        "--budget-gib",
+        "24",
+        "--json",
+    ]);
+    assert_success(&out);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["format"], "attnbench-kv-plan/1");
+    assert_eq!(plan["model"], "llama-3-8b");
+    assert_eq!(plan["variant"], "gqa");
+    assert_eq!(plan["n_layers"], 32);
+    assert_eq!(plan["params"], 8_030_261_248u64);
+    assert_eq!(plan["budget_bytes"], 24u64 << 30);
+    assert_eq!(plan["weights"].as_array().unwrap().len(), 4);
+    let rows = plan["rows"].as_array().unwrap();
+    let variants: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(variants, ["mha", "gqa", "mqa", "mla"]);
+    let gqa = &rows[1];
+    assert_eq!(gqa["own"], true);
+    assert_eq!(gqa["cache"]["kind"], "heads");
+    assert_eq!(gqa["cache"]["n_kv_heads"], 8);
+    assert_eq!(gqa["values_per_token_per_layer"], 2048);
+    let dtypes = gqa["dtypes"].as_array().unwrap();
+    let names: Vec<&str> = dtypes
+        .iter()
+        .map(|d| d["dtype"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["f32", "f16", "bf16", "int8"]);
+    let bf16 = &dtypes[2];
+    assert_eq!(bf16["bytes_per_token_per_layer"], 4096);
+    assert_eq!(bf16["bytes_per_token"], 131072);
+    assert_eq!(bf16["cache_bytes"], 1u64 << 30);
+    assert_eq!(bf16["max_batch"], 9);
+    assert!(bf16["max_context"].as_u64().unwrap() > 8192);
+    assert_eq!(rows[3]["own"], false);
+    assert_eq!(rows[3]["cache"]["kind"], "latent");
+    assert!(
+        rows[3]["derivation"]
+            .as_str()
+            .unwrap()
+            .contains("4 · head_dim")
+    );
+}
+
+#[test]
+fn kv_takes_an_explicit_shape() {
+    let out = attnbench(&[
+        "kv",
+        "--variant",
+        "gqa",
+        "--n-heads",
+        "32",
+        "--n-kv-heads",
+        "8",
+        "--head-dim",
+        "128",
+        "--n-layers",
+        "32",
+        "--context",
+        "8192",
+        "--dtype",
+        "bf16",
+        "--json",
+    ]);
+    assert_success(&out);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["model"], "custom");
+    assert!(plan["params"].is_null());
+    assert_eq!(plan["rows"][1]["dtypes"][0]["cache_bytes"], 1u64 << 30);
+}
+
+#[test]
+fn kv_refuses_bad_input_naming_the_flag_and_value() {
+    let base = ["kv", "--preset", "llama-3-8b"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().chain(extra).copied().collect()
+    };
+    assert_refused(
+        &["kv", "--preset", "llama-4", "--context", "8"],
+        &["--preset llama-4", "unknown preset", "llama-3-8b"],
+    );
+    assert_refused(&with(&["--context", "0"]), &["--context 0", "at least 1"]);
+    assert_refused(&with(&["--context", "-5"]), &["-5", "--context"]);
+    assert_refused(
+        &with(&["--context", "8", "--batch", "0"]),
+        &["--batch 0", "at least 1"],
+    );
+    assert_refused(
+        &with(&["--context", "8", "--budget-gib", "4", "--dtype", "f32,bf16"]),
+        &["--budget-gib 4", "weights"],
+    );
+    assert_refused(
+        &with(&["--context", "8", "--budget-gib", "0"]),
+        &["--budget-gib 0", "positive"],
+    );
+    assert_refused(
+        &with(&["--context", "8", "--n-kv-heads", "5"]),
+        &["--n-kv-heads 5", "must divide n_heads = 32"],
+    );
+    assert_refused(
+        &with(&["--context", "8", "--gqa-kv-heads", "4"]),
+        &["--gqa-kv-heads 4", "GQA itself"],
+    );
+    assert_refused(
+        &with(&["--context", "8", "--v-head-dim", "64"]),
+        &["--v-head-dim", "MLA model"],
+    );
+    assert_refused(&with(&["--context", "8", "--dtype", "fp8"]), &["fp8"]);
+    assert_refused(
+        &[
+            "kv",
+            "--variant",
+            "gqa",
+            "--n-heads",
+            "32",
+            "--head-dim",
+            "128",
+            "--context",
+            "8",
+        ],
+        &["--n-layers"],
+    );
+    assert_refused(&["kv", "--context", "8"], &["--variant"]);
+    assert_refused(
+        &[
+            "kv",
+            "--preset",
+            "llama-3-8b",
+            "--variant",
+            "mha",
+            "--context",
+            "8",
+        ],
+        &["--variant"],
+    );
+}

@@ -43,6 +43,9 @@ pub struct Preset {
     pub qk_rope_head_dim: Option<usize>,
     /// MLA: per-head value width.
     pub v_head_dim: Option<usize>,
+    /// Parameters of the whole model (every expert of a mixture), only where a public source
+    /// gives them (cited in `source`); absent: the planner does not count the weights.
+    pub params: Option<u64>,
     /// The verified cache width per token and layer.
     pub kv_values_per_token_per_layer: usize,
     /// Caveats.

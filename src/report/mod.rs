@@ -4,9 +4,9 @@
 //! wrote byte for byte.
 
 mod charts;
+mod comparison;
 mod index;
 mod rows;
-mod comparison;
 mod tables;
 
 use std::fs;
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use charts::{CHARTS_DIR, ChartSpec, plan as chart_plan};
-pub use index::{INDEX_FILE, index};
 pub use comparison::comparison_markdown;
+pub use index::{INDEX_FILE, index};
 pub use tables::markdown;
 
 use crate::harness::{JSON_FILE, ResultsFile, RunError, read_results_json};

@@ -1,0 +1,781 @@
+//! The KV-cache planner: what a whole model's KV cache costs in memory, per token and at a
+//! context and batch, in f32, f16, bf16 and int8 storage, for the model's own attention variant
+//! and for the other variants at its shape; and how large a batch or a context fits a memory
+//! budget.
+//!
+//! The per-layer figure of every row that is a layer the crate can build comes from
+//! [`LayerSpec::kv_values_per_token`], the same analytic figure the layers report in
+//! [`LayerInfo`](crate::LayerInfo) and the harness checks against the cache's allocation. Only
+//! the hypothetical MHA/GQA/MQA rows of an MLA model, whose keys and values differ in width (a
+//! shape [`GroupedConfig`] does not describe), count `n_kv_heads · (k_head_dim + v_head_dim)`
+//! themselves.
+//!
+//! Everything is computed in exact bytes; nothing here rounds except [`human_bytes`].
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::{
+    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MAX_DIMENSION, MlaConfig,
+    MlaPath, Variant,
+};
+use crate::error::{Error, Result};
+use crate::experiment::Preset;
+
+/// Format tag of the planner's JSON.
+pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
+
+/// Most KV heads a hypothetical GQA row gets by default: Llama 2 70B, Llama 3 and Mistral use 8.
+pub const DEFAULT_GQA_MAX_KV_HEADS: usize = 8;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// How the cache stores one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 4 bytes (what the layers of this crate allocate).
+    F32,
+    /// 2 bytes, IEEE half.
+    F16,
+    /// 2 bytes, bfloat16.
+    Bf16,
+    /// 1 byte; per-block quantisation scales are not counted.
+    Int8,
+}
+
+impl Dtype {
+    /// All four, widest first.
+    pub const ALL: [Dtype; 4] = [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Int8];
+
+    /// Bytes per stored value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::Int8 => 1,
+        }
+    }
+
+    /// The lowercase name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A whole model as far as its KV cache is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelShape {
+    /// The preset's name, or a label for an explicit shape.
+    pub name: String,
+    /// Decoder layers; each holds its own cache.
+    pub n_layers: usize,
+    /// One layer of the model's own variant. `d_model`, `rope_theta` and the MLA path do not
+    /// enter the cache.
+    pub layer: LayerSpec,
+    /// Parameters of the whole model (all experts of a mixture), when known: the weights the
+    /// budget must hold besides the cache.
+    pub params: Option<u64>,
+}
+
+impl ModelShape {
+    /// The model of a preset.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if an MLA preset lacks one of its latent widths.
+    pub fn from_preset(p: &Preset) -> Result<Self> {
+        let layer = match p.variant {
+            Variant::Mla => {
+                let need = |field: &'static str, v: Option<usize>| {
+                    v.ok_or_else(|| Error::InvalidConfig {
+                        field,
+                        value: "absent".into(),
+                        reason: format!("preset `{}` is MLA and needs it", p.name),
+                    })
+                };
+                LayerSpec::Mla {
+                    config: MlaConfig {
+                        d_model: p.d_model,
+                        n_heads: p.n_heads,
+                        kv_lora_rank: need("kv_lora_rank", p.kv_lora_rank)?,
+                        q_lora_rank: p.q_lora_rank,
+                        qk_nope_head_dim: need("qk_nope_head_dim", p.qk_nope_head_dim)?,
+                        qk_rope_head_dim: need("qk_rope_head_dim", p.qk_rope_head_dim)?,
+                        v_head_dim: need("v_head_dim", p.v_head_dim)?,
+                        rope_theta: p.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
+                        rms_norm_eps: DEFAULT_RMS_NORM_EPS,
+                    },
+                    path: MlaPath::Absorbed,
+                }
+            }
+            variant => LayerSpec::Grouped {
+                variant,
+                config: GroupedConfig {
+                    d_model: p.d_model,
+                    n_heads: p.n_heads,
+                    n_kv_heads: p.n_kv_heads,
+                    head_dim: p.head_dim,
+                    rope_theta: p.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
+                },
+            },
+        };
+        Ok(Self {
+            name: p.name.clone(),
+            n_layers: p.n_layers,
+            layer,
+            params: p.params,
+        })
+    }
+}
+
+/// Choices for the hypothetical rows; `None` takes the documented default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Alternatives {
+    /// KV heads of the GQA row of a model that is not GQA itself. Default:
+    /// [`default_gqa_kv_heads`].
+    pub gqa_kv_heads: Option<usize>,
+    /// Latent width of the MLA row of a model that is not MLA. Default: `4 · head_dim`
+    /// (DeepSeek-V2/V3: 512 = 4 · 128).
+    pub kv_lora_rank: Option<usize>,
+    /// Rope-key width of the MLA row of a model that is not MLA. Default: `head_dim / 2`
+    /// rounded down to an even number (DeepSeek-V2/V3: 64 = 128 / 2).
+    pub qk_rope_head_dim: Option<usize>,
+}
+
+/// What to plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanRequest {
+    /// The model.
+    pub model: ModelShape,
+    /// How the hypothetical rows are shaped.
+    pub alternatives: Alternatives,
+    /// Tokens cached per sequence.
+    pub context: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// Storage types, one set of figures each, in this order.
+    pub dtypes: Vec<Dtype>,
+    /// Memory for weights and cache together, in GiB (2^30 bytes); `None`: no budget figures.
+    pub budget_gib: Option<f64>,
+}
+
+/// What one token of one layer caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CacheShape {
+    /// Keys and values per KV head (MHA, GQA, MQA).
+    Heads {
+        /// KV heads.
+        n_kv_heads: usize,
+        /// Width of one key head.
+        k_head_dim: usize,
+        /// Width of one value head.
+        v_head_dim: usize,
+    },
+    /// MLA's shared latent row `[c_kv | k_rope]`.
+    Latent {
+        /// Width of `c_kv`.
+        kv_lora_rank: usize,
+        /// Width of the rotated rope key shared by all heads.
+        qk_rope_head_dim: usize,
+    },
+}
+
+impl fmt::Display for CacheShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            CacheShape::Heads {
+                n_kv_heads,
+                k_head_dim,
+                v_head_dim,
+            } => write!(f, "{n_kv_heads} × ({k_head_dim} K + {v_head_dim} V)"),
+            CacheShape::Latent {
+                kv_lora_rank,
+                qk_rope_head_dim,
+            } => write!(f, "{kv_lora_rank} c_kv + {qk_rope_head_dim} rope"),
+        }
+    }
+}
+
+/// The figures of one variant in one storage type.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DtypeFigures {
+    /// The storage type.
+    pub dtype: Dtype,
+    /// Cache bytes of one token in one layer.
+    pub bytes_per_token_per_layer: u64,
+    /// Cache bytes of one token over all `n_layers` layers.
+    pub bytes_per_token: u64,
+    /// Cache bytes of `batch` sequences of `context` tokens over all layers.
+    pub cache_bytes: u64,
+    /// Most sequences of `context` tokens whose cache fits the budget beside the weights
+    /// (0: not even one); `None` without a budget.
+    pub max_batch: Option<u64>,
+    /// Most tokens per sequence for `batch` sequences that fit the budget beside the weights
+    /// (0: not even one); `None` without a budget.
+    pub max_context: Option<u64>,
+}
+
+/// One variant at the model's shape.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VariantPlan {
+    /// The variant.
+    pub variant: Variant,
+    /// `true` for the model's own variant; `false` for a hypothetical one at its shape.
+    pub own: bool,
+    /// How this row's shape follows from the model's, e.g. `n_kv_heads = n_heads = 32`.
+    pub derivation: String,
+    /// What one token of one layer caches.
+    pub cache: CacheShape,
+    /// Values one token caches in one layer.
+    pub values_per_token_per_layer: u64,
+    /// One entry per requested storage type.
+    pub dtypes: Vec<DtypeFigures>,
+    /// The layer whose analytic figure this row uses, with the model's `d_model`; `None` for
+    /// a shape no layer of the crate has (keys and values of different widths).
+    #[serde(skip)]
+    pub layer: Option<LayerSpec>,
+}
+
+/// A variant left out, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Omitted {
+    /// The variant.
+    pub variant: Variant,
+    /// Why it has no row.
+    pub reason: String,
+}
+
+/// The weights in one storage type.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WeightFigures {
+    /// The storage type.
+    pub dtype: Dtype,
+    /// `params · dtype bytes`.
+    pub weights_bytes: u64,
+    /// `weights_bytes` over the budget, in percent; `None` without a budget.
+    pub budget_share_pct: Option<f64>,
+}
+
+/// The planner's answer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// [`PLAN_FORMAT`].
+    pub format: &'static str,
+    /// The model's name.
+    pub model: String,
+    /// The model's own variant.
+    pub variant: Variant,
+    /// Decoder layers.
+    pub n_layers: usize,
+    /// Tokens cached per sequence.
+    pub context: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// The budget in bytes; `None` without one.
+    pub budget_bytes: Option<u64>,
+    /// Parameters of the whole model; `None`: unknown, weights not counted.
+    pub params: Option<u64>,
+    /// The weights per storage type, with their share of the budget (empty when `params` is
+    /// unknown). The own model's count is used for every row: a hypothetical variant's
+    /// different projection sizes are not re-counted.
+    pub weights: Vec<WeightFigures>,
+    /// MHA, GQA, MQA, MLA, in that order, those that exist at this shape.
+    pub rows: Vec<VariantPlan>,
+    /// Variants with no row, and why.
+    pub omitted: Vec<Omitted>,
+}
+
+/// The default KV-head count of a hypothetical GQA row: the largest divisor of `n_heads` that
+/// is at most [`DEFAULT_GQA_MAX_KV_HEADS`] and strictly between 1 and `n_heads` (32 heads: 8;
+/// 12 heads: 6; 8 heads: 4). `None` when there is none (a prime head count): GQA at such a
+/// shape is MHA or MQA.
+pub fn default_gqa_kv_heads(n_heads: usize) -> Option<usize> {
+    (2..=DEFAULT_GQA_MAX_KV_HEADS)
+        .rev()
+        .find(|&g| g < n_heads && n_heads.is_multiple_of(g))
+}
+
+/// Most sequences of `context` tokens whose cache (`bytes_per_token` over all layers) fits in
+/// `available_bytes`.
+///
+/// # Panics
+/// If `context` or `bytes_per_token` is 0 ([`plan`] refuses both before calling it).
+pub fn largest_batch(available_bytes: u64, context: usize, bytes_per_token: u64) -> u64 {
+    largest_count(
+        available_bytes,
+        (context as u64).saturating_mul(bytes_per_token),
+    )
+}
+
+/// Most tokens per sequence for `batch` sequences whose cache (`bytes_per_token` over all
+/// layers) fits in `available_bytes`.
+///
+/// # Panics
+/// If `batch` or `bytes_per_token` is 0 ([`plan`] refuses both before calling it).
+pub fn largest_context(available_bytes: u64, batch: usize, bytes_per_token: u64) -> u64 {
+    largest_count(
+        available_bytes,
+        (batch as u64).saturating_mul(bytes_per_token),
+    )
+}
+
+/// Whole units of `unit_bytes` in `available_bytes` (a unit that saturated at `u64::MAX` fits
+/// at most once, which is right for any real budget).
+fn largest_count(available_bytes: u64, unit_bytes: u64) -> u64 {
+    assert!(unit_bytes > 0, "a cache unit has at least one byte");
+    available_bytes / unit_bytes
+}
+
+/// Bytes for a reader: `N B` below 1 KiB, then KiB and MiB with one decimal, and from 1 GiB
+/// whole MiB with GiB beside them (`1024 MiB (1.00 GiB)`). Binary units.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes < 1 << 10 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if bytes < 1 << 30 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} MiB ({:.2} GiB)", b / (1u64 << 20) as f64, b / GIB)
+    }
+}
+
+/// Plans the KV cache of `request.model`: every variant at its shape, in every requested
+/// storage type, at `context × batch`, and against the budget.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming the field and value when: `context`, `batch`, `n_layers`
+/// or `params` is 0; `dtypes` is empty; the model's layer is invalid; a hypothetical row's
+/// explicit width is invalid; the budget is not a positive finite number or the weights fill
+/// it in every requested storage type; a cache size does not fit in 64 bits.
+pub fn plan(request: &PlanRequest) -> Result<Plan> {
+    let model = &request.model;
+    positive("context", request.context)?;
+    positive("batch", request.batch)?;
+    positive("n_layers", model.n_layers)?;
+    if model.n_layers > MAX_DIMENSION {
+        return Err(invalid(
+            "n_layers",
+            model.n_layers,
+            format!("must be at most {MAX_DIMENSION}"),
+        ));
+    }
+    if model.params == Some(0) {
+        return Err(invalid("params", 0, "must be at least 1".into()));
+    }
+    if request.dtypes.is_empty() {
+        return Err(invalid("dtype", "none", "name at least one".into()));
+    }
+    model.layer.validate()?;
+    let budget_bytes = request.budget_gib.map(budget_bytes).transpose()?;
+
+    let weights: Vec<WeightFigures> = match model.params {
+        None => Vec::new(),
+        Some(params) => request
+            .dtypes
+            .iter()
+            .map(|&dtype| {
+                let weights_bytes = params.saturating_mul(dtype.bytes());
+                WeightFigures {
+                    dtype,
+                    weights_bytes,
+                    budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
+                }
+            })
+            .collect(),
+    };
+    if let (Some(budget), Some(gib)) = (budget_bytes, request.budget_gib)
+        && !weights.is_empty()
+        && weights.iter().all(|w| w.weights_bytes >= budget)
+    {
+        let smallest = weights.iter().map(|w| w.weights_bytes).min().unwrap_or(0);
+        return Err(invalid(
+            "budget_gib",
+            gib,
+            format!(
+                "the weights alone ({} params, {} in the narrowest storage asked for) fill it",
+                model.params.unwrap_or(0),
+                human_bytes(smallest)
+            ),
+        ));
+    }
+
+    let (shapes, omitted) = variant_shapes(model, &request.alternatives)?;
+    let mut rows = Vec::with_capacity(shapes.len());
+    for shape in shapes {
+        let values = shape.values_per_token_per_layer() as u64;
+        let mut dtypes = Vec::with_capacity(request.dtypes.len());
+        for &dtype in &request.dtypes {
+            let per_layer = values * dtype.bytes();
+            let per_token = checked(per_layer, model.n_layers as u64, "n_layers", model.n_layers)?;
+            let per_sequence = checked(
+                per_token,
+                request.context as u64,
+                "context",
+                request.context,
+            )?;
+            let cache_bytes = checked(per_sequence, request.batch as u64, "batch", request.batch)?;
+            let available = budget_bytes.map(|budget| {
+                let weights = weights
+                    .iter()
+                    .find(|w| w.dtype == dtype)
+                    .map_or(0, |w| w.weights_bytes);
+                budget.saturating_sub(weights)
+            });
+            dtypes.push(DtypeFigures {
+                dtype,
+                bytes_per_token_per_layer: per_layer,
+                bytes_per_token: per_token,
+                cache_bytes,
+                max_batch: available.map(|a| largest_batch(a, request.context, per_token)),
+                max_context: available.map(|a| largest_context(a, request.batch, per_token)),
+            });
+        }
+        rows.push(VariantPlan {
+            variant: shape.variant,
+            own: shape.variant == model.layer.variant(),
+            derivation: shape.derivation,
+            cache: shape.cache,
+            values_per_token_per_layer: values,
+            dtypes,
+            layer: shape.layer,
+        });
+    }
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        model: model.name.clone(),
+        variant: model.layer.variant(),
+        n_layers: model.n_layers,
+        context: request.context,
+        batch: request.batch,
+        budget_bytes,
+        params: model.params,
+        weights,
+        rows,
+        omitted,
+    })
+}
+
+/// One row's shape before the figures.
+struct RowShape {
+    variant: Variant,
+    derivation: String,
+    cache: CacheShape,
+    layer: Option<LayerSpec>,
+}
+
+impl RowShape {
+    fn values_per_token_per_layer(&self) -> usize {
+        match (&self.layer, self.cache) {
+            // The layers' own analytic figure, the one checked against their allocations.
+            (Some(layer), _) => layer.kv_values_per_token(),
+            // Keys and values of different widths: no layer of the crate has this shape.
+            (
+                None,
+                CacheShape::Heads {
+                    n_kv_heads,
+                    k_head_dim,
+                    v_head_dim,
+                },
+            ) => n_kv_heads * (k_head_dim + v_head_dim),
+            (None, CacheShape::Latent { .. }) => {
+                unreachable!("every latent row is an MLA layer")
+            }
+        }
+    }
+}
+
+/// A grouped row of `n_kv_heads` heads with keys `k` and values `v` wide; a buildable layer
+/// when `k == v`.
+fn heads_row(
+    variant: Variant,
+    derivation: String,
+    (d_model, n_heads, n_kv_heads): (usize, usize, usize),
+    (k, v): (usize, usize),
+) -> Result<RowShape> {
+    let layer = (k == v).then_some(LayerSpec::Grouped {
+        variant,
+        config: GroupedConfig {
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim: k,
+            rope_theta: DEFAULT_ROPE_THETA,
+        },
+    });
+    if let Some(layer) = &layer {
+        layer.validate()?;
+    }
+    Ok(RowShape {
+        variant,
+        derivation,
+        cache: CacheShape::Heads {
+            n_kv_heads,
+            k_head_dim: k,
+            v_head_dim: v,
+        },
+        layer,
+    })
+}
+
+/// MHA, GQA, MQA and MLA at the model's shape (see [`Alternatives`] and the module docs).
+fn variant_shapes(model: &ModelShape, alt: &Alternatives) -> Result<(Vec<RowShape>, Vec<Omitted>)> {
+    let own = model.layer.variant();
+    let d_model = model.layer.d_model();
+    let n_heads = model.layer.n_heads();
+    let mut rows = Vec::new();
+    let mut omitted = Vec::new();
+
+    // Key and value widths of the grouped rows, and what to say about them.
+    let (k, v, widths_note) = match &model.layer {
+        LayerSpec::Grouped { config, .. } => (config.head_dim, config.head_dim, String::new()),
+        LayerSpec::Mla { config, .. } => (
+            config.qk_head_dim(),
+            config.v_head_dim,
+            format!(
+                "; K = qk_nope_head_dim + qk_rope_head_dim = {}, V = v_head_dim = {}",
+                config.qk_head_dim(),
+                config.v_head_dim
+            ),
+        ),
+    };
+    let own_label = |what: String| format!("the model's own: {what}");
+
+    // MHA.
+    let derivation = if own == Variant::Mha {
+        own_label(format!("n_kv_heads = n_heads = {n_heads}"))
+    } else {
+        format!("n_kv_heads = n_heads = {n_heads}{widths_note}")
+    };
+    rows.push(heads_row(
+        Variant::Mha,
+        derivation,
+        (d_model, n_heads, n_heads),
+        (k, v),
+    )?);
+
+    // GQA.
+    let gqa = match &model.layer {
+        LayerSpec::Grouped {
+            variant: Variant::Gqa,
+            config,
+        } => {
+            if let Some(g) = alt.gqa_kv_heads {
+                return Err(invalid(
+                    "gqa_kv_heads",
+                    g,
+                    format!(
+                        "the model is GQA itself with n_kv_heads = {}; change that instead",
+                        config.n_kv_heads
+                    ),
+                ));
+            }
+            Some((
+                config.n_kv_heads,
+                own_label(format!("n_kv_heads = {}", config.n_kv_heads)),
+            ))
+        }
+        _ => match alt.gqa_kv_heads {
+            Some(g) => {
+                if !(g > 1 && g < n_heads && n_heads.is_multiple_of(g)) {
+                    return Err(invalid(
+                        "gqa_kv_heads",
+                        g,
+                        format!(
+                            "must divide n_heads = {n_heads} and lie strictly between 1 and it"
+                        ),
+                    ));
+                }
+                Some((g, format!("n_kv_heads = {g} (given){widths_note}")))
+            }
+            None => default_gqa_kv_heads(n_heads).map(|g| {
+                (
+                    g,
+                    format!(
+                        "n_kv_heads = {g}: the largest divisor of n_heads = {n_heads} up to {DEFAULT_GQA_MAX_KV_HEADS}{widths_note}"
+                    ),
+                )
+            }),
+        },
+    };
+    match gqa {
+        Some((g, derivation)) => rows.push(heads_row(
+            Variant::Gqa,
+            derivation,
+            (d_model, n_heads, g),
+            (k, v),
+        )?),
+        None => omitted.push(Omitted {
+            variant: Variant::Gqa,
+            reason: format!(
+                "no KV-head count strictly between 1 and n_heads = {n_heads} divides it"
+            ),
+        }),
+    }
+
+    // MQA.
+    let derivation = if own == Variant::Mqa {
+        own_label("n_kv_heads = 1".into())
+    } else {
+        format!("n_kv_heads = 1{widths_note}")
+    };
+    rows.push(heads_row(
+        Variant::Mqa,
+        derivation,
+        (d_model, n_heads, 1),
+        (k, v),
+    )?);
+
+    // MLA.
+    let (config, derivation) = match &model.layer {
+        LayerSpec::Mla { config, .. } => {
+            for (field, given) in [
+                ("kv_lora_rank", alt.kv_lora_rank),
+                ("qk_rope_head_dim", alt.qk_rope_head_dim),
+            ] {
+                if let Some(value) = given {
+                    return Err(invalid(
+                        field,
+                        value,
+                        "the model is MLA itself: this is its own width, not a hypothetical one"
+                            .into(),
+                    ));
+                }
+            }
+            (
+                config.clone(),
+                own_label(format!(
+                    "kv_lora_rank = {}, qk_rope_head_dim = {}",
+                    config.kv_lora_rank, config.qk_rope_head_dim
+                )),
+            )
+        }
+        LayerSpec::Grouped { config, .. } => {
+            let head_dim = config.head_dim;
+            let rank = alt.kv_lora_rank.unwrap_or(4 * head_dim);
+            let rope = alt.qk_rope_head_dim.unwrap_or(head_dim / 4 * 2);
+            let said = |given: bool, rule: &str, value: usize| {
+                if given {
+                    format!("{value} (given)")
+                } else {
+                    format!("{rule} = {value}")
+                }
+            };
+            let derivation = format!(
+                "kv_lora_rank = {}, qk_rope_head_dim = {} (DeepSeek-V2/V3's ratios); qk_nope_head_dim = v_head_dim = head_dim, not cached",
+                said(alt.kv_lora_rank.is_some(), "4 · head_dim", rank),
+                said(alt.qk_rope_head_dim.is_some(), "head_dim / 2", rope),
+            );
+            (
+                MlaConfig {
+                    d_model,
+                    n_heads,
+                    kv_lora_rank: rank,
+                    q_lora_rank: None,
+                    qk_nope_head_dim: head_dim,
+                    qk_rope_head_dim: rope,
+                    v_head_dim: head_dim,
+                    rope_theta: DEFAULT_ROPE_THETA,
+                    rms_norm_eps: DEFAULT_RMS_NORM_EPS,
+                },
+                derivation,
+            )
+        }
+    };
+    config.validate()?;
+    rows.push(RowShape {
+        variant: Variant::Mla,
+        derivation,
+        cache: CacheShape::Latent {
+            kv_lora_rank: config.kv_lora_rank,
+            qk_rope_head_dim: config.qk_rope_head_dim,
+        },
+        layer: Some(LayerSpec::Mla {
+            config,
+            path: MlaPath::Absorbed,
+        }),
+    });
+    Ok((rows, omitted))
+}
+
+fn budget_bytes(gib: f64) -> Result<u64> {
+    if !(gib.is_finite() && gib > 0.0) {
+        return Err(invalid(
+            "budget_gib",
+            gib,
+            "must be a positive finite number".into(),
+        ));
+    }
+    let bytes = gib * GIB;
+    if bytes >= u64::MAX as f64 {
+        return Err(invalid(
+            "budget_gib",
+            gib,
+            "must be below 2^64 bytes (16 EiB)".into(),
+        ));
+    }
+    Ok(bytes as u64)
+}
+
+fn checked(a: u64, b: u64, field: &'static str, value: usize) -> Result<u64> {
+    a.checked_mul(b).ok_or_else(|| {
+        invalid(
+            field,
+            value,
+            "the cache at this size exceeds 2^64 bytes (16 EiB)".into(),
+        )
+    })
+}
+
+fn positive(field: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(invalid(field, value, "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn invalid(field: &'static str, value: impl fmt::Display, reason: String) -> Error {
+    Error::InvalidConfig {
+        field,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_gqa_kv_heads_is_the_largest_divisor_up_to_8() {
+        assert_eq!(default_gqa_kv_heads(32), Some(8));
+        assert_eq!(default_gqa_kv_heads(12), Some(6));
+        assert_eq!(default_gqa_kv_heads(8), Some(4));
+        assert_eq!(default_gqa_kv_heads(71), None);
+        assert_eq!(default_gqa_kv_heads(2), None);
+        assert_eq!(default_gqa_kv_heads(1), None);
+    }
+
+    #[test]
+    fn human_bytes_shows_mib_and_gib_from_one_gib() {
+        assert_eq!(human_bytes(1 << 30), "1024 MiB (1.00 GiB)");
+        assert_eq!(human_bytes(61 * 576 * 2 * 32768), "2196 MiB (2.14 GiB)");
+        assert_eq!(human_bytes(131072), "128.0 KiB");
+        assert_eq!(human_bytes(1000), "1000 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

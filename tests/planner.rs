@@ -1,0 +1,260 @@
+//! The KV-cache planner: the figures, its per-layer f32 figure against real cache
+//! allocations, and budgets that are really the largest that fit.
+
+use attnbench::experiment::{preset, presets};
+use attnbench::kv_cache::{KvCache, PlaneSpec};
+use attnbench::planner::{
+    Alternatives, CacheShape, Dtype, ModelShape, Plan, PlanRequest, VariantPlan, plan,
+};
+use attnbench::{Error, LayerSpec, Variant, build_layer};
+
+fn request(name: &str, context: usize, batch: usize, dtypes: &[Dtype]) -> PlanRequest {
+    PlanRequest {
+        model: ModelShape::from_preset(&preset(name).unwrap()).unwrap(),
+        alternatives: Alternatives::default(),
+        context,
+        batch,
+        dtypes: dtypes.to_vec(),
+        budget_gib: None,
+    }
+}
+
+fn row(plan: &Plan, variant: Variant) -> &VariantPlan {
+    plan.rows.iter().find(|r| r.variant == variant).unwrap()
+}
+
+#[test]
+fn llama_3_8b_at_8192_tokens_in_bf16_is_one_gib() {
+    let plan = plan(&request("llama-3-8b", 8192, 1, &[Dtype::Bf16])).unwrap();
+    let gqa = row(&plan, Variant::Gqa);
+    assert!(gqa.own);
+    let bf16 = &gqa.dtypes[0];
+    assert_eq!(bf16.bytes_per_token_per_layer, 2 * 8 * 128 * 2);
+    assert_eq!(bf16.bytes_per_token, 32 * 2 * 8 * 128 * 2);
+    assert_eq!(bf16.cache_bytes, 32 * 2 * 8 * 128 * 2 * 8192);
+    assert_eq!(bf16.cache_bytes, 1 << 30);
+}
+
+#[test]
+fn deepseek_v3_at_32768_tokens_in_f16_is_2196_mib() {
+    let plan = plan(&request("deepseek-v3", 32768, 1, &[Dtype::F16])).unwrap();
+    let mla = row(&plan, Variant::Mla);
+    assert!(mla.own);
+    assert_eq!(mla.values_per_token_per_layer, 576);
+    assert_eq!(mla.dtypes[0].cache_bytes, 61 * 576 * 2 * 32768);
+    assert_eq!(mla.dtypes[0].cache_bytes, 2196 << 20);
+}
+
+/// The planner's f32 bytes per token and layer, times the tokens of a cache, equal the bytes
+/// a real cache of that row's shape allocates.
+#[test]
+fn per_layer_f32_figure_equals_a_real_allocation_for_every_row() {
+    let (batch, tokens) = (2, 3);
+    let names = [
+        "gpt2-small",
+        "llama-3-8b",
+        "falcon-7b",
+        "gemma-2-9b",
+        "deepseek-v2-lite",
+        "kimi-k2",
+    ];
+    for name in names {
+        let plan = plan(&request(name, tokens, batch, &[Dtype::F32])).unwrap();
+        assert!(plan.rows.iter().filter(|r| r.own).count() == 1, "{name}");
+        for r in &plan.rows {
+            let allocated = match &r.layer {
+                Some(spec) => {
+                    // d_model does not enter the cache; a small one keeps the weights small.
+                    let mut spec = spec.clone();
+                    match &mut spec {
+                        LayerSpec::Grouped { config, .. } => config.d_model = 64,
+                        LayerSpec::Mla { config, .. } => config.d_model = 64,
+                    }
+                    let layer = build_layer(&spec, 0).unwrap();
+                    assert_eq!(layer.info().variant, r.variant);
+                    layer.new_cache(batch, tokens).unwrap().allocated_bytes()
+                }
+                // Keys and values of different widths: the cache's own planes, as a layer
+                // with such heads would declare them.
+                None => {
+                    let CacheShape::Heads {
+                        n_kv_heads,
+                        k_head_dim,
+                        v_head_dim,
+                    } = r.cache
+                    else {
+                        panic!("{name} {}: a latent row without a layer", r.variant)
+                    };
+                    let planes = [
+                        PlaneSpec {
+                            name: "k",
+                            heads: n_kv_heads,
+                            head_width: k_head_dim,
+                        },
+                        PlaneSpec {
+                            name: "v",
+                            heads: n_kv_heads,
+                            head_width: v_head_dim,
+                        },
+                    ];
+                    KvCache::new(batch, tokens, &planes)
+                        .unwrap()
+                        .allocated_bytes()
+                }
+            };
+            let f32 = &r.dtypes[0];
+            assert_eq!(
+                f32.bytes_per_token_per_layer * (batch * tokens) as u64,
+                allocated as u64,
+                "{name} {}",
+                r.variant
+            );
+            assert_eq!(
+                f32.cache_bytes,
+                allocated as u64 * plan.n_layers as u64,
+                "{name} {}",
+                r.variant
+            );
+        }
+    }
+}
+
+#[test]
+fn own_rows_match_every_presets_verified_width() {
+    for p in presets() {
+        let plan = plan(&request(&p.name, 1, 1, &[Dtype::F32])).unwrap();
+        let own: Vec<_> = plan.rows.iter().filter(|r| r.own).collect();
+        assert_eq!(own.len(), 1, "{}", p.name);
+        assert_eq!(own[0].variant, p.variant, "{}", p.name);
+        assert_eq!(
+            own[0].values_per_token_per_layer, p.kv_values_per_token_per_layer as u64,
+            "{}",
+            p.name
+        );
+    }
+}
+
+#[test]
+fn hypothetical_rows_follow_the_documented_rules() {
+    let plan = plan(&request("llama-3-8b", 1, 1, &[Dtype::F32])).unwrap();
+    let values = |v| row(&plan, v).values_per_token_per_layer;
+    assert_eq!(values(Variant::Mha), 2 * 32 * 128);
+    assert_eq!(values(Variant::Gqa), 2 * 8 * 128);
+    assert_eq!(values(Variant::Mqa), 2 * 128);
+    assert_eq!(values(Variant::Mla), 4 * 128 + 128 / 2);
+
+    // An MLA model: keys qk_nope + qk_rope wide, values v_head_dim, per KV head.
+    let plan = attnbench::planner::plan(&request("deepseek-v3", 1, 1, &[Dtype::F32])).unwrap();
+    let mha = row(&plan, Variant::Mha);
+    assert_eq!(
+        mha.cache,
+        CacheShape::Heads {
+            n_kv_heads: 128,
+            k_head_dim: 192,
+            v_head_dim: 128
+        }
+    );
+    assert_eq!(mha.values_per_token_per_layer, 128 * (192 + 128));
+    assert_eq!(row(&plan, Variant::Gqa).values_per_token_per_layer, 8 * 320);
+
+    // 71 heads: no GQA between MHA and MQA.
+    let plan = attnbench::planner::plan(&request("falcon-7b", 1, 1, &[Dtype::F32])).unwrap();
+    assert!(plan.rows.iter().all(|r| r.variant != Variant::Gqa));
+    assert_eq!(plan.omitted[0].variant, Variant::Gqa);
+
+    // Explicit choices for the hypothetical rows.
+    let mut req = request("llama-2-7b", 1, 1, &[Dtype::F32]);
+    req.alternatives = Alternatives {
+        gqa_kv_heads: Some(4),
+        kv_lora_rank: Some(256),
+        qk_rope_head_dim: Some(32),
+    };
+    let plan = attnbench::planner::plan(&req).unwrap();
+    assert_eq!(
+        row(&plan, Variant::Gqa).values_per_token_per_layer,
+        2 * 4 * 128
+    );
+    assert_eq!(
+        row(&plan, Variant::Mla).values_per_token_per_layer,
+        256 + 32
+    );
+}
+
+#[test]
+fn largest_batch_and_context_fit_and_one_more_does_not() {
+    for (name, budget_gib) in [
+        ("llama-3-8b", 24.0),
+        ("deepseek-v3", 1500.0),
+        ("gpt2-small", 0.5),
+    ] {
+        let mut req = request(name, 4096, 3, &Dtype::ALL);
+        req.budget_gib = Some(budget_gib);
+        let plan = plan(&req).unwrap();
+        let budget = plan.budget_bytes.unwrap();
+        assert_eq!(budget, (budget_gib * (1u64 << 30) as f64) as u64);
+        for r in &plan.rows {
+            for d in &r.dtypes {
+                let weights = plan
+                    .weights
+                    .iter()
+                    .find(|w| w.dtype == d.dtype)
+                    .map_or(0, |w| w.weights_bytes);
+                let fits = |batch: u64, context: u64| {
+                    weights as u128 + batch as u128 * context as u128 * d.bytes_per_token as u128
+                        <= budget as u128
+                };
+                let (b, c) = (d.max_batch.unwrap(), d.max_context.unwrap());
+                let label = format!("{name} {} {}", r.variant, d.dtype);
+                assert!(b == 0 || fits(b, 4096), "{label}: batch {b} does not fit");
+                assert!(!fits(b + 1, 4096), "{label}: batch {} fits too", b + 1);
+                assert!(c == 0 || fits(3, c), "{label}: context {c} does not fit");
+                assert!(!fits(3, c + 1), "{label}: context {} fits too", c + 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_take_their_share_of_the_budget() {
+    let mut req = request("llama-3-8b", 8192, 1, &[Dtype::Bf16]);
+    req.budget_gib = Some(24.0);
+    let plan = plan(&req).unwrap();
+    assert_eq!(plan.params, Some(8_030_261_248));
+    let w = &plan.weights[0];
+    assert_eq!(w.weights_bytes, 2 * 8_030_261_248);
+    let share = w.budget_share_pct.unwrap();
+    assert!((share - 100.0 * 16_060_522_496.0 / (24u64 << 30) as f64).abs() < 1e-9);
+    // 24 GiB minus 14.96 GiB of weights holds nine 1 GiB caches.
+    assert_eq!(row(&plan, Variant::Gqa).dtypes[0].max_batch, Some(9));
+}
+
+#[test]
+fn bad_requests_are_errors_naming_the_field() {
+    let field_of = |req: &PlanRequest| match plan(req) {
+        Err(Error::InvalidConfig { field, .. }) => field,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let mut req = request("llama-3-8b", 0, 1, &Dtype::ALL);
+    assert_eq!(field_of(&req), "context");
+    req.context = 8;
+    req.batch = 0;
+    assert_eq!(field_of(&req), "batch");
+    req.batch = 1;
+    req.budget_gib = Some(-1.0);
+    assert_eq!(field_of(&req), "budget_gib");
+    // Smaller than the weights in every storage type asked for.
+    req.budget_gib = Some(7.0);
+    assert_eq!(field_of(&req), "budget_gib");
+    req.budget_gib = None;
+    req.alternatives.gqa_kv_heads = Some(4);
+    assert_eq!(field_of(&req), "gqa_kv_heads");
+    let mut req = request("llama-2-7b", 8, 1, &Dtype::ALL);
+    req.alternatives.gqa_kv_heads = Some(5);
+    assert_eq!(field_of(&req), "gqa_kv_heads");
+    let mut req = request("llama-2-7b", usize::MAX, usize::MAX, &Dtype::ALL);
+    assert!(matches!(plan(&req), Err(Error::InvalidConfig { .. })));
+    req.dtypes.clear();
+    req.context = 1;
+    req.batch = 1;
+    assert_eq!(field_of(&req), "dtype");
+}

@@ -30,6 +30,7 @@ warmup_iters = 1
 min_samples = 5
 max_samples = 20
 time_budget_ms = 5
+flush_caches = false
 "#;
 
 const SLOWED: &str = "gqa/decode/ctx33_h4_kv2_b1_t1";

@@ -64,6 +64,7 @@ warmup_iters = 1
 min_samples = 3
 max_samples = 5
 time_budget_ms = 5
+flush_caches = false
 "#;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -391,4 +392,39 @@ fn list_shows_presets_and_experiments() {
         !stdout.contains("invalid"),
         "an experiment in variants/ does not validate:\n{stdout}"
     );
+}
+
+#[test]
+fn caches_are_evicted_before_samples_unless_the_file_says_not() {
+    use attnbench::experiment::parse_experiment;
+    let parse = |text: &str| parse_experiment(text, "f.toml", "f", 1 << 40);
+    let by_default = TINY.replace("flush_caches = false\n", "");
+    assert!(parse(&by_default).unwrap().measure.flush_caches);
+    assert!(!parse(TINY).unwrap().measure.flush_caches);
+    let error = parse(&TINY.replace("flush_caches = false", "flush_caches = \"yes\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("measure.flush_caches") && error.contains("f.toml:24:"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_run_that_evicts_the_caches_says_so_in_its_tables() {
+    let dir = scratch("flush");
+    let text = TINY
+        .replace("flush_caches = false\n", "")
+        .replace(
+            r#"variant = ["mha", "mqa", "gqa", "mla"]"#,
+            r#"variant = ["gqa"]"#,
+        )
+        .replace("seq_len = [4, 9]", "seq_len = [4]")
+        .replace("context = [16, 33]", "context = [16]");
+    let file = write(&dir, "flush.toml", &text);
+    let out = dir.join("out");
+    assert!(run(&file, &out, &["--quiet"]).status.success());
+    assert!(results(&out).experiment.measure.flush_caches);
+    let md = fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("evicted before every sample"), "{md}");
 }

@@ -79,6 +79,7 @@ warmup_iters = 1
 min_samples = 3
 max_samples = 5
 time_budget_ms = 5
+flush_caches = false
 "#;
 
 #[test]

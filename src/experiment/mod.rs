@@ -105,6 +105,10 @@ pub struct MeasureSettings {
     pub time_budget_ms: u64,
     /// Points whose estimated memory exceeds this are refused before anything runs.
     pub memory_limit_bytes: u64,
+    /// Evict the CPU caches before every timed sample (see `harness::CacheFlusher`). Results
+    /// written before this setting existed were measured without, hence the serde default.
+    #[serde(default)]
+    pub flush_caches: bool,
 }
 
 impl MeasureSettings {
@@ -799,6 +803,7 @@ impl Builder<'_> {
             max_samples: get(&m.max_samples, 200),
             time_budget_ms: get_ms(&m.time_budget_ms, 1000),
             memory_limit_bytes: memory_limit_default,
+            flush_caches: m.flush_caches.as_ref().is_none_or(|s| *s.get_ref()),
         };
         if let Some(s) = &m.min_samples
             && settings.min_samples == 0

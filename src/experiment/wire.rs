@@ -60,4 +60,5 @@ pub(super) struct MeasureWire {
     pub max_samples: Option<Spanned<usize>>,
     pub time_budget_ms: Option<Spanned<u64>>,
     pub memory_limit_gib: Option<Spanned<f64>>,
+    pub flush_caches: Option<Spanned<bool>>,
 }

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::flush::CacheFlusher;
 use crate::config::Mode;
 use crate::error::Result;
 use crate::experiment::{MeasureSettings, Point};
@@ -143,7 +144,8 @@ fn median_of_sorted(v: &[f64]) -> f64 {
 
 /// Warm-up bounded by `warmup_iters` and `warmup_ms`, then samples until `max_samples`, or
 /// until `time_budget_ms` has passed with at least `min_samples`. Each sample times one call
-/// of `step`; checks on the output happen after, outside the timing.
+/// of `step`; with `flush_caches`, the CPU caches are evicted before each (untimed, but inside
+/// the time budget). Checks on the output happen after, outside the timing.
 pub fn sample(
     settings: &MeasureSettings,
     mut step: impl FnMut() -> Result<()>,
@@ -160,6 +162,9 @@ pub fn sample(
     while samples.len() < settings.max_samples
         && (samples.len() < settings.min_samples || start.elapsed() < settings.time_budget())
     {
+        if settings.flush_caches {
+            CacheFlusher::shared().flush();
+        }
         let t0 = Instant::now();
         step()?;
         samples.push(duration_ns(t0.elapsed()));

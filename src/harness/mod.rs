@@ -3,12 +3,14 @@
 
 pub mod alloc;
 mod environment;
+mod flush;
 mod measure;
 mod result;
 mod run;
 
 pub use alloc::{CountingAllocator, measure_peak};
 pub use environment::{Environment, total_memory_bytes, utc_now_iso8601};
+pub use flush::CacheFlusher;
 pub use measure::{PreparedPoint, SampleStats, sample};
 pub use result::{ExperimentRecord, PointResult, RESULTS_FORMAT, ResultsFile};
 pub(crate) use run::parse_json;

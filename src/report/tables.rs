@@ -82,8 +82,18 @@ pub fn markdown(results: &ResultsFile) -> String {
     }
     let _ = writeln!(
         out,
-        "Measured {} on {} ({} cores), attnbench {} at {}, {}. f32; latency is the median of the samples, ± the median absolute deviation.\n",
-        env.date, env.cpu_model, env.cores, env.crate_version, env.git_revision, env.rustc
+        "Measured {} on {} ({} cores), attnbench {} at {}, {}. f32; latency is the median of the samples, ± the median absolute deviation; {}.\n",
+        env.date,
+        env.cpu_model,
+        env.cores,
+        env.crate_version,
+        env.git_revision,
+        env.rustc,
+        if exp.measure.flush_caches {
+            "the CPU caches were evicted before every sample, so weights and KV cache come from memory"
+        } else {
+            "the CPU caches were not evicted between samples, so a layer that fits in them reads it faster than memory"
+        }
     );
     if let Some(m) = &results.machine {
         let _ = writeln!(out, "Calibration ({}): {}.\n", m.environment.date, peaks(m));

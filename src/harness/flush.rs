@@ -1,0 +1,98 @@
+//! Evicting the CPU caches before a timed sample, so that a step reads its weights and KV cache
+//! from memory as it would inside a deep model (where every other layer's weights and cache
+//! pass through the caches between two steps of this one), not from a last-level cache that a
+//! single layer, timed again and again, fits in.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Bytes between two reads of the eviction buffer: one per cache line is enough to load it.
+const LINE_BYTES: usize = 64;
+/// Last-level cache size assumed when the system does not say.
+const FALLBACK_LLC_BYTES: usize = 256 << 20;
+/// Largest eviction buffer.
+const MAX_BUFFER_BYTES: usize = 2 << 30;
+
+/// A buffer twice the size of the largest CPU cache, allocated once per process.
+pub struct CacheFlusher {
+    buffer: Vec<u8>,
+}
+
+impl CacheFlusher {
+    /// The process's flusher, allocated (and touched, so its pages exist) on first use.
+    pub fn shared() -> &'static CacheFlusher {
+        static FLUSHER: OnceLock<CacheFlusher> = OnceLock::new();
+        FLUSHER.get_or_init(|| {
+            let bytes = (2 * largest_cache_bytes().unwrap_or(FALLBACK_LLC_BYTES))
+                .clamp(64 << 20, MAX_BUFFER_BYTES);
+            // Distinct non-zero contents: pages of zeros could all map one shared zero page.
+            let buffer = (0..bytes).map(|i| (i / LINE_BYTES) as u8 | 1).collect();
+            CacheFlusher { buffer }
+        })
+    }
+
+    /// Size of the buffer read by each [`flush`](Self::flush).
+    pub fn bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Reads one byte of every cache line of the buffer, split over the threads of the current
+    /// rayon pool so that each core's private caches are evicted too.
+    pub fn flush(&self) {
+        let per_thread = self.buffer.len().div_ceil(rayon::current_num_threads());
+        let sum: u64 = self
+            .buffer
+            .par_chunks(per_thread.next_multiple_of(LINE_BYTES))
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .step_by(LINE_BYTES)
+                    .map(|&b| u64::from(b))
+                    .sum::<u64>()
+            })
+            .sum();
+        std::hint::black_box(sum);
+    }
+}
+
+/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
+fn largest_cache_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|entry| {
+        let path = entry.ok()?.path();
+        let kind = std::fs::read_to_string(path.join("type")).ok()?;
+        if kind.trim() == "Instruction" {
+            return None;
+        }
+        parse_cache_size(&std::fs::read_to_string(path.join("size")).ok()?)
+    })
+    .max()
+}
+
+/// Parses sysfs cache sizes such as `48K`, `2048K`, `266240K`, `32M`.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: usize = digits.parse().ok()?;
+    match unit {
+        "K" => Some(n << 10),
+        "M" => Some(n << 20),
+        "G" => Some(n << 30),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_cache_sizes_parse() {
+        assert_eq!(parse_cache_size("48K\n"), Some(48 << 10));
+        assert_eq!(parse_cache_size("266240K"), Some(266_240 << 10));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("12"), None);
+        assert_eq!(parse_cache_size("K"), None);
+    }
+}

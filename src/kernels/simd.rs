@@ -136,8 +136,8 @@ mod avx2 {
             match rows {
                 1 => scores_by::<1, 8>(keys, queries, scale, out),
                 2 => scores_by::<2, 4>(keys, queries, scale, out),
-                3 => scores_by::<3, 2>(keys, queries, scale, out),
-                4 => scores_by::<4, 2>(keys, queries, scale, out),
+                3 => scores_by::<3, 3>(keys, queries, scale, out),
+                4 => scores_by::<4, 3>(keys, queries, scale, out),
                 5 => scores_by::<5, 1>(keys, queries, scale, out),
                 6 => scores_by::<6, 1>(keys, queries, scale, out),
                 7 => scores_by::<7, 1>(keys, queries, scale, out),
@@ -146,7 +146,9 @@ mod avx2 {
         }
     }
 
-    /// `R` query rows, `J` keys at a time (then the leftover keys one at a time).
+    /// `R` query rows, `J` keys at a time, taken from `J` equal ranges of the block so that
+    /// `J` streams of keys are in flight (one sequential stream per core does not reach the
+    /// memory's bandwidth); then the leftover keys one at a time.
     ///
     /// # Safety
     /// AVX2 and FMA; `queries.len() == R · d`, `out.len() == R · n_keys`.
@@ -158,27 +160,31 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let n = keys.nrows();
-        let whole = n - n % J;
-        for j0 in (0..whole).step_by(J) {
-            // SAFETY: rows j0..j0 + J exist; the caller's contract covers the rest.
-            unsafe { block::<R, J>(keys, j0, queries, scale, out) };
+        let per = n / J;
+        for i in 0..per {
+            let mut js = [0usize; J];
+            for (s, j) in js.iter_mut().enumerate() {
+                *j = s * per + i;
+            }
+            // SAFETY: every index is below J · per ≤ n; the caller's contract covers the rest.
+            unsafe { block::<R, J>(keys, js, queries, scale, out) };
         }
-        for j in whole..n {
+        for j in J * per..n {
             // SAFETY: as above, for one row.
-            unsafe { block::<R, 1>(keys, j, queries, scale, out) };
+            unsafe { block::<R, 1>(keys, [j], queries, scale, out) };
         }
     }
 
-    /// Scores of keys `j0 .. j0 + J` against the `R` rows.
+    /// Scores of keys `js` against the `R` rows.
     ///
     /// # Safety
-    /// AVX2 and FMA; keys `j0 .. j0 + J` exist; `queries.len() == R · d`,
+    /// AVX2 and FMA; every key of `js` exists; `queries.len() == R · d`,
     /// `out.len() == R · n_keys`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn block<const R: usize, const J: usize>(
         keys: KeyRows<'_>,
-        j0: usize,
+        js: [usize; J],
         queries: &[f32],
         scale: f32,
         out: &mut [f32],
@@ -186,8 +192,8 @@ mod avx2 {
         let (n, d) = (keys.nrows(), keys.ncols());
         let whole = d - d % 8;
         let mut key_rows = [&[][..]; J];
-        for (jj, row) in key_rows.iter_mut().enumerate() {
-            *row = keys.row(j0 + jj).as_slice();
+        for (row, &j) in key_rows.iter_mut().zip(&js) {
+            *row = keys.row(j).as_slice();
         }
         let mut acc = [[_mm256_setzero_ps(); R]; J];
         for c in (0..whole).step_by(8) {
@@ -215,7 +221,7 @@ mod avx2 {
                     .iter()
                     .zip(&q[whole..])
                     .fold(0.0f32, |s, (a, b)| a.mul_add(*b, s));
-                out[r * n + j0 + jj] = scale * (horizontal_sum(acc[jj][r]) + tail);
+                out[r * n + js[jj]] = scale * (horizontal_sum(acc[jj][r]) + tail);
             }
         }
     }

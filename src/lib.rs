@@ -22,7 +22,6 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
 pub mod planner;
-pub mod reference;
 pub mod report;
 pub mod roofline;
 pub mod tensor;

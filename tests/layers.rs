@@ -3,13 +3,12 @@
 
 mod common;
 
-use attnbench::reference;
 use attnbench::weights::input;
 use attnbench::{
     AttentionLayer, Error, Kernel, LayerSpec, Matrix, MlaPath, Variant, build_layer,
     build_layer_with_kernel,
 };
-use common::{assert_close, assert_close_f32, grouped, mla, rows, small_specs, stack};
+use common::{assert_close, assert_close_f32, grouped, mla, reference, rows, small_specs, stack};
 
 const TOL: f64 = 1e-4;
 

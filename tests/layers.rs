@@ -457,6 +457,32 @@ fn wrong_shapes_are_errors() {
 }
 
 #[test]
+fn decode_checks_the_width_every_layer_reports() {
+    for spec in small_specs() {
+        let layer = build_layer(&spec, 0).unwrap();
+        assert_eq!(layer.d_model(), spec.d_model(), "{}", spec.label());
+        assert_eq!(
+            layer.d_model(),
+            layer.info().spec.d_model(),
+            "{}",
+            spec.label()
+        );
+        let mut cache = layer.new_cache(2, 4).unwrap();
+        let narrow = spec.d_model() - 1;
+        let mut y = Matrix::zeros(2, narrow);
+        assert!(
+            matches!(
+                layer.decode(&Matrix::zeros(2, narrow), &mut cache, &mut y),
+                Err(Error::Shape { .. })
+            ),
+            "{}",
+            spec.label()
+        );
+        assert_eq!(cache.sequences()[0].len(), 0);
+    }
+}
+
+#[test]
 fn thin_constructors_build_the_variant_they_name() {
     use attnbench::variants::{gqa, mha, mqa};
     let m = mha::new(32, 4, 8, 1e4, 0).unwrap();

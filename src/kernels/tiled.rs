@@ -20,7 +20,8 @@ const TARGET_ROWS: usize = 64;
 /// Keys per block of the online softmax.
 const KEY_BLOCK: usize = 256;
 /// Largest packed block (rows) whose keys are taken in one long block instead of blocks of
-/// [`KEY_BLOCK`]; such blocks also get their scores from [`few_row_scores`].
+/// [`KEY_BLOCK`]; such blocks also get their scores from [`few_row_scores`] when their keys
+/// are contiguous.
 const WIDE_BLOCK_MAX_ROWS: usize = FEW_ROWS_MAX;
 /// Longest such block.
 const WIDE_BLOCK_MAX_KEYS: usize = 16384;
@@ -184,7 +185,8 @@ impl Task<'_> {
     }
 
     /// Online softmax over keys `range`, block by block, compiled for AVX2 and FMA when the
-    /// CPU has them ([`has_avx2_fma`](super::simd::has_avx2_fma); the crate itself targets the x86-64 baseline).
+    /// CPU has them (checked by [`has_avx2_fma`](super::simd::has_avx2_fma); the crate itself
+    /// targets the x86-64 baseline).
     fn attend(&self, packed: &[f32], range: (usize, usize)) -> Partial {
         #[cfg(target_arch = "x86_64")]
         if super::simd::has_avx2_fma() {
@@ -208,9 +210,10 @@ impl Task<'_> {
         let (d, dv, rows) = (self.layout.qk_dim, self.layout.v_dim, self.rows());
         let (k, v) = (self.seq.k[self.g], self.seq.v[self.g]);
         let q = MatRef::from_row_major_slice(packed, rows, d);
-        // Few rows (decode): one block spans the whole range, so each head's keys and values
-        // are read by one long matmul (faer's matrix-vector path streams them) instead of
-        // many short calls; the score buffer stays small because the rows are few.
+        // Few rows (decode): one block spans the whole range, so the group's keys are scored
+        // in one pass (`few_row_scores`, or one faer matmul for keys that are not contiguous)
+        // and its values read by one long matmul (faer's matrix-vector path streams them),
+        // instead of many short calls; the score buffer stays small because the rows are few.
         let block_len = if rows <= WIDE_BLOCK_MAX_ROWS {
             (end - start).clamp(1, WIDE_BLOCK_MAX_KEYS)
         } else {

@@ -1,6 +1,6 @@
 //! What a step costs by formula: matmul FLOPs, minimum bytes moved (DESIGN §3), and a memory
-//! estimate used to refuse points before anything is allocated. The roofline
-//! ([`crate::roofline::Machine::ideal_ns`]) turns the FLOPs and bytes into an ideal time.
+//! estimate used to refuse points before anything is allocated. The roofline (`roofline.rs`,
+//! above this module) turns the FLOPs and bytes into an ideal time.
 
 use serde::{Deserialize, Serialize};
 

@@ -10,18 +10,13 @@
 use faer::{ContiguousFwd, MatRef};
 
 /// True when the CPU runs AVX2 and FMA, the features the `#[target_feature]` functions of the
-/// kernels are compiled for; always false off x86-64. Cheap to call in a loop: the standard
-/// library caches the CPUID answer after the first call.
+/// kernels are compiled for. x86-64 only: elsewhere those functions do not exist and the
+/// portable loops always run. Cheap to call in a loop: the standard library caches the CPUID
+/// answer after the first call.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// `e^x` for `x ≤ 0` (softmax arguments after the max shift), branch-free so that loops over

@@ -3,10 +3,10 @@
 //! A sequence's cache is a set of planes: K and V for the grouped variants (one head per KV
 //! head), the latent `[c_kv | k_rope]` for MLA (one head). A plane is stored head-major,
 //! `(heads, capacity, head_width)`: each head's keys are one contiguous run of memory, which
-//! the decode kernel streams at full bandwidth (a token-major layout would make it jump
-//! `heads · head_width` values between consecutive keys of a head, defeating the hardware
-//! prefetcher). Memory is reserved once, up front; appending past capacity is an error,
-//! never a reallocation inside a step.
+//! the tiled kernel streams at full bandwidth at decode (a token-major layout would make it
+//! jump `heads · head_width` values between consecutive keys of a head, defeating the
+//! hardware prefetcher). Memory is reserved once, up front; appending past capacity is an
+//! error, never a reallocation inside a step.
 
 use faer::MatRef;
 

@@ -31,8 +31,12 @@ pub struct LayerInfo {
 /// `batch` sequences of `seq_len` tokens is `(batch · seq_len, d_model)`, and `batch` is the
 /// cache's. Each sequence's new tokens sit at the positions after those its cache holds.
 pub trait AttentionLayer: Send + Sync {
-    /// Variant, shape, parameter count and analytic KV bytes per token.
+    /// Variant, shape, parameter count and analytic KV bytes per token. Builds a new record
+    /// (the shape cloned, the weights counted): for tables and files, not for a timed step.
     fn info(&self) -> LayerInfo;
+
+    /// Width of a token's activation, the columns of every step's input and output.
+    fn d_model(&self) -> usize;
 
     /// The cache planes one sequence needs, in order.
     fn cache_planes(&self) -> Vec<PlaneSpec>;
@@ -48,7 +52,7 @@ pub trait AttentionLayer: Send + Sync {
 
     /// Runs one new token per sequence: `x: (batch, d_model)`, `out: (batch, d_model)`.
     fn decode(&self, x: &Matrix, cache: &mut KvCache, out: &mut Matrix) -> Result<()> {
-        x.expect_shape("decode input", cache.batch(), self.info().spec.d_model())?;
+        x.expect_shape("decode input", cache.batch(), self.d_model())?;
         self.prefill(x, cache, out)
     }
 

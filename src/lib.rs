@@ -6,12 +6,13 @@
 //! project; every layer implements [`AttentionLayer`].
 //!
 //! Layers of the crate, each using only those below it: [`config`], [`kernels`] and
-//! [`tensor`]; [`kv_cache`], [`weights`], [`reference`]; [`layer`]; [`variants`]; [`export`]
+//! [`tensor`]; [`kv_cache`], [`weights`], [`cost`]; [`layer`]; [`variants`]; [`export`]
 //! and [`planner`].
 #![warn(missing_docs)]
 
 pub mod compare;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod experiment;
 pub mod export;
@@ -21,7 +22,6 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
 pub mod planner;
-pub mod reference;
 pub mod report;
 pub mod roofline;
 pub mod tensor;

@@ -4,7 +4,7 @@
 mod common;
 
 use attnbench::kernels::{
-    AttentionOperands, HeadLayout, fast_exp, grouped_attention, tiled_attention,
+    AttentionOperands, HeadLayout, fast_exp, naive_attention, tiled_attention,
 };
 use attnbench::weights::SeededRng;
 use common::assert_close_f32;
@@ -64,7 +64,7 @@ fn run(case: &Case, threads: usize) {
         .build()
         .unwrap();
     pool.install(|| {
-        grouped_attention(&operands, &layout, &mut naive);
+        naive_attention(&operands, &layout, &mut naive);
         tiled_attention(&operands, &layout, &mut tiled);
     });
     let label = format!(

@@ -3,13 +3,12 @@
 
 mod common;
 
-use attnbench::reference;
 use attnbench::weights::input;
 use attnbench::{
     AttentionLayer, Error, Kernel, LayerSpec, Matrix, MlaPath, Variant, build_layer,
     build_layer_with_kernel,
 };
-use common::{assert_close, assert_close_f32, grouped, mla, rows, small_specs, stack};
+use common::{assert_close, assert_close_f32, grouped, mla, reference, rows, small_specs, stack};
 
 const TOL: f64 = 1e-4;
 
@@ -455,6 +454,32 @@ fn wrong_shapes_are_errors() {
         Err(Error::Shape { .. })
     ));
     assert_eq!(cache.sequences()[0].len(), 0);
+}
+
+#[test]
+fn decode_checks_the_width_every_layer_reports() {
+    for spec in small_specs() {
+        let layer = build_layer(&spec, 0).unwrap();
+        assert_eq!(layer.d_model(), spec.d_model(), "{}", spec.label());
+        assert_eq!(
+            layer.d_model(),
+            layer.info().spec.d_model(),
+            "{}",
+            spec.label()
+        );
+        let mut cache = layer.new_cache(2, 4).unwrap();
+        let narrow = spec.d_model() - 1;
+        let mut y = Matrix::zeros(2, narrow);
+        assert!(
+            matches!(
+                layer.decode(&Matrix::zeros(2, narrow), &mut cache, &mut y),
+                Err(Error::Shape { .. })
+            ),
+            "{}",
+            spec.label()
+        );
+        assert_eq!(cache.sequences()[0].len(), 0);
+    }
 }
 
 #[test]

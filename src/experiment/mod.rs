@@ -656,7 +656,7 @@ impl Builder<'_> {
             ));
         }
         for point in &points {
-            let estimate = crate::variants::memory_estimate(
+            let estimate = crate::cost::memory_estimate(
                 &point.spec,
                 point.batch,
                 point.seq_len,

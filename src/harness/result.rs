@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::environment::Environment;
 use super::measure::SampleStats;
 use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
+use crate::cost::{core_cost, step_cost};
 use crate::experiment::{Experiment, MeasureSettings, Point, Skipped};
 use crate::roofline::Machine;
-use crate::variants::{core_cost, step_cost};
 
 /// The `format` field of `results.json`.
 pub const RESULTS_FORMAT: &str = "attnbench-results/1";

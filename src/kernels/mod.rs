@@ -1,7 +1,29 @@
-//! Numerical kernels: RoPE, RMSNorm, softmax, projections and the grouped attention core.
-//! They know nothing of layers, caches or files.
+//! Numerical kernels: RoPE, RMSNorm, softmax, projections and the causal grouped attention
+//! core. They know nothing of layers, caches or files.
+//!
+//! # Which attention kernel runs when
+//! Both kernels compute the same thing under one contract (see [`attention`]); a layer runs
+//! the one its [`Kernel`] names, and every layer runs [`Kernel::Tiled`] unless told otherwise.
+//! - [`naive_attention`] (`naive.rs`, [`Kernel::Naive`]): one task per (sequence, query head),
+//!   the whole `s_q × s_k` score block materialised, faer matmuls around a row softmax
+//!   (`softmax.rs`). The plain formulation, kept as the baseline the tiled kernel is measured
+//!   against.
+//! - [`tiled_attention`] (`tiled.rs`, [`Kernel::Tiled`], the default): the query heads of a KV
+//!   group packed into one block, keys in blocks with an online softmax, long key ranges split
+//!   across threads when there are fewer tasks than threads (decode). A packed block of at
+//!   most eight rows (decode, or a short step of a small group) takes its keys in one long
+//!   block and, when they are contiguous in memory, gets its scores from the few-row score
+//!   loop of `simd.rs`; larger blocks take keys 256 at a time and get their scores from faer.
+//!
+//! Shared pieces, and the only modules a kernel file imports: `layout.rs` (the operand and
+//! head-layout types), `simd.rs` (the exponential, the lane reductions, the few-row scores and
+//! the one AVX2 + FMA check) and `softmax.rs`. On x86-64 with AVX2 and FMA (checked at run
+//! time), the few-row scores run on explicit AVX2 instructions and the tiled kernel's block
+//! loop is compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline,
+//! like the naive kernel's softmax. faer picks its own instructions for the matmuls.
 
-mod attention;
+mod layout;
+mod naive;
 mod norm;
 mod projection;
 mod rope;
@@ -9,17 +31,28 @@ mod simd;
 mod softmax;
 mod tiled;
 
-pub use attention::{AttentionOperands, HeadLayout, grouped_attention, heads_to_rows};
+pub use layout::{AttentionOperands, HeadLayout, heads_to_rows};
+pub use naive::naive_attention;
 pub use norm::rms_norm_rows;
 pub use projection::{matmul, matmul_threads, project, project_to};
 pub use rope::RopeTable;
+pub use simd::fast_exp;
 pub use softmax::{causal_softmax_rows, softmax_in_place};
-pub use tiled::{fast_exp, tiled_attention};
+pub use tiled::tiled_attention;
 
 use crate::config::Kernel;
 
-/// Causal grouped attention on the chosen kernel; both share one contract (see
-/// [`grouped_attention`]): `out` is head-major `(batch, n_heads, s_q, v_dim)`.
+/// Causal grouped attention of a batch of sequences on `kernel`.
+///
+/// Query head `h` reads KV head `h / (n_heads / n_kv_heads)`; query `i` of a sequence sees its
+/// keys `0..=first_query_position + i`. Every sequence has the same `s_q`; each may hold a
+/// different number of keys. `out` is head-major, `(batch, n_heads, s_q, v_dim)`: the block of
+/// sequence `b`, head `h` is `out[((b · n_heads) + h) · s_q · v_dim ..][.. s_q · v_dim]`,
+/// row-major `(s_q, v_dim)`.
+///
+/// # Panics
+/// If the operands disagree with `layout` or `out` has the wrong length (the layers build
+/// them; this is not user input).
 pub fn attention(
     kernel: Kernel,
     seqs: &[AttentionOperands<'_>],
@@ -27,7 +60,7 @@ pub fn attention(
     out: &mut [f32],
 ) {
     match kernel {
-        Kernel::Naive => grouped_attention(seqs, layout, out),
+        Kernel::Naive => naive_attention(seqs, layout, out),
         Kernel::Tiled => tiled_attention(seqs, layout, out),
     }
 }

@@ -1,8 +1,44 @@
-//! Small vector loops of the tiled kernel (the softmax's reductions, the scores of a few packed
-//! query rows), and running them with the best instructions the CPU has. The crate is built for the x86-64 baseline (SSE2, no FMA); [`with_best_features`]
-//! recompiles the closure it is given for AVX2 + FMA and runs that when the CPU has them.
+//! The vector helpers of the kernels and the one CPU feature check they share: the softmax's
+//! branch-free exponential and its eight-lane reductions (used by both kernels' softmax), and
+//! the scores of a few packed query rows (the tiled kernel's decode path).
+//!
+//! The crate is built for the x86-64 baseline (SSE2, no FMA). Code that wants AVX2 and FMA is
+//! written as functions marked `#[target_feature(enable = "avx2,fma")]` (the `avx2` module
+//! here, the tiled kernel's block loop), and every call to one sits behind [`has_avx2_fma`], a
+//! run-time check; without the features the same loops run as compiled for the baseline.
 
 use faer::{ContiguousFwd, MatRef};
+
+/// True when the CPU runs AVX2 and FMA, the features the `#[target_feature]` functions of the
+/// kernels are compiled for. x86-64 only: elsewhere those functions do not exist and the
+/// portable loops always run. Cheap to call in a loop: the standard library caches the CPUID
+/// answer after the first call.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// `e^x` for `x ≤ 0` (softmax arguments after the max shift), branch-free so that loops over
+/// it vectorise: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by a degree-6 polynomial
+/// (relative error below 2e-7), `2^n` put straight into the exponent bits. Arguments below
+/// −87 give 0, as `e^x` underflows f32 there anyway.
+#[inline]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // ln 2 in two parts (Cody–Waite): n · LN2_HI is exact in f32, so the reduction loses
+    // nothing even for n near −126.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
 
 /// The largest value of `x` (−∞ for an empty slice), with eight independent lanes so that
 /// the reduction is not one long dependency chain.
@@ -31,13 +67,13 @@ pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
         for i in 0..8 {
-            c[i] = super::tiled::fast_exp(c[i] - shift);
+            c[i] = fast_exp(c[i] - shift);
             lanes[i] += c[i];
         }
     }
     let mut tail = 0.0f32;
     for v in chunks.into_remainder() {
-        *v = super::tiled::fast_exp(*v - shift);
+        *v = fast_exp(*v - shift);
         tail += *v;
     }
     lanes.iter().sum::<f32>() + tail
@@ -78,7 +114,7 @@ pub fn few_row_scores(
     assert_eq!(queries.len(), rows * d, "packed queries");
     assert_eq!(out.len(), rows * n, "score block");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked above); the shapes are checked above.
         unsafe { avx2::few_row_scores(keys, queries, rows, scale, out) };
         return;
@@ -239,20 +275,36 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::SeededRng;
+
+    /// `count` values uniform in `[-1.7, 1.7)` (variance near 1) from an xorshift stream: a
+    /// kernel's test needs no generator from the layers above it.
+    fn values(state: &mut u64, count: usize) -> Vec<f32> {
+        (0..count)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                let unit = (*state >> 40) as f32 / (1u64 << 24) as f32;
+                1.7 * (2.0 * unit - 1.0)
+            })
+            .collect()
+    }
 
     /// Both paths against an f64 dot product, at every row count, widths at the edges of the
     /// eight lanes, and a key block that is a strided view (a column block of a wider matrix).
     #[test]
     fn few_row_scores_equal_f64_dot_products() {
-        let mut rng = SeededRng::new(3, "few_row_scores");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for d in [1, 7, 8, 13, 128, 129] {
             for n in [1, 3, 17] {
-                let wide = rng.normal_matrix(n, d + 5, 1.0);
-                let keys = wide.view().subcols(2, d).try_as_row_major().unwrap();
+                let wide = values(&mut state, n * (d + 5));
+                let keys = MatRef::from_row_major_slice(&wide, n, d + 5)
+                    .subcols(2, d)
+                    .try_as_row_major()
+                    .unwrap();
                 for rows in 1..=FEW_ROWS_MAX {
-                    let queries = rng.normal_matrix(rows, d, 1.0);
-                    let q = queries.data();
+                    let queries = values(&mut state, rows * d);
+                    let q = &queries[..];
                     let scale = 0.37f32;
                     let expected: Vec<f64> = (0..rows * n)
                         .map(|i| {

@@ -1,15 +1,16 @@
-//! Numerically stable softmax.
+//! Numerically stable softmax over whole rows, the naive kernel's. The tiled kernel keeps an
+//! online softmax of its own over the same vector helpers.
 
 use super::simd::{exp_shifted_sum, max_of};
 
 /// Replaces `row` with `softmax(row)`, subtracting the maximum first so that scores of any
 /// magnitude give finite results. An empty row is left empty.
 ///
-/// The exponentials are the tiled kernel's branch-free [`super::fast_exp`] in eight lanes, not
-/// libm's `expf`: one scalar libm call per score, right after faer's AVX-512 products, stalled
-/// on Intel CPUs (a perf profile of a 256-token prefill put 82% of `expf` on one instruction)
-/// and made this baseline 12× slower than its arithmetic, a cost of the call, not of the
-/// algorithm.
+/// The exponentials are the branch-free [`fast_exp`](super::simd::fast_exp) in eight lanes,
+/// as in the tiled kernel, not libm's `expf`: one scalar libm call per score, right after
+/// faer's AVX-512 products, stalled on Intel CPUs (a perf profile of a 256-token prefill put
+/// 82% of `expf` on one instruction) and made this baseline 12× slower than its arithmetic, a
+/// cost of the call, not of the algorithm.
 pub fn softmax_in_place(row: &mut [f32]) {
     if row.is_empty() {
         return;

@@ -12,7 +12,7 @@
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::attention::{AttentionOperands, HeadLayout};
+use super::layout::{AttentionOperands, HeadLayout};
 use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_of};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
@@ -20,15 +20,20 @@ const TARGET_ROWS: usize = 64;
 /// Keys per block of the online softmax.
 const KEY_BLOCK: usize = 256;
 /// Largest packed block (rows) whose keys are taken in one long block instead of blocks of
-/// [`KEY_BLOCK`]; such blocks also get their scores from [`few_row_scores`].
+/// [`KEY_BLOCK`]; such blocks also get their scores from [`few_row_scores`] when their keys
+/// are contiguous.
 const WIDE_BLOCK_MAX_ROWS: usize = FEW_ROWS_MAX;
 /// Longest such block.
 const WIDE_BLOCK_MAX_KEYS: usize = 16384;
 /// Fewest keys worth a split of their own.
 const MIN_KEYS_PER_SPLIT: usize = 512;
 
-/// Causal grouped attention, tiled; same contract as [`super::grouped_attention`]: `out` is
+/// Causal grouped attention, tiled. Same contract as [`attention`](super::attention): `out` is
 /// head-major `(batch, n_heads, s_q, v_dim)`.
+///
+/// # Panics
+/// If the operands disagree with `layout` or `out` has the wrong length (the layers build
+/// them; this is not user input).
 pub fn tiled_attention(seqs: &[AttentionOperands<'_>], layout: &HeadLayout, out: &mut [f32]) {
     let s_q = seqs.first().map_or(0, |s| s.q.nrows());
     let group = layout.n_heads / layout.n_kv_heads;
@@ -180,11 +185,11 @@ impl Task<'_> {
     }
 
     /// Online softmax over keys `range`, block by block, compiled for AVX2 and FMA when the
-    /// CPU has them (checked at run time; the crate itself targets the x86-64 baseline).
+    /// CPU has them (checked by [`has_avx2_fma`](super::simd::has_avx2_fma); the crate itself
+    /// targets the x86-64 baseline).
     fn attend(&self, packed: &[f32], range: (usize, usize)) -> Partial {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if super::simd::has_avx2_fma() {
             // SAFETY: `attend_avx2_fma` only needs AVX2 and FMA, and the CPU has both.
             return unsafe { self.attend_avx2_fma(packed, range) };
         }
@@ -205,9 +210,10 @@ impl Task<'_> {
         let (d, dv, rows) = (self.layout.qk_dim, self.layout.v_dim, self.rows());
         let (k, v) = (self.seq.k[self.g], self.seq.v[self.g]);
         let q = MatRef::from_row_major_slice(packed, rows, d);
-        // Few rows (decode): one block spans the whole range, so each head's keys and values
-        // are read by one long matmul (faer's matrix-vector path streams them) instead of
-        // many short calls; the score buffer stays small because the rows are few.
+        // Few rows (decode): one block spans the whole range, so the group's keys are scored
+        // in one pass (`few_row_scores`, or one faer matmul for keys that are not contiguous)
+        // and its values read by one long matmul (faer's matrix-vector path streams them),
+        // instead of many short calls; the score buffer stays small because the rows are few.
         let block_len = if rows <= WIDE_BLOCK_MAX_ROWS {
             (end - start).clamp(1, WIDE_BLOCK_MAX_KEYS)
         } else {
@@ -276,25 +282,4 @@ impl Task<'_> {
         }
         partial
     }
-}
-
-/// `e^x` for `x ≤ 0` (softmax arguments after the max shift), branch-free so that loops over
-/// it vectorise: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by a degree-6 polynomial
-/// (relative error below 2e-7), `2^n` put straight into the exponent bits. Arguments below
-/// −87 give 0, as `e^x` underflows f32 there anyway.
-#[inline]
-pub fn fast_exp(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
-    // ln 2 in two parts (Cody–Waite): n · LN2_HI is exact in f32, so the reduction loses
-    // nothing even for n near −126.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
 }

@@ -94,6 +94,10 @@ impl AttentionLayer for GroupedAttention {
         }
     }
 
+    fn d_model(&self) -> usize {
+        self.config.d_model
+    }
+
     fn cache_planes(&self) -> Vec<PlaneSpec> {
         vec![
             PlaneSpec {

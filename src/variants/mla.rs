@@ -84,14 +84,6 @@ impl MultiHeadLatentAttention {
         Self { kernel, ..self }
     }
 
-    /// The same layer (same weights) running the other path.
-    pub fn with_path(&self, path: MlaPath) -> Self {
-        Self {
-            path,
-            ..self.clone()
-        }
-    }
-
     /// The shape.
     pub fn config(&self) -> &MlaConfig {
         &self.config
@@ -276,6 +268,10 @@ impl AttentionLayer for MultiHeadLatentAttention {
             kv_values_per_token,
             kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
         }
+    }
+
+    fn d_model(&self) -> usize {
+        self.config.d_model
     }
 
     fn cache_planes(&self) -> Vec<PlaneSpec> {

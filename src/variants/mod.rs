@@ -1,14 +1,12 @@
 //! The four variants. MHA, MQA and GQA are one grouped layer with different `n_kv_heads`;
 //! MLA has its own, with two execution paths over one latent cache.
 
-mod cost;
 pub mod gqa;
 mod grouped;
 pub mod mha;
 mod mla;
 pub mod mqa;
 
-pub use cost::{MemoryEstimate, StepCost, core_cost, memory_estimate, step_cost, visible_pairs};
 pub use grouped::GroupedAttention;
 pub use mla::MultiHeadLatentAttention;
 

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
 use attnbench::{GroupedConfig, LayerSpec, Matrix, MlaConfig, MlaPath, Variant};
 

@@ -1,5 +1,6 @@
 //! What a step costs by formula: matmul FLOPs, minimum bytes moved (DESIGN §3), and a memory
-//! estimate used to refuse points before anything is allocated.
+//! estimate used to refuse points before anything is allocated. The roofline (`roofline.rs`,
+//! above this module) turns the FLOPs and bytes into an ideal time.
 
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +128,8 @@ pub struct MemoryEstimate {
     pub weights_bytes: u64,
     /// The KV cache at capacity (`context + s_q` tokens per sequence).
     pub cache_bytes: u64,
-    /// An upper estimate of what one step allocates.
+    /// An estimate, not a bound, of what one step allocates: its activation buffers and one
+    /// `s_q × s_k` score block per thread.
     pub transient_bytes: u64,
 }
 
@@ -139,7 +141,7 @@ impl MemoryEstimate {
 }
 
 /// Memory for a step of `batch × s_q` new tokens over `context` cached ones, run on `threads`
-/// threads (each holding one `s_q × s_k` score block at a time).
+/// threads, counting one `s_q × s_k` score block per thread (as the naive kernel holds).
 pub fn memory_estimate(
     spec: &LayerSpec,
     batch: usize,

@@ -1,8 +1,8 @@
 //! Plain reference implementations for the tests: loops straight from DESIGN §1, f64
-//! accumulation, no cache, no faer. Slow on purpose; only small shapes go through here.
+//! accumulation, no cache, no faer. Slow on purpose; only small shapes go through here. Kept
+//! under tests/ so that it is not part of the library's public API.
 
-use crate::config::{GroupedConfig, MlaConfig};
-use crate::tensor::Matrix;
+use attnbench::{GroupedConfig, Matrix, MlaConfig};
 
 /// Rows of f64 values, one per token.
 pub type Rows = Vec<Vec<f64>>;

@@ -13,13 +13,14 @@ use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
 use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
-use attnbench::harness::{
-    Environment, Existing, Progress, ResultsFile, run_experiment, total_memory_bytes,
-    write_results_json,
-};
+use attnbench::harness::{Existing, Progress, run_experiment};
 use attnbench::planner::{self, Alternatives, Dtype, ModelShape, Plan, PlanRequest, human_bytes};
 use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
-use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
+use attnbench::results::{
+    CalibrationSize, Environment, Machine, ResultsDir, ResultsFile, read_machine,
+    total_memory_bytes, write_machine,
+};
+use attnbench::roofline::calibrate;
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -875,7 +876,7 @@ fn run_file(args: &RunArgs) -> Result<()> {
         reporter.event(event)
     })?;
     reporter.finish();
-    write_results_json(&dir, &results)?;
+    ResultsDir::new(&dir).write_results(&results)?;
     let written = write_outputs(&dir, &results)?;
     if !args.quiet {
         outln!("{}", markdown(&results));

@@ -23,6 +23,7 @@ pub mod layer;
 pub mod planner;
 pub mod reference;
 pub mod report;
+pub mod results;
 pub mod roofline;
 pub mod tensor;
 pub mod variants;

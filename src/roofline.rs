@@ -2,57 +2,11 @@
 //! `ideal = max(flops / peak_flops, bytes / read_bandwidth)` for the point's thread count.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Instant;
 
 use faer::{Accum, Mat, Par};
-use serde::{Deserialize, Serialize};
 
-use crate::harness::{Environment, RunError};
-
-/// The `format` field of `machine.json`.
-pub const MACHINE_FORMAT: &str = "attnbench-machine/1";
-
-/// How big the calibration is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CalibrationSize {
-    /// Side of the square f32 matrices multiplied.
-    pub matmul_n: usize,
-    /// Bytes of the array streamed; far beyond the last-level cache.
-    pub read_bytes: usize,
-    /// Repetitions; the best (fastest) is kept, as the peak is what the hardware can do.
-    pub repeats: usize,
-}
-
-impl CalibrationSize {
-    /// The real calibration: 2048² matmuls, a 1 GiB stream.
-    pub const FULL: Self = Self {
-        matmul_n: 2048,
-        read_bytes: 1 << 30,
-        repeats: 5,
-    };
-    /// A quick one for tests: numbers too low to publish.
-    pub const QUICK: Self = Self {
-        matmul_n: 256,
-        read_bytes: 16 << 20,
-        repeats: 2,
-    };
-}
-
-/// This machine's measured peaks, per thread count.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Machine {
-    /// Always [`MACHINE_FORMAT`].
-    pub format: String,
-    /// Where it was measured.
-    pub environment: Environment,
-    /// The calibration's size.
-    pub size: CalibrationSize,
-    /// Peak f32 matmul GFLOP/s (faer, square products), by thread count.
-    pub matmul_gflops: BTreeMap<usize, f64>,
-    /// Streaming read bandwidth in GB/s (10⁹ bytes/s), by thread count.
-    pub read_gbps: BTreeMap<usize, f64>,
-}
+use crate::results::{CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult};
 
 impl Machine {
     /// True when this file describes the machine running now (same CPU model and core
@@ -72,6 +26,21 @@ impl Machine {
         let gflops = self.matmul_gflops.get(&threads)?;
         let gbps = self.read_gbps.get(&threads)?;
         Some((flops as f64 / gflops).max(bytes as f64 / gbps))
+    }
+
+    /// Fills in the ideal times of `point`'s step and core, and the percentage of each that
+    /// the measured median reaches.
+    pub fn fill_roofline(&self, point: &mut PointResult) {
+        point.ideal_ns = self.ideal_ns(point.flops, point.bytes, point.threads);
+        point.roofline_pct = point
+            .ideal_ns
+            .zip(point.median_ns)
+            .map(|(i, m)| 100.0 * i / m);
+        point.core_ideal_ns = self.ideal_ns(point.attention_flops, point.core_bytes, point.threads);
+        point.core_roofline_pct = point
+            .core_ideal_ns
+            .zip(point.core_median_ns)
+            .map(|(i, m)| 100.0 * i / m);
     }
 }
 
@@ -166,25 +135,6 @@ fn sum_interleaved(part: &[f32]) -> f32 {
     }
     let rest: f32 = part[STREAMS_PER_THREAD * per..].iter().sum();
     acc.iter().flatten().sum::<f32>() + rest
-}
-
-/// Reads a machine file.
-pub fn read_machine(path: &Path) -> Result<Machine, RunError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    crate::harness::parse_json(path, &text, "a calibration file")
-}
-
-/// Writes a machine file atomically.
-pub fn write_machine(path: &Path, machine: &Machine) -> Result<(), RunError> {
-    let mut text = serde_json::to_string_pretty(machine).expect("machine serialises");
-    text.push('\n');
-    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]

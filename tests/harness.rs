@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
-use attnbench::harness::{ResultsFile, read_log};
+use attnbench::results::{ResultsFile, read_log};
 
 /// A quick calibration shared by the tests.
 fn machine() -> &'static str {

@@ -11,12 +11,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::rows::{RowKey, Varies, length_name, of_mode};
 use crate::config::{MlaPath, Mode, Variant};
-use crate::harness::{PointResult, ResultsFile};
+use crate::results::{PointResult, ResultsFile};
 
-/// The folder of a results directory that holds the charts.
-pub const CHARTS_DIR: &str = "charts";
-
-/// One chart a results set supports: its file name (in [`CHARTS_DIR`]) and title.
+/// One chart a results set supports: its file name (in
+/// [`ResultsDir::CHARTS_DIR`](crate::results::ResultsDir::CHARTS_DIR)) and title.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChartSpec {
     /// What it shows.

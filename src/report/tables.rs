@@ -7,11 +7,10 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use super::charts::{CHARTS_DIR, plan as chart_plan};
+use super::charts::plan as chart_plan;
 use super::rows::{RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
 use crate::config::{Mode, Variant};
-use crate::harness::{PointResult, ResultsFile};
-use crate::roofline::Machine;
+use crate::results::{Machine, PointResult, ResultsDir, ResultsFile};
 
 /// The baseline of a point: MHA (or GQA with as many KV heads as query heads) at the same
 /// setting and length.
@@ -193,7 +192,8 @@ pub fn markdown(results: &ResultsFile) -> String {
         for chart in charts {
             let _ = writeln!(
                 out,
-                "![{title}]({CHARTS_DIR}/{file})\n",
+                "![{title}]({charts}/{file})\n",
+                charts = ResultsDir::CHARTS_DIR,
                 title = chart.title,
                 file = chart.file
             );

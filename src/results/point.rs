@@ -1,16 +1,11 @@
-//! What a run records per point, and the results file.
+//! What a run records of one point.
 
 use serde::{Deserialize, Serialize};
 
-use super::environment::Environment;
-use super::measure::SampleStats;
+use super::summary::SampleStats;
 use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
-use crate::experiment::{Experiment, MeasureSettings, Point, Skipped};
-use crate::roofline::Machine;
+use crate::experiment::Point;
 use crate::variants::{core_cost, step_cost};
-
-/// The `format` field of `results.json`.
-pub const RESULTS_FORMAT: &str = "attnbench-results/1";
 
 /// One measured point: what was measured, the timing summary, the cost by formula, the
 /// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
@@ -212,20 +207,6 @@ impl PointResult {
         self.core_share_pct = self.median_ns.map(|m| 100.0 * stats.median_ns / m);
     }
 
-    /// Fills in the ideal times and roofline percentages from a calibration.
-    pub fn set_roofline(&mut self, machine: &Machine) {
-        self.ideal_ns = machine.ideal_ns(self.flops, self.bytes, self.threads);
-        self.roofline_pct = self
-            .ideal_ns
-            .zip(self.median_ns)
-            .map(|(i, m)| 100.0 * i / m);
-        self.core_ideal_ns = machine.ideal_ns(self.attention_flops, self.core_bytes, self.threads);
-        self.core_roofline_pct = self
-            .core_ideal_ns
-            .zip(self.core_median_ns)
-            .map(|(i, m)| 100.0 * i / m);
-    }
-
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.
     pub fn variant_label(&self) -> String {
         match self.mla_path {
@@ -239,57 +220,6 @@ impl PointResult {
         match self.mode {
             Mode::Prefill => self.seq_len,
             Mode::Decode => self.context,
-        }
-    }
-}
-
-/// What `results.json` says of the experiment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ExperimentRecord {
-    /// Name.
-    pub name: String,
-    /// Description from the file.
-    pub description: String,
-    /// The experiment file.
-    pub file: String,
-    /// Seed of weights and inputs.
-    pub seed: u64,
-    /// Sampling settings.
-    pub measure: MeasureSettings,
-    /// Points of the grid.
-    pub points_planned: usize,
-    /// Points taken from the log of an interrupted run instead of measured again.
-    pub points_resumed: usize,
-}
-
-/// `results.json`: the experiment, the environment, what was skipped, every point.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResultsFile {
-    /// Always [`RESULTS_FORMAT`].
-    pub format: String,
-    /// The experiment.
-    pub experiment: ExperimentRecord,
-    /// Where and how it ran.
-    pub environment: Environment,
-    /// The calibration the roofline columns use, if any.
-    pub machine: Option<Machine>,
-    /// Combinations of the grid not measured, with the reason.
-    pub skipped: Vec<Skipped>,
-    /// Every point, in grid order.
-    pub points: Vec<PointResult>,
-}
-
-impl ExperimentRecord {
-    /// The record of `experiment`, `resumed` of whose points came from a log.
-    pub fn new(experiment: &Experiment, resumed: usize) -> Self {
-        Self {
-            name: experiment.name.clone(),
-            description: experiment.description.clone(),
-            file: experiment.file.clone(),
-            seed: experiment.seed,
-            measure: experiment.measure.clone(),
-            points_planned: experiment.points.len(),
-            points_resumed: resumed,
         }
     }
 }

@@ -995,7 +995,7 @@ impl ProgressReporter {
                 }
                 bar.inc(1);
             }
-            (Progress::Done { result, .. }, None) => match (&result.error, result.median_ns) {
+            (Progress::Done { result, .. }, None) => match (&result.error, result.step.median_ns) {
                 (Some(error), _) => eprintln!("error: {error}"),
                 (None, Some(ns)) => eprintln!("{:.3} ms", ns / 1e6),
                 (None, None) => eprintln!("done"),

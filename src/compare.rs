@@ -21,7 +21,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::{Kernel, MlaPath, Mode, Variant};
-use crate::results::{PointResult, ReadError, ResultsDir, ResultsFile, read_results};
+use crate::results::{PointResult, ReadError, ResultsDir, ResultsFile, Summary, read_results};
 
 /// `σ ≈ MAD_SCALE · MAD` for normal samples.
 pub const MAD_SCALE: f64 = 1.4826;
@@ -188,14 +188,19 @@ impl Timing {
         })
     }
 
+    /// The timing of one summary of a point ([`PointResult::step`] or [`PointResult::core`]).
+    pub fn of(summary: &Summary) -> Option<Self> {
+        Self::new(summary.median_ns, summary.mad_ns, summary.samples)
+    }
+
     /// The step time of a point.
     pub fn step(p: &PointResult) -> Option<Self> {
-        Self::new(p.median_ns, p.mad_ns, p.samples)
+        Self::of(&p.step)
     }
 
     /// The attention core's time of a point.
     pub fn core(p: &PointResult) -> Option<Self> {
-        Self::new(p.core_median_ns, p.core_mad_ns, p.core_samples)
+        Self::of(&p.core)
     }
 
     /// The median's standard error relative to the median (the standard error of its log).
@@ -560,8 +565,8 @@ mod tests {
 
     fn failed(context: usize, threads: usize) -> PointResult {
         let mut p = point(context, threads, 1.0, 0.0);
-        p.median_ns = None;
-        p.core_median_ns = None;
+        p.step.median_ns = None;
+        p.core.median_ns = None;
         p.error = Some("cannot allocate".into());
         p
     }
@@ -719,7 +724,7 @@ mod tests {
     #[test]
     fn unusable_timings_are_failed_not_compared() {
         let mut zero = point(64, 2, 1e6, 0.0);
-        zero.median_ns = Some(0.0);
+        zero.step.median_ns = Some(0.0);
         let c = compare(
             &[point(64, 2, 1e6, 0.0)],
             &[zero],

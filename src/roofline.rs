@@ -31,16 +31,11 @@ impl Machine {
     /// Fills in the ideal times of `point`'s step and core, and the percentage of each that
     /// the measured median reaches.
     pub fn fill_roofline(&self, point: &mut PointResult) {
-        point.ideal_ns = self.ideal_ns(point.flops, point.bytes, point.threads);
-        point.roofline_pct = point
-            .ideal_ns
-            .zip(point.median_ns)
-            .map(|(i, m)| 100.0 * i / m);
-        point.core_ideal_ns = self.ideal_ns(point.attention_flops, point.core_bytes, point.threads);
-        point.core_roofline_pct = point
-            .core_ideal_ns
-            .zip(point.core_median_ns)
-            .map(|(i, m)| 100.0 * i / m);
+        let threads = point.threads;
+        let step = self.ideal_ns(point.flops, point.bytes, threads);
+        let core = self.ideal_ns(point.attention_flops, point.core_bytes, threads);
+        point.step.set_ideal(step);
+        point.core.set_ideal(core);
     }
 }
 

@@ -128,9 +128,10 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             "{}: this storage does not pad",
             p.key
         );
-        assert!(p.median_ns.unwrap() > 0.0 && p.samples.unwrap() >= 3);
+        assert!(p.step.median_ns.unwrap() > 0.0 && p.step.samples.unwrap() >= 3);
         assert!(
-            p.min_ns.unwrap() <= p.median_ns.unwrap() && p.median_ns.unwrap() <= p.max_ns.unwrap()
+            p.step.min_ns.unwrap() <= p.step.median_ns.unwrap()
+                && p.step.median_ns.unwrap() <= p.step.max_ns.unwrap()
         );
         assert!(
             p.peak_transient_bytes.unwrap() > 0,
@@ -138,20 +139,27 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             p.key
         );
         assert!(p.flops > 0 && p.bytes > 0);
-        let (core, step) = (p.core_median_ns.unwrap(), p.median_ns.unwrap());
+        let (core, step) = (p.core.median_ns.unwrap(), p.step.median_ns.unwrap());
         assert!(core > 0.0 && p.core_share_pct.unwrap() > 0.0, "{}", p.key);
         assert!((p.core_share_pct.unwrap() - 100.0 * core / step).abs() < 1e-6);
         assert!(
-            p.ideal_ns.unwrap() > 0.0 && p.roofline_pct.unwrap() > 0.0,
+            p.step.ideal_ns.unwrap() > 0.0 && p.step.roofline_pct.unwrap() > 0.0,
             "{}",
             p.key
         );
-        assert!(p.core_roofline_pct.unwrap() > 0.0, "{}", p.key);
+        assert!(p.core.roofline_pct.unwrap() > 0.0, "{}", p.key);
     }
     assert!(r.machine.is_some());
     let csv = fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 21);
     assert!(csv.starts_with("key,variant,mla_path,mode,seq_len,context"));
+    // The columns (the fields of a point in results.json too) are the published format's.
+    let published = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/results/kv_heads/results.csv"
+    ))
+    .unwrap();
+    assert_eq!(csv.lines().next(), published.lines().next());
     let md = fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| variant") && md.contains("against MHA"));
 }

@@ -112,7 +112,7 @@ pub fn markdown(results: &ResultsFile) -> String {
         let _ = writeln!(out, "## {mode}\n");
         let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
         let _ = writeln!(out, "### {mode}: latency, ms (median ± MAD)\n");
-        let latency = |p: &PointResult| match (p.median_ns, p.mad_ns, &p.error) {
+        let latency = |p: &PointResult| match (p.step.median_ns, p.step.mad_ns, &p.error) {
             (_, _, Some(_)) => "error".to_string(),
             (Some(m), Some(d), None) => format!("{} ± {}", fmt_ms(m), fmt_ms(d)),
             _ => String::new(),
@@ -136,7 +136,7 @@ pub fn markdown(results: &ResultsFile) -> String {
             out,
             "### {mode}: attention core alone, ms (share of the step)\n"
         );
-        let core = |p: &PointResult| match (p.core_median_ns, p.core_share_pct) {
+        let core = |p: &PointResult| match (p.core.median_ns, p.core_share_pct) {
             (Some(c), Some(share)) => format!("{} ({share:.0}%)", fmt_ms(c)),
             _ => String::new(),
         };
@@ -145,12 +145,12 @@ pub fn markdown(results: &ResultsFile) -> String {
             "{}\n",
             table(&points, &varies, "variant", length_name, &core)
         );
-        if points.iter().any(|p| p.roofline_pct.is_some()) {
+        if points.iter().any(|p| p.step.roofline_pct.is_some()) {
             let _ = writeln!(
                 out,
                 "### {mode}: roofline, % of this machine's ideal time (step / core)\n\nIdeal = max(FLOPs / peak matmul FLOP/s, bytes / read bandwidth), from `attnbench calibrate`.\n"
             );
-            let roof = |p: &PointResult| match (p.roofline_pct, p.core_roofline_pct) {
+            let roof = |p: &PointResult| match (p.step.roofline_pct, p.core.roofline_pct) {
                 (Some(l), Some(c)) => format!("{l:.0}% / {c:.0}%"),
                 (Some(l), None) => format!("{l:.0}%"),
                 _ => String::new(),
@@ -169,16 +169,19 @@ pub fn markdown(results: &ResultsFile) -> String {
                 out,
                 "### {mode}: against MHA (speed-up ×, KV memory ratio)\n\nMHA's median time over the variant's, and the variant's KV bytes over MHA's, at the same setting and length.\n"
             );
-            let ratio =
-                |p: &PointResult| match (baseline(&points, p), p.median_ns, p.kv_cache_bytes) {
-                    (Some(b), Some(m), Some(kv)) => match (b.median_ns, b.kv_cache_bytes) {
-                        (Some(bm), Some(bkv)) => {
-                            format!("{:.2}× / {:.3}", bm / m, kv as f64 / bkv as f64)
-                        }
-                        _ => String::new(),
-                    },
+            let ratio = |p: &PointResult| match (
+                baseline(&points, p),
+                p.step.median_ns,
+                p.kv_cache_bytes,
+            ) {
+                (Some(b), Some(m), Some(kv)) => match (b.step.median_ns, b.kv_cache_bytes) {
+                    (Some(bm), Some(bkv)) => {
+                        format!("{:.2}× / {:.3}", bm / m, kv as f64 / bkv as f64)
+                    }
                     _ => String::new(),
-                };
+                },
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "{}\n",

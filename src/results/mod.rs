@@ -15,6 +15,7 @@ mod json;
 mod machine;
 mod point;
 mod summary;
+mod wire;
 
 pub use dir::{PointLog, ResultsDir, ResultsFolder, read_log};
 pub use environment::{Environment, total_memory_bytes, utc_now_iso8601};
@@ -23,4 +24,4 @@ pub use file::{ExperimentRecord, RESULTS_FORMAT, ResultsFile, read_results};
 pub use json::write_file;
 pub use machine::{CalibrationSize, MACHINE_FORMAT, Machine, read_machine, write_machine};
 pub use point::PointResult;
-pub use summary::SampleStats;
+pub use summary::{SampleStats, Summary};

@@ -1,14 +1,94 @@
 //! This machine's limits, measured by the tool itself, and the roofline of every point:
 //! `ideal = max(flops / peak_flops, bytes / read_bandwidth)` for the point's thread count.
+//! The calibration's record and its file are the results store's ([`Machine`]); measuring
+//! it, deciding when a saved one can be reused, and what it implies for a point are here.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
 use std::time::Instant;
 
 use faer::{Accum, Mat, Par};
 
-use crate::results::{CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult};
+use crate::results::{
+    CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult, WriteError, read_machine,
+    write_machine,
+};
+
+/// What a calibration reports as it goes; its `Display` is the line to show a user.
+#[derive(Clone, Copy, Debug)]
+pub enum CalibrationEvent<'a> {
+    /// About to measure `size` on `threads` (sorted, each once): seconds to minutes.
+    Start {
+        /// The calibration's size.
+        size: CalibrationSize,
+        /// The thread counts.
+        threads: &'a [usize],
+    },
+    /// The calibration was saved at this path.
+    Saved(&'a Path),
+}
+
+impl fmt::Display for CalibrationEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Start { size, threads } => write!(
+                f,
+                "calibrating: f32 matmul {n}×{n} and a {} MiB read, threads {threads:?} ...",
+                size.read_bytes >> 20,
+                n = size.matmul_n
+            ),
+            Self::Saved(path) => write!(f, "saved {}", path.display()),
+        }
+    }
+}
+
+/// 1 and every core: the thread counts a run uses unless told otherwise.
+pub fn default_calibration_threads() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 { vec![1] } else { vec![1, cores] }
+}
 
 impl Machine {
+    /// The calibration at `path` if it describes this machine and covers `threads`
+    /// ([`matches`](Self::matches)); otherwise a new full one, covering `threads`, 1 and all
+    /// cores, saved at `path`. A missing or unreadable file is calibrated over, not an error.
+    pub fn load_or_calibrate(
+        path: &Path,
+        threads: &[usize],
+        report: &mut dyn FnMut(CalibrationEvent<'_>),
+    ) -> Result<Machine, WriteError> {
+        let now = Environment::capture(threads.to_vec());
+        if let Ok(machine) = read_machine(path)
+            && machine.matches(&now, threads)
+        {
+            return Ok(machine);
+        }
+        let mut wanted = default_calibration_threads();
+        wanted.extend_from_slice(threads);
+        Self::calibrate_and_save(path, &wanted, CalibrationSize::FULL, report)
+    }
+
+    /// Calibrates `size` on `threads` (sorted and deduplicated first) and saves it at `path`.
+    pub fn calibrate_and_save(
+        path: &Path,
+        threads: &[usize],
+        size: CalibrationSize,
+        report: &mut dyn FnMut(CalibrationEvent<'_>),
+    ) -> Result<Machine, WriteError> {
+        let mut threads = threads.to_vec();
+        threads.sort_unstable();
+        threads.dedup();
+        report(CalibrationEvent::Start {
+            size,
+            threads: &threads,
+        });
+        let machine = calibrate(&threads, size, Environment::capture(threads.clone()));
+        write_machine(path, &machine)?;
+        report(CalibrationEvent::Saved(path));
+        Ok(machine)
+    }
+
     /// True when this file describes the machine running now (same CPU model and core
     /// count) and covers every thread count in `threads`.
     pub fn matches(&self, now: &Environment, threads: &[usize]) -> bool {

@@ -1,4 +1,5 @@
-//! One point: build it outside the timing, sample its step, summarise honestly.
+//! One point: build it outside the timing and sample its step; the statistics of the samples
+//! are the results store's ([`crate::results::SampleStats`]).
 
 use std::time::{Duration, Instant};
 
@@ -90,11 +91,6 @@ impl PreparedPoint {
     /// The cache.
     pub fn cache(&self) -> &KvCache {
         &self.cache
-    }
-
-    /// The layer.
-    pub fn layer(&self) -> &dyn AttentionLayer {
-        self.layer.as_ref()
     }
 }
 

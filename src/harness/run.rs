@@ -1,5 +1,6 @@
 //! Running an experiment: every point in its own rayon pool, each finished point appended to
-//! a log at once, final files written atomically, `--resume` after an interruption.
+//! the directory's log at once, `--resume` after an interruption. The caller writes the final
+//! files (atomically, through the results store) once the run returns.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -38,7 +39,7 @@ pub enum Existing {
     Refuse,
     /// Keep the finished points of its log and measure the rest.
     Resume,
-    /// Delete its results and start over.
+    /// Delete its results ([`ResultsDir::clear`]) and start over.
     Overwrite,
 }
 

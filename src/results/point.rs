@@ -12,7 +12,7 @@ use crate::variants::{core_cost, step_cost};
 /// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
 ///
 /// On disk (`results.json`, `points.jsonl`, `results.csv`) it is one flat record, the
-/// `attnbench-results/1` format, with `core_`-prefixed copies of the step's fields.
+/// `attnbench-results/1` format, in which the core's fields are prefixed `core_`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(from = "PointWire", into = "PointWire")]
 pub struct PointResult {

@@ -1,6 +1,6 @@
-//! A point's record as it is on disk: the flat `attnbench-results/1` row, with the step's
-//! statistics unprefixed and the core's prefixed `core_`. Field names and order are the
-//! format (JSON keys, CSV columns); the meaning of each is documented on
+//! A point's record as it is on disk: the flat `attnbench-results/1` row, the step's fields
+//! unprefixed, the core's prefixed `core_` (and without min and max). Field names and order
+//! are the format (JSON keys, CSV columns); the meaning of each is documented on
 //! [`PointResult`] and [`Summary`]. [`PointResult`] converts through this struct
 //! (`#[serde(from, into)]`), so the nested record writes exactly these fields.
 

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
-use attnbench::results::{ResultsFile, read_log};
+use attnbench::results::{ResultsDir, ResultsFile, read_log};
 
 /// A quick calibration shared by the tests.
 fn machine() -> &'static str {
@@ -183,6 +183,37 @@ fn an_existing_results_directory_is_not_overwritten_without_being_told() {
     assert_eq!(snapshot(&out), before);
     let forced = run(&file, &out, &["--force", "--quiet"]);
     assert!(forced.status.success());
+}
+
+#[test]
+fn clearing_a_results_directory_deletes_only_what_the_tool_writes() {
+    let dir = scratch("clear");
+    let files = [
+        "results.json",
+        "points.jsonl",
+        "results.csv",
+        "results.md",
+        "charts/decode_latency.svg",
+        "notes.txt",
+        "charts/photo.png",
+    ];
+    fs::create_dir_all(dir.join("charts")).unwrap();
+    for name in files {
+        fs::write(dir.join(name), "x").unwrap();
+    }
+    let results = ResultsDir::new(&dir);
+    assert!(results.holds_results());
+    results.clear().unwrap();
+    let left: Vec<String> = snapshot(&dir).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(left, ["charts/photo.png", "notes.txt"]);
+    assert!(!results.holds_results());
+
+    // With nothing else in it, the charts folder goes too.
+    fs::remove_file(dir.join("charts/photo.png")).unwrap();
+    fs::write(dir.join("charts/kv_cache.svg"), "x").unwrap();
+    results.clear().unwrap();
+    assert!(!dir.join("charts").exists());
+    assert!(dir.join("notes.txt").exists());
 }
 
 #[test]

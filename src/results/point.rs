@@ -52,7 +52,7 @@ pub struct PointResult {
     pub threads: usize,
     /// The attention-core kernel (`naive` or `tiled`).
     pub kernel: Kernel,
-    /// The step: its timing summary, rates and roofline.
+    /// The whole step: its timing summary, rates and roofline, over `flops` and `bytes`.
     pub step: Summary,
     /// `batch · seq_len / step median`.
     pub tokens_per_s: Option<f64>,

@@ -13,13 +13,11 @@ use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
 use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
-use attnbench::harness::{
-    Environment, Existing, Progress, ResultsFile, run_experiment, total_memory_bytes,
-    write_results_json,
-};
+use attnbench::harness::{Existing, Progress, run_experiment};
 use attnbench::planner::{self, Alternatives, Dtype, ModelShape, Plan, PlanRequest, human_bytes};
 use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
-use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
+use attnbench::results::{CalibrationSize, Machine, ResultsDir, ResultsFile, total_memory_bytes};
+use attnbench::roofline::default_calibration_threads;
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -460,7 +458,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(&bad) = threads.iter().find(|&&t| t == 0 || t > MAX_THREADS) {
                 bail!("--threads {bad}: must be between 1 and {MAX_THREADS}");
             }
-            let machine = calibrate_and_save(&out, &threads, size)?;
+            let machine =
+                Machine::calibrate_and_save(&out, &threads, size, &mut |e| eprintln!("{e}"))?;
             outln!("{}", serde_json::to_string_pretty(&machine)?);
             Ok(())
         }
@@ -869,13 +868,13 @@ fn run_file(args: &RunArgs) -> Result<()> {
         _ => Existing::Refuse,
     };
     let threads: Vec<usize> = experiment.points.iter().map(|p| p.threads).collect();
-    let machine = machine_for(&args.machine, &threads)?;
+    let machine = Machine::load_or_calibrate(&args.machine, &threads, &mut |e| eprintln!("{e}"))?;
     let mut reporter = ProgressReporter::new(experiment.points.len());
     let results = run_experiment(&experiment, &dir, existing, Some(&machine), &mut |event| {
         reporter.event(event)
     })?;
     reporter.finish();
-    write_results_json(&dir, &results)?;
+    ResultsDir::new(&dir).write_results(&results)?;
     let written = write_outputs(&dir, &results)?;
     if !args.quiet {
         outln!("{}", markdown(&results));
@@ -905,41 +904,6 @@ fn regenerate(dir: &Path) -> Result<()> {
         eprintln!("wrote {}", index.display());
     }
     Ok(())
-}
-
-/// 1 and every core: the thread counts a run uses unless told otherwise.
-fn default_calibration_threads() -> Vec<usize> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 { vec![1] } else { vec![1, cores] }
-}
-
-fn calibrate_and_save(path: &Path, threads: &[usize], size: CalibrationSize) -> Result<Machine> {
-    let mut threads = threads.to_vec();
-    threads.sort_unstable();
-    threads.dedup();
-    eprintln!(
-        "calibrating: f32 matmul {n}×{n} and a {} MiB read, threads {threads:?} ...",
-        size.read_bytes >> 20,
-        n = size.matmul_n
-    );
-    let machine = calibrate(&threads, size, Environment::capture(threads.clone()));
-    write_machine(path, &machine)?;
-    eprintln!("saved {}", path.display());
-    Ok(machine)
-}
-
-/// The calibration at `path` if it describes this machine and covers `threads`; otherwise a
-/// new one, saved there, covering `threads`, 1 and all cores.
-fn machine_for(path: &Path, threads: &[usize]) -> Result<Machine> {
-    let now = Environment::capture(threads.to_vec());
-    if let Ok(machine) = read_machine(path)
-        && machine.matches(&now, threads)
-    {
-        return Ok(machine);
-    }
-    let mut wanted = default_calibration_threads();
-    wanted.extend_from_slice(threads);
-    calibrate_and_save(path, &wanted, CalibrationSize::FULL)
 }
 
 /// Progress on stderr: a bar with the current point and an ETA on a terminal, one plain line
@@ -994,7 +958,7 @@ impl ProgressReporter {
                 }
                 bar.inc(1);
             }
-            (Progress::Done { result, .. }, None) => match (&result.error, result.median_ns) {
+            (Progress::Done { result, .. }, None) => match (&result.error, result.step.median_ns) {
                 (Some(error), _) => eprintln!("error: {error}"),
                 (None, Some(ns)) => eprintln!("{:.3} ms", ns / 1e6),
                 (None, None) => eprintln!("done"),

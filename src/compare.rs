@@ -14,14 +14,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::{Kernel, MlaPath, Mode, Variant};
-use crate::harness::{JSON_FILE, PointResult, ResultsFile, RunError, read_results_json};
+use crate::results::{PointResult, ReadError, ResultsDir, ResultsFile, Summary, read_results};
 
 /// `σ ≈ MAD_SCALE · MAD` for normal samples.
 pub const MAD_SCALE: f64 = 1.4826;
@@ -38,7 +38,7 @@ pub const DEFAULT_MIN_CHANGE_PCT: f64 = 5.0;
 pub enum CompareError {
     /// A result set could not be read.
     #[error(transparent)]
-    Read(#[from] RunError),
+    Read(#[from] ReadError),
     /// A setting is out of range.
     #[error("{name} = {value}: must be a finite number ≥ 0")]
     Setting {
@@ -151,12 +151,12 @@ pub fn check_setting(name: &'static str, value: f64) -> Result<(), CompareError>
 
 /// Reads a result set: a results directory (its `results.json`) or a `results.json` itself.
 pub fn load_results(path: &Path) -> Result<ResultsFile, CompareError> {
-    let file: PathBuf = if path.is_dir() {
-        path.join(JSON_FILE)
+    let results = if path.is_dir() {
+        ResultsDir::new(path).read_results()
     } else {
-        path.to_path_buf()
+        read_results(path)
     };
-    Ok(read_results_json(&file)?)
+    Ok(results?)
 }
 
 /// One side's timing summary of a point.
@@ -188,14 +188,19 @@ impl Timing {
         })
     }
 
+    /// The timing of one summary of a point ([`PointResult::step`] or [`PointResult::core`]).
+    pub fn of(summary: &Summary) -> Option<Self> {
+        Self::new(summary.median_ns, summary.mad_ns, summary.samples)
+    }
+
     /// The step time of a point.
     pub fn step(p: &PointResult) -> Option<Self> {
-        Self::new(p.median_ns, p.mad_ns, p.samples)
+        Self::of(&p.step)
     }
 
     /// The attention core's time of a point.
     pub fn core(p: &PointResult) -> Option<Self> {
-        Self::new(p.core_median_ns, p.core_mad_ns, p.core_samples)
+        Self::of(&p.core)
     }
 
     /// The median's standard error relative to the median (the standard error of its log).
@@ -523,7 +528,7 @@ mod tests {
     use super::*;
     use crate::config::{DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec};
     use crate::experiment::Point;
-    use crate::harness::SampleStats;
+    use crate::results::SampleStats;
 
     /// A measured GQA decode point: step `median_ns ± mad_ns` over 20 samples, core half of it.
     fn point(context: usize, threads: usize, median_ns: f64, mad_ns: f64) -> PointResult {
@@ -560,8 +565,8 @@ mod tests {
 
     fn failed(context: usize, threads: usize) -> PointResult {
         let mut p = point(context, threads, 1.0, 0.0);
-        p.median_ns = None;
-        p.core_median_ns = None;
+        p.step.median_ns = None;
+        p.core.median_ns = None;
         p.error = Some("cannot allocate".into());
         p
     }
@@ -719,7 +724,7 @@ mod tests {
     #[test]
     fn unusable_timings_are_failed_not_compared() {
         let mut zero = point(64, 2, 1e6, 0.0);
-        zero.median_ns = Some(0.0);
+        zero.step.median_ns = Some(0.0);
         let c = compare(
             &[point(64, 2, 1e6, 0.0)],
             &[zero],

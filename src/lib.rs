@@ -23,6 +23,7 @@ pub mod kv_cache;
 pub mod layer;
 pub mod planner;
 pub mod report;
+pub mod results;
 pub mod roofline;
 pub mod tensor;
 pub mod variants;

@@ -1,60 +1,94 @@
 //! This machine's limits, measured by the tool itself, and the roofline of every point:
 //! `ideal = max(flops / peak_flops, bytes / read_bandwidth)` for the point's thread count.
+//! The calibration's record and its file are the results store's ([`Machine`]); measuring
+//! it, deciding when a saved one can be reused, and what it implies for a point are here.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 use std::time::Instant;
 
 use faer::{Accum, Mat, Par};
-use serde::{Deserialize, Serialize};
 
-use crate::harness::{Environment, RunError};
+use crate::results::{
+    CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult, WriteError, read_machine,
+    write_machine,
+};
 
-/// The `format` field of `machine.json`.
-pub const MACHINE_FORMAT: &str = "attnbench-machine/1";
-
-/// How big the calibration is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CalibrationSize {
-    /// Side of the square f32 matrices multiplied.
-    pub matmul_n: usize,
-    /// Bytes of the array streamed; far beyond the last-level cache.
-    pub read_bytes: usize,
-    /// Repetitions; the best (fastest) is kept, as the peak is what the hardware can do.
-    pub repeats: usize,
+/// What a calibration reports as it goes; its `Display` is the line to show a user.
+#[derive(Clone, Copy, Debug)]
+pub enum CalibrationEvent<'a> {
+    /// About to measure `size` on `threads` (sorted, each once): seconds to minutes.
+    Start {
+        /// The calibration's size.
+        size: CalibrationSize,
+        /// The thread counts.
+        threads: &'a [usize],
+    },
+    /// The calibration was saved at this path.
+    Saved(&'a Path),
 }
 
-impl CalibrationSize {
-    /// The real calibration: 2048² matmuls, a 1 GiB stream.
-    pub const FULL: Self = Self {
-        matmul_n: 2048,
-        read_bytes: 1 << 30,
-        repeats: 5,
-    };
-    /// A quick one for tests: numbers too low to publish.
-    pub const QUICK: Self = Self {
-        matmul_n: 256,
-        read_bytes: 16 << 20,
-        repeats: 2,
-    };
+impl fmt::Display for CalibrationEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Start { size, threads } => write!(
+                f,
+                "calibrating: f32 matmul {n}×{n} and a {} MiB read, threads {threads:?} ...",
+                size.read_bytes >> 20,
+                n = size.matmul_n
+            ),
+            Self::Saved(path) => write!(f, "saved {}", path.display()),
+        }
+    }
 }
 
-/// This machine's measured peaks, per thread count.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Machine {
-    /// Always [`MACHINE_FORMAT`].
-    pub format: String,
-    /// Where it was measured.
-    pub environment: Environment,
-    /// The calibration's size.
-    pub size: CalibrationSize,
-    /// Peak f32 matmul GFLOP/s (faer, square products), by thread count.
-    pub matmul_gflops: BTreeMap<usize, f64>,
-    /// Streaming read bandwidth in GB/s (10⁹ bytes/s), by thread count.
-    pub read_gbps: BTreeMap<usize, f64>,
+/// 1 and every core: the thread counts a run uses unless told otherwise.
+pub fn default_calibration_threads() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 { vec![1] } else { vec![1, cores] }
 }
 
 impl Machine {
+    /// The calibration at `path` if it describes this machine and covers `threads`
+    /// ([`matches`](Self::matches)); otherwise a new full one, covering `threads`, 1 and all
+    /// cores, saved at `path`. A missing or unreadable file is calibrated over, not an error.
+    pub fn load_or_calibrate(
+        path: &Path,
+        threads: &[usize],
+        report: &mut dyn FnMut(CalibrationEvent<'_>),
+    ) -> Result<Machine, WriteError> {
+        let now = Environment::capture(threads.to_vec());
+        if let Ok(machine) = read_machine(path)
+            && machine.matches(&now, threads)
+        {
+            return Ok(machine);
+        }
+        let mut wanted = default_calibration_threads();
+        wanted.extend_from_slice(threads);
+        Self::calibrate_and_save(path, &wanted, CalibrationSize::FULL, report)
+    }
+
+    /// Calibrates `size` on `threads` (sorted and deduplicated first) and saves it at `path`.
+    pub fn calibrate_and_save(
+        path: &Path,
+        threads: &[usize],
+        size: CalibrationSize,
+        report: &mut dyn FnMut(CalibrationEvent<'_>),
+    ) -> Result<Machine, WriteError> {
+        let mut threads = threads.to_vec();
+        threads.sort_unstable();
+        threads.dedup();
+        report(CalibrationEvent::Start {
+            size,
+            threads: &threads,
+        });
+        let machine = calibrate(&threads, size, Environment::capture(threads.clone()));
+        write_machine(path, &machine)?;
+        report(CalibrationEvent::Saved(path));
+        Ok(machine)
+    }
+
     /// True when this file describes the machine running now (same CPU model and core
     /// count) and covers every thread count in `threads`.
     pub fn matches(&self, now: &Environment, threads: &[usize]) -> bool {
@@ -72,6 +106,16 @@ impl Machine {
         let gflops = self.matmul_gflops.get(&threads)?;
         let gbps = self.read_gbps.get(&threads)?;
         Some((flops as f64 / gflops).max(bytes as f64 / gbps))
+    }
+
+    /// Fills in the ideal times of `point`'s step and core, and the percentage of each that
+    /// the measured median reaches.
+    pub fn fill_roofline(&self, point: &mut PointResult) {
+        let threads = point.threads;
+        let step = self.ideal_ns(point.flops, point.bytes, threads);
+        let core = self.ideal_ns(point.attention_flops, point.core_bytes, threads);
+        point.step.set_ideal(step);
+        point.core.set_ideal(core);
     }
 }
 
@@ -166,25 +210,6 @@ fn sum_interleaved(part: &[f32]) -> f32 {
     }
     let rest: f32 = part[STREAMS_PER_THREAD * per..].iter().sum();
     acc.iter().flatten().sum::<f32>() + rest
-}
-
-/// Reads a machine file.
-pub fn read_machine(path: &Path) -> Result<Machine, RunError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    crate::harness::parse_json(path, &text, "a calibration file")
-}
-
-/// Writes a machine file atomically.
-pub fn write_machine(path: &Path, machine: &Machine) -> Result<(), RunError> {
-    let mut text = serde_json::to_string_pretty(machine).expect("machine serialises");
-    text.push('\n');
-    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
-use attnbench::harness::{ResultsFile, read_log};
+use attnbench::results::{ResultsDir, ResultsFile, read_log};
 
 /// A quick calibration shared by the tests.
 fn machine() -> &'static str {
@@ -128,9 +128,10 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             "{}: this storage does not pad",
             p.key
         );
-        assert!(p.median_ns.unwrap() > 0.0 && p.samples.unwrap() >= 3);
+        assert!(p.step.median_ns.unwrap() > 0.0 && p.step.samples.unwrap() >= 3);
         assert!(
-            p.min_ns.unwrap() <= p.median_ns.unwrap() && p.median_ns.unwrap() <= p.max_ns.unwrap()
+            p.step.min_ns.unwrap() <= p.step.median_ns.unwrap()
+                && p.step.median_ns.unwrap() <= p.step.max_ns.unwrap()
         );
         assert!(
             p.peak_transient_bytes.unwrap() > 0,
@@ -138,20 +139,27 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             p.key
         );
         assert!(p.flops > 0 && p.bytes > 0);
-        let (core, step) = (p.core_median_ns.unwrap(), p.median_ns.unwrap());
+        let (core, step) = (p.core.median_ns.unwrap(), p.step.median_ns.unwrap());
         assert!(core > 0.0 && p.core_share_pct.unwrap() > 0.0, "{}", p.key);
         assert!((p.core_share_pct.unwrap() - 100.0 * core / step).abs() < 1e-6);
         assert!(
-            p.ideal_ns.unwrap() > 0.0 && p.roofline_pct.unwrap() > 0.0,
+            p.step.ideal_ns.unwrap() > 0.0 && p.step.roofline_pct.unwrap() > 0.0,
             "{}",
             p.key
         );
-        assert!(p.core_roofline_pct.unwrap() > 0.0, "{}", p.key);
+        assert!(p.core.roofline_pct.unwrap() > 0.0, "{}", p.key);
     }
     assert!(r.machine.is_some());
     let csv = fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 21);
     assert!(csv.starts_with("key,variant,mla_path,mode,seq_len,context"));
+    // The columns (the fields of a point in results.json too) are the published format's.
+    let published = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/results/kv_heads/results.csv"
+    ))
+    .unwrap();
+    assert_eq!(csv.lines().next(), published.lines().next());
     let md = fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| variant") && md.contains("against MHA"));
 }
@@ -175,6 +183,37 @@ fn an_existing_results_directory_is_not_overwritten_without_being_told() {
     assert_eq!(snapshot(&out), before);
     let forced = run(&file, &out, &["--force", "--quiet"]);
     assert!(forced.status.success());
+}
+
+#[test]
+fn clearing_a_results_directory_deletes_only_what_the_tool_writes() {
+    let dir = scratch("clear");
+    let files = [
+        "results.json",
+        "points.jsonl",
+        "results.csv",
+        "results.md",
+        "charts/decode_latency.svg",
+        "notes.txt",
+        "charts/photo.png",
+    ];
+    fs::create_dir_all(dir.join("charts")).unwrap();
+    for name in files {
+        fs::write(dir.join(name), "x").unwrap();
+    }
+    let results = ResultsDir::new(&dir);
+    assert!(results.holds_results());
+    results.clear().unwrap();
+    let left: Vec<String> = snapshot(&dir).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(left, ["charts/photo.png", "notes.txt"]);
+    assert!(!results.holds_results());
+
+    // With nothing else in it, the charts folder goes too.
+    fs::remove_file(dir.join("charts/photo.png")).unwrap();
+    fs::write(dir.join("charts/kv_cache.svg"), "x").unwrap();
+    results.clear().unwrap();
+    assert!(!dir.join("charts").exists());
+    assert!(dir.join("notes.txt").exists());
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use attnbench::results::{ResultsDir, ResultsFolder};
 use common::{assert_success, attnbench, quick_machine};
 
 fn scratch(name: &str) -> PathBuf {
@@ -202,6 +203,38 @@ fn committed_tables_charts_and_index_regenerate_from_their_json() {
         fs::read(results.join("README.md")).unwrap() == fs::read(copy.join("README.md")).unwrap(),
         "results/README.md is not what `attnbench report results/` writes"
     );
+}
+
+#[test]
+fn committed_results_files_read_and_write_back_byte_for_byte() {
+    // The nested record (step and core summaries) reads the flat `attnbench-results/1` rows
+    // and writes them back unchanged: same fields, same order, same nulls, same numbers.
+    let results = ResultsFolder::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
+    let copy = scratch("round_trip");
+    for name in committed_results() {
+        let committed = results.dir(&name);
+        let written = ResultsDir::new(copy.join(&name));
+        written
+            .write_results(&committed.read_results().unwrap())
+            .unwrap();
+        assert!(
+            fs::read(written.json()).unwrap() == fs::read(committed.json()).unwrap(),
+            "results/{name}/results.json does not write back as it was"
+        );
+        // The log, read from a copy (reading may cut a torn last line off the file).
+        fs::copy(committed.log(), written.log()).unwrap();
+        let lines: Vec<String> = written
+            .read_log()
+            .unwrap()
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap() + "\n")
+            .collect();
+        assert_eq!(
+            lines.concat(),
+            fs::read_to_string(committed.log()).unwrap(),
+            "results/{name}/points.jsonl does not write back as it was"
+        );
+    }
 }
 
 /// Runs `report` on `dir`, expecting a refusal that names `needles`, and that nothing under

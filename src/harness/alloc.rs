@@ -1,8 +1,9 @@
 //! A counting global allocator: the step's transient heap is measured, not computed.
 //!
-//! The binary and the benches install it with
+//! The `attnbench` binary installs it (`src/main.rs`) with
 //! `#[global_allocator] static A: CountingAllocator = CountingAllocator;`. Without it the
-//! counters stay at zero and [`measure_peak`] reports `None`.
+//! counters stay at zero and [`measure_peak`] reports `None`, as in the criterion benches:
+//! they do not install it, since they time steps and record no memory.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

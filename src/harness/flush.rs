@@ -14,7 +14,8 @@ const FALLBACK_LLC_BYTES: usize = 256 << 20;
 /// Largest eviction buffer.
 const MAX_BUFFER_BYTES: usize = 2 << 30;
 
-/// A buffer twice the size of the largest CPU cache, allocated once per process.
+/// A buffer twice the size of the largest CPU cache (at least 64 MiB, at most 2 GiB),
+/// allocated once per process.
 pub struct CacheFlusher {
     buffer: Vec<u8>,
 }
@@ -30,11 +31,6 @@ impl CacheFlusher {
             let buffer = (0..bytes).map(|i| (i / LINE_BYTES) as u8 | 1).collect();
             CacheFlusher { buffer }
         })
-    }
-
-    /// Size of the buffer read by each [`flush`](Self::flush).
-    pub fn bytes(&self) -> usize {
-        self.buffer.len()
     }
 
     /// Reads one byte of every cache line of the buffer, split over the threads of the current

@@ -1,26 +1,20 @@
 //! Running an experiment: every point in its own rayon pool, each finished point appended to
-//! a log at once, final files written atomically, `--resume` after an interruption.
+//! the directory's log at once, `--resume` after an interruption. The caller writes the final
+//! files (atomically, through the results store) once the run returns.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use super::alloc::measure_peak;
-use super::environment::Environment;
-use super::measure::{PreparedPoint, SampleStats, sample};
-use super::result::{ExperimentRecord, PointResult, RESULTS_FORMAT, ResultsFile};
+use super::measure::{PreparedPoint, sample};
 use crate::experiment::{Experiment, MeasureSettings, Point};
-use crate::report::{CHARTS_DIR, CSV_FILE, MARKDOWN_FILE};
-use crate::roofline::Machine;
-
-/// The log of finished points, one JSON object per line, appended as each point finishes.
-pub const LOG_FILE: &str = "points.jsonl";
-/// The final results with every sample summary and the environment.
-pub const JSON_FILE: &str = "results.json";
+use crate::results::{
+    Environment, ExperimentRecord, Machine, PointResult, RESULTS_FORMAT, ReadError, ResultsDir,
+    ResultsFile, SampleStats, WriteError,
+};
 
 /// What can stop a run (a failing point does not: it becomes a row with `error`).
 #[derive(Debug, Error)]
@@ -30,71 +24,12 @@ pub enum RunError {
         "{0} already holds results; pass --resume to continue that run or --force to start over"
     )]
     ExistingResults(PathBuf),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The log holds a line that is not a point result (other than a torn last line).
-    #[error("{path}:{line}: not a point result: {message}")]
-    CorruptLog {
-        /// The log.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// The parser's complaint.
-        message: String,
-    },
-    /// A JSON file the tool wrote (results, calibration) does not parse as one.
-    #[error("{path}:{line}:{column}: not {what}: {message}")]
-    BadJson {
-        /// The file.
-        path: PathBuf,
-        /// What it should hold, e.g. `an attnbench results file`.
-        what: &'static str,
-        /// 1-based line of the problem.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// The parser's complaint.
-        message: String,
-    },
-    /// A results file of another format version than this build reads.
-    #[error("{path}: format `{found}`; this attnbench reads `{expected}`")]
-    UnknownFormat {
-        /// The file.
-        path: PathBuf,
-        /// Its `format` field.
-        found: String,
-        /// The one this build reads.
-        expected: &'static str,
-    },
-}
-
-/// Parses `text`, the contents of `path`, as JSON holding `what`.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    text: &str,
-    what: &'static str,
-) -> Result<T, RunError> {
-    serde_json::from_str(text).map_err(|e| RunError::BadJson {
-        path: path.to_path_buf(),
-        what,
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
-    })
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    /// The log of the run to resume could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The log or the output directory could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// How to treat an output directory that already holds results.
@@ -104,7 +39,7 @@ pub enum Existing {
     Refuse,
     /// Keep the finished points of its log and measure the rest.
     Resume,
-    /// Delete its results and start over.
+    /// Delete its results ([`ResultsDir::clear`]) and start over.
     Overwrite,
 }
 
@@ -132,8 +67,8 @@ pub enum Progress<'a> {
 }
 
 /// Runs (or resumes) `experiment` into `dir`, calling `progress` as it goes. Returns the
-/// results; the caller writes the final files with [`write_results_json`] and
-/// [`crate::report::write_outputs`].
+/// results; the caller writes the final files with [`ResultsDir::write_results`] and
+/// the report (`report::write_outputs`).
 pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,
@@ -141,38 +76,21 @@ pub fn run_experiment(
     machine: Option<&Machine>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ResultsFile, RunError> {
-    let log_path = dir.join(LOG_FILE);
-    let has_results = log_path.exists() || dir.join(JSON_FILE).exists();
+    let results_dir = ResultsDir::new(dir);
     let mut finished: HashMap<String, PointResult> = HashMap::new();
     match existing {
-        Existing::Refuse if has_results => {
+        Existing::Refuse if results_dir.holds_results() => {
             return Err(RunError::ExistingResults(dir.to_path_buf()));
         }
-        Existing::Overwrite if has_results => {
-            for name in [LOG_FILE, JSON_FILE, CSV_FILE, MARKDOWN_FILE] {
-                let path = dir.join(name);
-                if path.exists() {
-                    fs::remove_file(&path).map_err(io(&path))?;
-                }
-            }
-            let charts = dir.join(CHARTS_DIR);
-            if charts.exists() {
-                fs::remove_dir_all(&charts).map_err(io(&charts))?;
-            }
-        }
-        Existing::Resume if log_path.exists() => {
-            for result in read_log(&log_path)? {
+        Existing::Overwrite if results_dir.holds_results() => results_dir.clear()?,
+        Existing::Resume if results_dir.log().exists() => {
+            for result in results_dir.read_log()? {
                 finished.insert(result.key.clone(), result);
             }
         }
         _ => {}
     }
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io(&log_path))?;
+    let mut log = results_dir.open_log()?;
 
     let resumed = experiment
         .points
@@ -199,12 +117,9 @@ pub fn run_experiment(
         });
         let mut result = measure_point(point, experiment.seed, &experiment.measure);
         if let Some(machine) = machine {
-            result.set_roofline(machine);
+            machine.fill_roofline(&mut result);
         }
-        let mut line = serde_json::to_string(&result).expect("a point result serialises");
-        line.push('\n');
-        log.write_all(line.as_bytes()).map_err(io(&log_path))?;
-        log.sync_data().map_err(io(&log_path))?;
+        log.append(&result)?;
         progress(Progress::Done {
             index,
             result: &result,
@@ -219,47 +134,6 @@ pub fn run_experiment(
         skipped: experiment.skipped.clone(),
         points,
     })
-}
-
-/// Reads a log of finished points. A torn last line (the run was killed while writing it) is
-/// cut off the file so that appending continues cleanly; any other bad line is an error.
-pub fn read_log(path: &Path) -> Result<Vec<PointResult>, RunError> {
-    let file = File::open(path).map_err(io(path))?;
-    let mut results = Vec::new();
-    let mut good_bytes = 0u64;
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(io(path))?;
-    let text_len = fs::metadata(path).map_err(io(path))?.len();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            good_bytes += line.len() as u64 + 1;
-            continue;
-        }
-        match serde_json::from_str::<PointResult>(line) {
-            Ok(r) => {
-                results.push(r);
-                good_bytes += line.len() as u64 + 1;
-            }
-            // A torn last line: the run was killed while writing it.
-            Err(_) if i + 1 == lines.len() => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io(path))?;
-                file.set_len(good_bytes.min(text_len)).map_err(io(path))?;
-            }
-            Err(e) => {
-                return Err(RunError::CorruptLog {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
-    Ok(results)
 }
 
 /// Measures one point in a rayon pool of its thread count. Never panics and never fails: a
@@ -316,33 +190,4 @@ pub fn measure_point(point: &Point, seed: u64, settings: &MeasureSettings) -> Po
         }
     }
     result
-}
-
-/// Writes `results.json` atomically.
-pub fn write_results_json(dir: &Path, results: &ResultsFile) -> Result<(), RunError> {
-    let path = dir.join(JSON_FILE);
-    let mut text = serde_json::to_string_pretty(results).expect("results serialise");
-    text.push('\n');
-    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io(&path))
-}
-
-/// Reads a `results.json`, refusing another format version before anything else (a newer
-/// file may not even parse as this one).
-pub fn read_results_json(path: &Path) -> Result<ResultsFile, RunError> {
-    /// Just the version, read first.
-    #[derive(serde::Deserialize)]
-    struct Format {
-        format: String,
-    }
-    const WHAT: &str = "an attnbench results file";
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    let Format { format } = parse_json(path, &text, WHAT)?;
-    if format != RESULTS_FORMAT {
-        return Err(RunError::UnknownFormat {
-            path: path.to_path_buf(),
-            found: format,
-            expected: RESULTS_FORMAT,
-        });
-    }
-    parse_json(path, &text, WHAT)
 }

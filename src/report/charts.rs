@@ -11,12 +11,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::rows::{RowKey, Varies, length_name, of_mode};
 use crate::config::{MlaPath, Mode, Variant};
-use crate::harness::{PointResult, ResultsFile};
+use crate::results::{PointResult, ResultsFile};
 
-/// The folder of a results directory that holds the charts.
-pub const CHARTS_DIR: &str = "charts";
-
-/// One chart a results set supports: its file name (in [`CHARTS_DIR`]) and title.
+/// One chart a results set supports: its file name (in
+/// [`ResultsDir::CHARTS_DIR`](crate::results::ResultsDir::CHARTS_DIR)) and title.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChartSpec {
     /// What it shows.
@@ -38,7 +36,7 @@ enum Kind {
 
 /// A point with a timing (failed points are in the tables, not in the charts).
 fn measured(p: &PointResult) -> bool {
-    p.error.is_none() && p.median_ns.is_some()
+    p.error.is_none() && p.step.median_ns.is_some()
 }
 
 fn distinct<T: Ord>(points: &[&PointResult], f: impl Fn(&PointResult) -> T) -> usize {
@@ -113,7 +111,7 @@ pub fn plan(results: &ResultsFile) -> Vec<ChartSpec> {
     for mode in [Mode::Prefill, Mode::Decode] {
         if measured_of(results, mode)
             .iter()
-            .any(|p| p.roofline_pct.is_some())
+            .any(|p| p.step.roofline_pct.is_some())
         {
             push(
                 Kind::Roofline(mode),
@@ -155,7 +153,7 @@ pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, String>
                 title: String::new(),
                 x_desc: length_desc(mode),
                 y_desc: "latency, ms (median)",
-                series: by_row(&points, |p| p.median_ns.map(|ns| ns / 1e6)),
+                series: by_row(&points, |p| p.step.median_ns.map(|ns| ns / 1e6)),
             };
             line_chart(&title, &[panel])
         }
@@ -178,7 +176,7 @@ pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, String>
                         title: format!("{mode}"),
                         x_desc: length_desc(mode),
                         y_desc: "latency, ms (median)",
-                        series: by_row(&points, |p| p.median_ns.map(|ns| ns / 1e6)),
+                        series: by_row(&points, |p| p.step.median_ns.map(|ns| ns / 1e6)),
                     })
                 })
                 .collect();
@@ -189,7 +187,7 @@ pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, String>
                 (
                     "latency",
                     "latency, ms (median)",
-                    (|p: &PointResult| p.median_ns.map(|ns| ns / 1e6)) as fn(&_) -> _,
+                    (|p: &PointResult| p.step.median_ns.map(|ns| ns / 1e6)) as fn(&_) -> _,
                 ),
                 ("KV cache", "KV cache, MiB (measured)", |p: &PointResult| {
                     p.kv_cache_bytes.map(mib)
@@ -549,8 +547,8 @@ fn roofline_chart(title: &str, points: &[&PointResult]) -> Result<String, String
             .collect()
     };
     let panels = [
-        ("step", bars(|p| p.roofline_pct)),
-        ("attention core alone", bars(|p| p.core_roofline_pct)),
+        ("step", bars(|p| p.step.roofline_pct)),
+        ("attention core alone", bars(|p| p.core.roofline_pct)),
     ];
     let labels: Vec<&String> = rows.values().collect();
     to_string(|svg| {

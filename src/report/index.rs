@@ -3,14 +3,9 @@
 
 use std::fmt::Write;
 
-use super::charts::{CHARTS_DIR, plan as chart_plan};
+use super::charts::plan as chart_plan;
 use super::tables::peaks;
-use super::{MACHINE_FILE, MARKDOWN_FILE};
-use crate::harness::ResultsFile;
-use crate::roofline::Machine;
-
-/// The index's file name in the folder.
-pub const INDEX_FILE: &str = "README.md";
+use crate::results::{Machine, ResultsDir, ResultsFile, ResultsFolder};
 
 /// A revision as people quote it: twelve hex digits, and `+dirty` if the sources had changes.
 fn short_revision(revision: &str) -> String {
@@ -32,6 +27,7 @@ pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) ->
     );
     out.push_str("| experiment | file | points | measured (UTC) | machine | attnbench at |\n");
     out.push_str("|---|---|---|---|---|---|\n");
+    let (markdown, charts_dir) = (ResultsDir::MARKDOWN_FILE, ResultsDir::CHARTS_DIR);
     for (name, results) in experiments {
         let env = &results.environment;
         let failed = results.points.iter().filter(|p| p.error.is_some()).count();
@@ -41,7 +37,7 @@ pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) ->
         };
         let _ = writeln!(
             out,
-            "| [{name}]({name}/{MARKDOWN_FILE}) | `{}` | {points} | {} | {}, {} cores | `{}` |",
+            "| [{name}]({name}/{markdown}) | `{}` | {points} | {} | {}, {} cores | `{}` |",
             results.experiment.file,
             env.date,
             env.cpu_model,
@@ -51,14 +47,14 @@ pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) ->
     }
     out.push('\n');
     for (name, results) in experiments {
-        let _ = writeln!(out, "## [{name}]({name}/{MARKDOWN_FILE})\n");
+        let _ = writeln!(out, "## [{name}]({name}/{markdown})\n");
         let description = results.experiment.description.trim();
         if !description.is_empty() {
             let _ = writeln!(out, "{description}\n");
         }
         let charts: Vec<String> = chart_plan(results)
             .iter()
-            .map(|c| format!("[{}]({name}/{CHARTS_DIR}/{})", c.title, c.file))
+            .map(|c| format!("[{}]({name}/{charts_dir}/{})", c.title, c.file))
             .collect();
         if !charts.is_empty() {
             let _ = writeln!(out, "Charts: {}.\n", charts.join(" · "));
@@ -67,11 +63,12 @@ pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) ->
     if let Some(m) = machine {
         let _ = writeln!(
             out,
-            "`{MACHINE_FILE}` is the calibration the runs used (`attnbench calibrate`, {} on {}, {} cores): {}.",
+            "`{machine_file}` is the calibration the runs used (`attnbench calibrate`, {} on {}, {} cores): {}.",
             m.environment.date,
             m.environment.cpu_model,
             m.environment.cores,
-            peaks(m)
+            peaks(m),
+            machine_file = ResultsFolder::MACHINE_FILE,
         );
     }
     out

@@ -14,36 +14,22 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use charts::{CHARTS_DIR, ChartSpec, plan as chart_plan};
+pub use charts::{ChartSpec, plan as chart_plan};
 pub use comparison::comparison_markdown;
-pub use index::{INDEX_FILE, index};
+pub use index::index;
 pub use tables::markdown;
 
-use crate::harness::{JSON_FILE, ResultsFile, RunError, read_results_json};
-use crate::roofline::{Machine, read_machine};
-
-/// The CSV file: one row per point, the columns of [`crate::harness::PointResult`].
-pub const CSV_FILE: &str = "results.csv";
-/// The Markdown tables.
-pub const MARKDOWN_FILE: &str = "results.md";
-/// The calibration file a results folder may hold beside the experiments.
-pub const MACHINE_FILE: &str = "machine.json";
+use crate::results::{ReadError, ResultsDir, ResultsFile, ResultsFolder, WriteError, write_file};
 
 /// What can stop a report.
 #[derive(Debug, Error)]
 pub enum ReportError {
     /// A results or calibration file is missing, unreadable, or not one.
     #[error(transparent)]
-    Read(#[from] RunError),
+    Read(#[from] ReadError),
     /// An output could not be written.
-    #[error("{path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] WriteError),
     /// The directory holds no results.
     #[error(
         "{0}: no results.json there nor in any directory inside it (give a results directory, or the folder of several)"
@@ -84,16 +70,16 @@ pub fn csv(results: &ResultsFile) -> String {
 pub fn render(results: &ResultsFile) -> Result<Vec<OutputFile>, ReportError> {
     let mut files = vec![
         OutputFile {
-            path: CSV_FILE.into(),
+            path: ResultsDir::CSV_FILE.into(),
             text: csv(results),
         },
         OutputFile {
-            path: MARKDOWN_FILE.into(),
+            path: ResultsDir::MARKDOWN_FILE.into(),
             text: markdown(results),
         },
     ];
     for spec in chart_plan(results) {
-        let path = Path::new(CHARTS_DIR).join(&spec.file);
+        let path = Path::new(ResultsDir::CHARTS_DIR).join(&spec.file);
         let text = charts::render(&spec, results).map_err(|message| ReportError::Chart {
             path: path.clone(),
             message,
@@ -108,32 +94,19 @@ pub fn render(results: &ResultsFile) -> Result<Vec<OutputFile>, ReportError> {
 /// report` write through here. Returns the files written.
 pub fn write_outputs(dir: &Path, results: &ResultsFile) -> Result<Vec<PathBuf>, ReportError> {
     let files = render(results)?;
-    write_rendered(dir, &files)
+    write_rendered(&ResultsDir::new(dir), &files)
 }
 
-fn write_rendered(dir: &Path, files: &[OutputFile]) -> Result<Vec<PathBuf>, ReportError> {
-    let charts = dir.join(CHARTS_DIR);
-    if let Ok(entries) = fs::read_dir(&charts) {
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            let stale = path.extension().is_some_and(|e| e == "svg")
-                && !files.iter().any(|f| dir.join(&f.path) == path);
-            if stale {
-                fs::remove_file(&path).map_err(|source| ReportError::Write {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
+fn write_rendered(dir: &ResultsDir, files: &[OutputFile]) -> Result<Vec<PathBuf>, ReportError> {
+    for path in dir.chart_files() {
+        if !files.iter().any(|f| dir.path().join(&f.path) == path) {
+            fs::remove_file(&path).map_err(WriteError::at(&path))?;
         }
     }
     let mut written = Vec::with_capacity(files.len());
     for file in files {
-        let path = dir.join(&file.path);
-        crate::fsutil::write_atomic(&path, file.text.as_bytes()).map_err(|source| {
-            ReportError::Write {
-                path: path.clone(),
-                source,
-            }
-        })?;
+        let path = dir.path().join(&file.path);
+        write_file(&path, file.text.as_bytes())?;
         written.push(path);
     }
     Ok(written)
@@ -150,45 +123,32 @@ pub struct Regenerated {
 
 /// `attnbench report DIR`: regenerates the tables and charts of a results directory (one
 /// holding `results.json`) from that file, or, given a folder of them (such as `results/`),
-/// of every directory inside it that holds one, and that folder's index ([`INDEX_FILE`]).
+/// of every directory inside it that holds one, and that folder's index
+/// ([`ResultsFolder::INDEX_FILE`]).
 /// Everything is read and drawn before the first file is written, so a missing or bad
 /// `results.json` leaves every file as it was.
 pub fn report(dir: &Path) -> Result<Regenerated, ReportError> {
-    let json = dir.join(JSON_FILE);
-    if json.exists() || !dir.is_dir() {
-        let results = read_results_json(&json)?;
-        let files = render(&results)?;
-        let written = write_rendered(dir, &files)?;
+    let single = ResultsDir::new(dir);
+    if single.json().exists() || !dir.is_dir() {
+        let files = render(&single.read_results()?)?;
+        let written = write_rendered(&single, &files)?;
         return Ok(Regenerated {
             dirs: vec![(dir.to_path_buf(), written)],
             index: None,
         });
     }
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(|source| RunError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(JSON_FILE).is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let folder = ResultsFolder::new(dir);
+    let names = folder.experiments()?;
     if names.is_empty() {
         return Err(ReportError::NoResults(dir.to_path_buf()));
     }
     let mut experiments = Vec::with_capacity(names.len());
     for name in names {
-        let results = read_results_json(&dir.join(&name).join(JSON_FILE))?;
+        let results = folder.dir(&name).read_results()?;
         let files = render(&results)?;
         experiments.push((name, results, files));
     }
-    let machine_path = dir.join(MACHINE_FILE);
-    let machine: Option<Machine> = if machine_path.exists() {
-        Some(read_machine(&machine_path)?)
-    } else {
-        None
-    };
+    let machine = folder.read_machine()?;
     let listed: Vec<(&str, &ResultsFile)> = experiments
         .iter()
         .map(|(name, results, _)| (name.as_str(), results))
@@ -197,17 +157,12 @@ pub fn report(dir: &Path) -> Result<Regenerated, ReportError> {
 
     let mut dirs = Vec::with_capacity(experiments.len());
     for (name, _, files) in &experiments {
-        let sub = dir.join(name);
+        let sub = folder.dir(name);
         let written = write_rendered(&sub, files)?;
-        dirs.push((sub, written));
+        dirs.push((sub.path().to_path_buf(), written));
     }
-    let index_path = dir.join(INDEX_FILE);
-    crate::fsutil::write_atomic(&index_path, index_text.as_bytes()).map_err(|source| {
-        ReportError::Write {
-            path: index_path.clone(),
-            source,
-        }
-    })?;
+    let index_path = folder.index();
+    write_file(&index_path, index_text.as_bytes())?;
     Ok(Regenerated {
         dirs,
         index: Some(index_path),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use crate::config::{Kernel, Mode, Variant};
-use crate::harness::PointResult;
+use crate::results::PointResult;
 
 /// Everything that identifies a point except its length and its variant's shape.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

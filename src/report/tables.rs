@@ -7,11 +7,10 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use super::charts::{CHARTS_DIR, plan as chart_plan};
+use super::charts::plan as chart_plan;
 use super::rows::{RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
 use crate::config::{Mode, Variant};
-use crate::harness::{PointResult, ResultsFile};
-use crate::roofline::Machine;
+use crate::results::{Machine, PointResult, ResultsDir, ResultsFile};
 
 /// The baseline of a point: MHA (or GQA with as many KV heads as query heads) at the same
 /// setting and length.
@@ -113,7 +112,7 @@ pub fn markdown(results: &ResultsFile) -> String {
         let _ = writeln!(out, "## {mode}\n");
         let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
         let _ = writeln!(out, "### {mode}: latency, ms (median ± MAD)\n");
-        let latency = |p: &PointResult| match (p.median_ns, p.mad_ns, &p.error) {
+        let latency = |p: &PointResult| match (p.step.median_ns, p.step.mad_ns, &p.error) {
             (_, _, Some(_)) => "error".to_string(),
             (Some(m), Some(d), None) => format!("{} ± {}", fmt_ms(m), fmt_ms(d)),
             _ => String::new(),
@@ -137,7 +136,7 @@ pub fn markdown(results: &ResultsFile) -> String {
             out,
             "### {mode}: attention core alone, ms (share of the step)\n"
         );
-        let core = |p: &PointResult| match (p.core_median_ns, p.core_share_pct) {
+        let core = |p: &PointResult| match (p.core.median_ns, p.core_share_pct) {
             (Some(c), Some(share)) => format!("{} ({share:.0}%)", fmt_ms(c)),
             _ => String::new(),
         };
@@ -146,12 +145,12 @@ pub fn markdown(results: &ResultsFile) -> String {
             "{}\n",
             table(&points, &varies, "variant", length_name, &core)
         );
-        if points.iter().any(|p| p.roofline_pct.is_some()) {
+        if points.iter().any(|p| p.step.roofline_pct.is_some()) {
             let _ = writeln!(
                 out,
                 "### {mode}: roofline, % of this machine's ideal time (step / core)\n\nIdeal = max(FLOPs / peak matmul FLOP/s, bytes / read bandwidth), from `attnbench calibrate`.\n"
             );
-            let roof = |p: &PointResult| match (p.roofline_pct, p.core_roofline_pct) {
+            let roof = |p: &PointResult| match (p.step.roofline_pct, p.core.roofline_pct) {
                 (Some(l), Some(c)) => format!("{l:.0}% / {c:.0}%"),
                 (Some(l), None) => format!("{l:.0}%"),
                 _ => String::new(),
@@ -170,16 +169,19 @@ pub fn markdown(results: &ResultsFile) -> String {
                 out,
                 "### {mode}: against MHA (speed-up ×, KV memory ratio)\n\nMHA's median time over the variant's, and the variant's KV bytes over MHA's, at the same setting and length.\n"
             );
-            let ratio =
-                |p: &PointResult| match (baseline(&points, p), p.median_ns, p.kv_cache_bytes) {
-                    (Some(b), Some(m), Some(kv)) => match (b.median_ns, b.kv_cache_bytes) {
-                        (Some(bm), Some(bkv)) => {
-                            format!("{:.2}× / {:.3}", bm / m, kv as f64 / bkv as f64)
-                        }
-                        _ => String::new(),
-                    },
+            let ratio = |p: &PointResult| match (
+                baseline(&points, p),
+                p.step.median_ns,
+                p.kv_cache_bytes,
+            ) {
+                (Some(b), Some(m), Some(kv)) => match (b.step.median_ns, b.kv_cache_bytes) {
+                    (Some(bm), Some(bkv)) => {
+                        format!("{:.2}× / {:.3}", bm / m, kv as f64 / bkv as f64)
+                    }
                     _ => String::new(),
-                };
+                },
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "{}\n",
@@ -193,7 +195,8 @@ pub fn markdown(results: &ResultsFile) -> String {
         for chart in charts {
             let _ = writeln!(
                 out,
-                "![{title}]({CHARTS_DIR}/{file})\n",
+                "![{title}]({charts}/{file})\n",
+                charts = ResultsDir::CHARTS_DIR,
                 title = chart.title,
                 file = chart.file
             );

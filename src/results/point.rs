@@ -1,20 +1,20 @@
-//! What a run records per point, and the results file.
+//! What a run records of one point.
 
 use serde::{Deserialize, Serialize};
 
-use super::environment::Environment;
-use super::measure::SampleStats;
+use super::summary::{SampleStats, Summary};
+use super::wire::PointWire;
 use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
 use crate::cost::{core_cost, step_cost};
-use crate::experiment::{Experiment, MeasureSettings, Point, Skipped};
-use crate::roofline::Machine;
-
-/// The `format` field of `results.json`.
-pub const RESULTS_FORMAT: &str = "attnbench-results/1";
+use crate::experiment::Point;
 
 /// One measured point: what was measured, the timing summary, the cost by formula, the
 /// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
+///
+/// On disk (`results.json`, `points.jsonl`, `results.csv`) it is one flat record, the
+/// `attnbench-results/1` format, in which the core's fields are prefixed `core_`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "PointWire", into = "PointWire")]
 pub struct PointResult {
     /// Unique key, e.g. `gqa/decode/ctx4096_h32_kv8_b1_t2`.
     pub key: String,
@@ -52,17 +52,9 @@ pub struct PointResult {
     pub threads: usize,
     /// The attention-core kernel (`naive` or `tiled`).
     pub kernel: Kernel,
-    /// Median step time.
-    pub median_ns: Option<f64>,
-    /// Median absolute deviation of the step times.
-    pub mad_ns: Option<f64>,
-    /// Fastest step.
-    pub min_ns: Option<f64>,
-    /// Slowest step.
-    pub max_ns: Option<f64>,
-    /// Timed samples.
-    pub samples: Option<usize>,
-    /// `batch · seq_len / median`.
+    /// The whole step: its timing summary, rates and roofline, over `flops` and `bytes`.
+    pub step: Summary,
+    /// `batch · seq_len / step median`.
     pub tokens_per_s: Option<f64>,
     /// Matmul FLOPs of the step: `projection_flops + attention_flops`.
     pub flops: u64,
@@ -70,36 +62,18 @@ pub struct PointResult {
     pub projection_flops: u64,
     /// Attention FLOPs over the visible (query, key) pairs.
     pub attention_flops: u64,
-    /// Minimum bytes moved: weights, KV read, KV appended, activations in and out (f32).
+    /// Minimum bytes the step moves: weights, KV read, KV appended, activations in and out
+    /// (f32).
     pub bytes: u64,
-    /// `flops / median`, in GFLOP/s.
-    pub gflops: Option<f64>,
-    /// `bytes / median`, in GB/s.
-    pub gbps: Option<f64>,
-    /// Ideal step time on this machine: `max(flops / peak_gflops, bytes / read_gbps)` at the
-    /// point's thread count, from the calibration (`attnbench calibrate`).
-    pub ideal_ns: Option<f64>,
-    /// `100 · ideal_ns / median_ns`: how close the step runs to this machine's roofline.
-    pub roofline_pct: Option<f64>,
-    /// Median time of the attention core alone (scores, softmax, weighted sum over the cache).
-    pub core_median_ns: Option<f64>,
-    /// Median absolute deviation of the core times.
-    pub core_mad_ns: Option<f64>,
-    /// Timed samples of the core.
-    pub core_samples: Option<usize>,
-    /// `100 · core_median_ns / median_ns`: the core's share of the step.
+    /// The attention core alone (scores, softmax, weighted sum over the cache), over
+    /// `attention_flops` and `core_bytes`. Its `min_ns` and `max_ns` stay `None`: the results
+    /// format records no extremes for the core.
+    pub core: Summary,
+    /// `100 · core median / step median`: the core's share of the step.
     pub core_share_pct: Option<f64>,
     /// Minimum bytes the core moves: keys and values read (MLA naive: the expanded ones),
     /// queries in, head outputs out.
     pub core_bytes: u64,
-    /// `attention_flops / core_median`, GFLOP/s.
-    pub core_gflops: Option<f64>,
-    /// `core_bytes / core_median`, GB/s.
-    pub core_gbps: Option<f64>,
-    /// Ideal core time: `max(attention_flops / peak_gflops, core_bytes / read_gbps)`.
-    pub core_ideal_ns: Option<f64>,
-    /// `100 · core_ideal_ns / core_median_ns`.
-    pub core_roofline_pct: Option<f64>,
     /// Peak heap the core allocates in one call (counting allocator, untimed run).
     pub core_peak_transient_bytes: Option<u64>,
     /// KV-cache bytes read from the cache's allocation.
@@ -153,29 +127,15 @@ impl PointResult {
             v_head_dim: mla.map(|c| c.v_head_dim),
             threads: point.threads,
             kernel: point.kernel,
-            median_ns: None,
-            mad_ns: None,
-            min_ns: None,
-            max_ns: None,
-            samples: None,
+            step: Summary::default(),
             tokens_per_s: None,
             flops: cost.flops(),
             projection_flops: cost.projection_flops,
             attention_flops: cost.attention_flops,
             bytes: cost.bytes,
-            gflops: None,
-            gbps: None,
-            ideal_ns: None,
-            roofline_pct: None,
-            core_median_ns: None,
-            core_mad_ns: None,
-            core_samples: None,
+            core: Summary::default(),
             core_share_pct: None,
             core_bytes: core.bytes,
-            core_gflops: None,
-            core_gbps: None,
-            core_ideal_ns: None,
-            core_roofline_pct: None,
             core_peak_transient_bytes: None,
             kv_cache_bytes: None,
             kv_cache_bytes_analytic: (point.batch
@@ -189,41 +149,21 @@ impl PointResult {
         }
     }
 
-    /// Fills in the timing summary and what derives from it.
+    /// Fills in the step's timing summary and what derives from it.
     pub fn set_timing(&mut self, stats: &SampleStats) {
         let seconds = stats.median_ns * 1e-9;
-        self.median_ns = Some(stats.median_ns);
-        self.mad_ns = Some(stats.mad_ns);
-        self.min_ns = Some(stats.min_ns);
-        self.max_ns = Some(stats.max_ns);
-        self.samples = Some(stats.samples);
+        self.step = Summary::measured(stats, self.flops, self.bytes);
         self.tokens_per_s = Some((self.batch * self.seq_len) as f64 / seconds);
-        self.gflops = Some(self.flops as f64 / stats.median_ns);
-        self.gbps = Some(self.bytes as f64 / stats.median_ns);
     }
 
     /// Fills in the core's timing summary and its share of the step.
     pub fn set_core_timing(&mut self, stats: &SampleStats) {
-        self.core_median_ns = Some(stats.median_ns);
-        self.core_mad_ns = Some(stats.mad_ns);
-        self.core_samples = Some(stats.samples);
-        self.core_gflops = Some(self.attention_flops as f64 / stats.median_ns);
-        self.core_gbps = Some(self.core_bytes as f64 / stats.median_ns);
-        self.core_share_pct = self.median_ns.map(|m| 100.0 * stats.median_ns / m);
-    }
-
-    /// Fills in the ideal times and roofline percentages from a calibration.
-    pub fn set_roofline(&mut self, machine: &Machine) {
-        self.ideal_ns = machine.ideal_ns(self.flops, self.bytes, self.threads);
-        self.roofline_pct = self
-            .ideal_ns
-            .zip(self.median_ns)
-            .map(|(i, m)| 100.0 * i / m);
-        self.core_ideal_ns = machine.ideal_ns(self.attention_flops, self.core_bytes, self.threads);
-        self.core_roofline_pct = self
-            .core_ideal_ns
-            .zip(self.core_median_ns)
-            .map(|(i, m)| 100.0 * i / m);
+        self.core = Summary {
+            min_ns: None,
+            max_ns: None,
+            ..Summary::measured(stats, self.attention_flops, self.core_bytes)
+        };
+        self.core_share_pct = self.step.median_ns.map(|m| 100.0 * stats.median_ns / m);
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.
@@ -239,57 +179,6 @@ impl PointResult {
         match self.mode {
             Mode::Prefill => self.seq_len,
             Mode::Decode => self.context,
-        }
-    }
-}
-
-/// What `results.json` says of the experiment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ExperimentRecord {
-    /// Name.
-    pub name: String,
-    /// Description from the file.
-    pub description: String,
-    /// The experiment file.
-    pub file: String,
-    /// Seed of weights and inputs.
-    pub seed: u64,
-    /// Sampling settings.
-    pub measure: MeasureSettings,
-    /// Points of the grid.
-    pub points_planned: usize,
-    /// Points taken from the log of an interrupted run instead of measured again.
-    pub points_resumed: usize,
-}
-
-/// `results.json`: the experiment, the environment, what was skipped, every point.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResultsFile {
-    /// Always [`RESULTS_FORMAT`].
-    pub format: String,
-    /// The experiment.
-    pub experiment: ExperimentRecord,
-    /// Where and how it ran.
-    pub environment: Environment,
-    /// The calibration the roofline columns use, if any.
-    pub machine: Option<Machine>,
-    /// Combinations of the grid not measured, with the reason.
-    pub skipped: Vec<Skipped>,
-    /// Every point, in grid order.
-    pub points: Vec<PointResult>,
-}
-
-impl ExperimentRecord {
-    /// The record of `experiment`, `resumed` of whose points came from a log.
-    pub fn new(experiment: &Experiment, resumed: usize) -> Self {
-        Self {
-            name: experiment.name.clone(),
-            description: experiment.description.clone(),
-            file: experiment.file.clone(),
-            seed: experiment.seed,
-            measure: experiment.measure.clone(),
-            points_planned: experiment.points.len(),
-            points_resumed: resumed,
         }
     }
 }

@@ -1,0 +1,84 @@
+//! What can go wrong reading or writing a results file: each error names the file.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// A results, log or calibration file could not be read as one.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// The file (or directory) could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file the tool wrote (results, calibration) does not parse as one.
+    #[error("{path}:{line}:{column}: not {what}: {message}")]
+    BadJson {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold, e.g. `an attnbench results file`.
+        what: &'static str,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// A results file of another format version than this build reads.
+    #[error("{path}: format `{found}`; this attnbench reads `{expected}`")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its `format` field.
+        found: String,
+        /// The one this build reads.
+        expected: &'static str,
+    },
+    /// The log holds a line that is not a point result (other than a torn last line).
+    #[error("{path}:{line}: not a point result: {message}")]
+    CorruptLog {
+        /// The log.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The parser's complaint.
+        message: String,
+    },
+}
+
+impl ReadError {
+    /// Wraps an I/O error reading `path`, e.g. `.map_err(ReadError::at(path))`.
+    pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A file or directory of results could not be written (or removed).
+#[derive(Debug, Error)]
+#[error("{path}: {source}")]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl WriteError {
+    /// Wraps an I/O error writing `path`, e.g. `.map_err(WriteError::at(path))`.
+    pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

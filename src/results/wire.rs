@@ -1,0 +1,187 @@
+//! A point's record as it is on disk: the flat `attnbench-results/1` row, the step's fields
+//! unprefixed, the core's prefixed `core_` (and without min and max). Field names and order
+//! are the format (JSON keys, CSV columns); the meaning of each is documented on
+//! [`PointResult`] and [`Summary`]. [`PointResult`] converts through this struct
+//! (`#[serde(from, into)]`), so the nested record writes exactly these fields.
+
+use serde::{Deserialize, Serialize};
+
+use super::point::PointResult;
+use super::summary::Summary;
+use crate::config::{Kernel, MlaPath, Mode, Variant};
+
+/// The flat row. A missing `Option` field reads as `None`, as it always has.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct PointWire {
+    key: String,
+    variant: Variant,
+    mla_path: Option<MlaPath>,
+    mode: Mode,
+    seq_len: usize,
+    context: usize,
+    batch: usize,
+    d_model: usize,
+    n_heads: usize,
+    n_kv_heads: Option<usize>,
+    head_dim: Option<usize>,
+    kv_lora_rank: Option<usize>,
+    q_lora_rank: Option<usize>,
+    qk_nope_head_dim: Option<usize>,
+    qk_rope_head_dim: Option<usize>,
+    v_head_dim: Option<usize>,
+    threads: usize,
+    kernel: Kernel,
+    median_ns: Option<f64>,
+    mad_ns: Option<f64>,
+    min_ns: Option<f64>,
+    max_ns: Option<f64>,
+    samples: Option<usize>,
+    tokens_per_s: Option<f64>,
+    flops: u64,
+    projection_flops: u64,
+    attention_flops: u64,
+    bytes: u64,
+    gflops: Option<f64>,
+    gbps: Option<f64>,
+    ideal_ns: Option<f64>,
+    roofline_pct: Option<f64>,
+    // The core has no min and max on disk.
+    core_median_ns: Option<f64>,
+    core_mad_ns: Option<f64>,
+    core_samples: Option<usize>,
+    core_share_pct: Option<f64>,
+    core_bytes: u64,
+    core_gflops: Option<f64>,
+    core_gbps: Option<f64>,
+    core_ideal_ns: Option<f64>,
+    core_roofline_pct: Option<f64>,
+    core_peak_transient_bytes: Option<u64>,
+    kv_cache_bytes: Option<u64>,
+    kv_cache_bytes_analytic: u64,
+    kv_cache_padding_bytes: Option<u64>,
+    kv_bytes_per_token: usize,
+    peak_transient_bytes: Option<u64>,
+    params: usize,
+    error: Option<String>,
+}
+
+impl From<PointWire> for PointResult {
+    fn from(w: PointWire) -> Self {
+        let step = Summary {
+            median_ns: w.median_ns,
+            mad_ns: w.mad_ns,
+            min_ns: w.min_ns,
+            max_ns: w.max_ns,
+            samples: w.samples,
+            gflops: w.gflops,
+            gbps: w.gbps,
+            ideal_ns: w.ideal_ns,
+            roofline_pct: w.roofline_pct,
+        };
+        let core = Summary {
+            median_ns: w.core_median_ns,
+            mad_ns: w.core_mad_ns,
+            min_ns: None,
+            max_ns: None,
+            samples: w.core_samples,
+            gflops: w.core_gflops,
+            gbps: w.core_gbps,
+            ideal_ns: w.core_ideal_ns,
+            roofline_pct: w.core_roofline_pct,
+        };
+        Self {
+            key: w.key,
+            variant: w.variant,
+            mla_path: w.mla_path,
+            mode: w.mode,
+            seq_len: w.seq_len,
+            context: w.context,
+            batch: w.batch,
+            d_model: w.d_model,
+            n_heads: w.n_heads,
+            n_kv_heads: w.n_kv_heads,
+            head_dim: w.head_dim,
+            kv_lora_rank: w.kv_lora_rank,
+            q_lora_rank: w.q_lora_rank,
+            qk_nope_head_dim: w.qk_nope_head_dim,
+            qk_rope_head_dim: w.qk_rope_head_dim,
+            v_head_dim: w.v_head_dim,
+            threads: w.threads,
+            kernel: w.kernel,
+            step,
+            tokens_per_s: w.tokens_per_s,
+            flops: w.flops,
+            projection_flops: w.projection_flops,
+            attention_flops: w.attention_flops,
+            bytes: w.bytes,
+            core,
+            core_share_pct: w.core_share_pct,
+            core_bytes: w.core_bytes,
+            core_peak_transient_bytes: w.core_peak_transient_bytes,
+            kv_cache_bytes: w.kv_cache_bytes,
+            kv_cache_bytes_analytic: w.kv_cache_bytes_analytic,
+            kv_cache_padding_bytes: w.kv_cache_padding_bytes,
+            kv_bytes_per_token: w.kv_bytes_per_token,
+            peak_transient_bytes: w.peak_transient_bytes,
+            params: w.params,
+            error: w.error,
+        }
+    }
+}
+
+impl From<PointResult> for PointWire {
+    fn from(p: PointResult) -> Self {
+        let (step, core) = (p.step, p.core);
+        Self {
+            key: p.key,
+            variant: p.variant,
+            mla_path: p.mla_path,
+            mode: p.mode,
+            seq_len: p.seq_len,
+            context: p.context,
+            batch: p.batch,
+            d_model: p.d_model,
+            n_heads: p.n_heads,
+            n_kv_heads: p.n_kv_heads,
+            head_dim: p.head_dim,
+            kv_lora_rank: p.kv_lora_rank,
+            q_lora_rank: p.q_lora_rank,
+            qk_nope_head_dim: p.qk_nope_head_dim,
+            qk_rope_head_dim: p.qk_rope_head_dim,
+            v_head_dim: p.v_head_dim,
+            threads: p.threads,
+            kernel: p.kernel,
+            median_ns: step.median_ns,
+            mad_ns: step.mad_ns,
+            min_ns: step.min_ns,
+            max_ns: step.max_ns,
+            samples: step.samples,
+            tokens_per_s: p.tokens_per_s,
+            flops: p.flops,
+            projection_flops: p.projection_flops,
+            attention_flops: p.attention_flops,
+            bytes: p.bytes,
+            gflops: step.gflops,
+            gbps: step.gbps,
+            ideal_ns: step.ideal_ns,
+            roofline_pct: step.roofline_pct,
+            core_median_ns: core.median_ns,
+            core_mad_ns: core.mad_ns,
+            core_samples: core.samples,
+            core_share_pct: p.core_share_pct,
+            core_bytes: p.core_bytes,
+            core_gflops: core.gflops,
+            core_gbps: core.gbps,
+            core_ideal_ns: core.ideal_ns,
+            core_roofline_pct: core.roofline_pct,
+            core_peak_transient_bytes: p.core_peak_transient_bytes,
+            kv_cache_bytes: p.kv_cache_bytes,
+            kv_cache_bytes_analytic: p.kv_cache_bytes_analytic,
+            kv_cache_padding_bytes: p.kv_cache_padding_bytes,
+            kv_bytes_per_token: p.kv_bytes_per_token,
+            peak_transient_bytes: p.peak_transient_bytes,
+            params: p.params,
+            error: p.error,
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! What a step costs by formula: matmul FLOPs, minimum bytes moved (DESIGN §3), and a memory
+//! What a step costs by formula: matmul FLOPs, minimum bytes moved (docs/design.md §3), and a memory
 //! estimate used to refuse points before anything is allocated. The roofline (`roofline.rs`,
 //! above this module) turns the FLOPs and bytes into an ideal time.
 

@@ -25,7 +25,7 @@ pub struct LayerInfo {
 }
 
 /// A full attention layer: projections, RoPE, causal attention over a KV cache, output
-/// projection (DESIGN §1).
+/// projection (docs/design.md §1).
 ///
 /// Activations are row-major, one row per token, sequences one after another: a batch of
 /// `batch` sequences of `seq_len` tokens is `(batch · seq_len, d_model)`, and `batch` is the
@@ -41,7 +41,7 @@ pub trait AttentionLayer: Send + Sync {
     /// The cache planes one sequence needs, in order.
     fn cache_planes(&self) -> Vec<PlaneSpec>;
 
-    /// The weights by their DESIGN names (`w_q`, `w_k`, ..., `kv_norm`), in export order.
+    /// The weights by their names in docs/design.md (`w_q`, `w_k`, ..., `kv_norm`), in export order.
     fn weights(&self) -> Vec<(&'static str, &Matrix)>;
 
     /// Runs `seq_len` new tokens per sequence through the layer, appending them to the cache.

@@ -1,4 +1,4 @@
-//! Deterministic weights and inputs from a seed (DESIGN §1): weights with variance `1 / d_in`,
+//! Deterministic weights and inputs from a seed (docs/design.md §1): weights with variance `1 / d_in`,
 //! RMSNorm scales near 1, inputs standard normal.
 //!
 //! The generator is written here (SplitMix64 and Box–Muller) rather than taken from `rand`, so

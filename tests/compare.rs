@@ -1,6 +1,6 @@
 //! `attnbench compare` end to end: two real runs of a tiny experiment compare without a gate
 //! failure, and synthetic edits of a results file give the verdicts, lists and exit codes the
-//! README promises. Real timings are never asserted to agree: that is for published runs.
+//! docs/compare.md promises. Real timings are never asserted to agree: that is for published runs.
 
 mod common;
 

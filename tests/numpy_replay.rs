@@ -1,4 +1,4 @@
-//! Exported cases replay in an independent NumPy implementation of DESIGN §1
+//! Exported cases replay in an independent NumPy implementation of docs/design.md §1
 //! (`tests/replay_case.py`) to a relative error below 1e-4.
 //!
 //! Needs `python3` with NumPy. Where they are missing the test says so and passes, unless

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Replays attnbench export cases (format attnbench-case/1) with an independent NumPy
-implementation of DESIGN.md section 1, in float64, and compares the outputs and the final cache.
+implementation of docs/design.md §1, in float64, and compares the outputs and the final cache.
 
 Usage: python3 replay_case.py CASE.json [CASE.json ...]
 Prints one line per case; exits 1 if any relative error (max |a - b| / max |b|) is >= 1e-4.

@@ -10,7 +10,7 @@ use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positi
 use crate::tensor::Matrix;
 use crate::weights::projection_weight;
 
-/// MHA, MQA or GQA (DESIGN §1): `Q = x·W_q`, `K = x·W_k`, `V = x·W_v`, RoPE on every query
+/// MHA, MQA or GQA (docs/design.md §1): `Q = x·W_q`, `K = x·W_k`, `V = x·W_v`, RoPE on every query
 /// and key head, causal attention with query head `h` reading KV head
 /// `h / (n_heads / n_kv_heads)`, `y = concat_h(o_h)·W_o`. The cache holds post-RoPE K and V.
 #[derive(Clone, Debug)]

@@ -28,7 +28,7 @@ enum QueryProjection {
     },
 }
 
-/// MLA as DESIGN §1 defines it. The cache holds one plane per sequence, `latent`, of width
+/// MLA as docs/design.md §1 defines it. The cache holds one plane per sequence, `latent`, of width
 /// `kv_lora_rank + qk_rope_head_dim`: each row is `[c_kv (after RMSNorm) | k_rope (after
 /// RoPE)]`, the same for every head. Keeping both in one row lets the absorbed path read the
 /// cache as a single MQA key of width `d_c + d_rope` whose first `d_c` columns are the value.

@@ -1,4 +1,4 @@
-//! Plain reference implementations for the tests: loops straight from DESIGN §1, f64
+//! Plain reference implementations for the tests: loops straight from docs/design.md §1, f64
 //! accumulation, no cache, no faer. Slow on purpose; only small shapes go through here. Kept
 //! under tests/ so that it is not part of the library's public API.
 

@@ -21,7 +21,7 @@ use attnbench::planner::{self, Alternatives, Dtype, ModelShape, Plan, PlanReques
 use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
 use attnbench::roofline::{CalibrationSize, Machine, calibrate, read_machine, write_machine};
 use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tabled::builder::Builder;
 use tabled::settings::Style;
@@ -216,28 +216,14 @@ struct RunArgs {
     machine: PathBuf,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum VariantArg {
-    Mha,
-    Mqa,
-    Gqa,
-    Mla,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum MlaPathArg {
-    Naive,
-    Absorbed,
-}
-
 #[derive(Debug, Args)]
 struct ExportArgs {
     /// Attention variant.
     #[arg(long, value_enum)]
-    variant: VariantArg,
+    variant: Variant,
     /// MLA execution path (MLA only).
     #[arg(long, value_enum, default_value = "absorbed")]
-    mla_path: MlaPathArg,
+    mla_path: MlaPath,
     /// Width of the residual stream.
     #[arg(long, default_value_t = 64)]
     d_model: usize,
@@ -285,36 +271,6 @@ struct ExportArgs {
     out: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DtypeArg {
-    F32,
-    F16,
-    Bf16,
-    Int8,
-}
-
-impl From<DtypeArg> for Dtype {
-    fn from(d: DtypeArg) -> Self {
-        match d {
-            DtypeArg::F32 => Dtype::F32,
-            DtypeArg::F16 => Dtype::F16,
-            DtypeArg::Bf16 => Dtype::Bf16,
-            DtypeArg::Int8 => Dtype::Int8,
-        }
-    }
-}
-
-impl From<VariantArg> for Variant {
-    fn from(v: VariantArg) -> Self {
-        match v {
-            VariantArg::Mha => Variant::Mha,
-            VariantArg::Mqa => Variant::Mqa,
-            VariantArg::Gqa => Variant::Gqa,
-            VariantArg::Mla => Variant::Mla,
-        }
-    }
-}
-
 // Not ExportArgs' fields: those default to a tiny layer for a small case file, while the planner
 // must not invent a model, so every shape field here is optional and comes from the preset
 // unless given.
@@ -330,7 +286,7 @@ struct KvArgs {
         conflicts_with = "preset",
         required_unless_present = "preset"
     )]
-    variant: Option<VariantArg>,
+    variant: Option<Variant>,
     /// Decoder layers (each caches its own KV) [default: the preset's].
     #[arg(long)]
     n_layers: Option<usize>,
@@ -370,7 +326,7 @@ struct KvArgs {
     batch: usize,
     /// Storage types, comma-separated [default: all four].
     #[arg(long, value_enum, value_delimiter = ',')]
-    dtype: Vec<DtypeArg>,
+    dtype: Vec<Dtype>,
     /// Memory budget for weights and cache, in GiB (2^30 bytes): adds the largest batch at
     /// --context and the largest context at --batch that fit.
     #[arg(long)]
@@ -386,17 +342,9 @@ struct KvArgs {
 
 impl ExportArgs {
     fn spec(&self) -> Result<LayerSpec> {
-        let variant = match self.variant {
-            VariantArg::Mha => Variant::Mha,
-            VariantArg::Mqa => Variant::Mqa,
-            VariantArg::Gqa => Variant::Gqa,
-            VariantArg::Mla => Variant::Mla,
-        };
+        let variant = self.variant;
         if variant == Variant::Mla {
-            let path = match self.mla_path {
-                MlaPathArg::Naive => MlaPath::Naive,
-                MlaPathArg::Absorbed => MlaPath::Absorbed,
-            };
+            let path = self.mla_path;
             return Ok(LayerSpec::Mla {
                 config: MlaConfig {
                     d_model: self.d_model,
@@ -574,7 +522,7 @@ impl KvArgs {
             .map_err(flag_error)?;
         let variant = match (&from_preset, self.variant) {
             (Some(m), _) => m.layer.variant(),
-            (None, Some(v)) => v.into(),
+            (None, Some(v)) => v,
             (None, None) => bail!("--variant or --preset is required"),
         };
         // A flag, else the preset's value, else an error naming the flag.
@@ -689,7 +637,7 @@ fn kv(args: &KvArgs) -> Result<()> {
     let dtypes = if args.dtype.is_empty() {
         Dtype::ALL.to_vec()
     } else {
-        let mut dtypes: Vec<Dtype> = args.dtype.iter().map(|&d| d.into()).collect();
+        let mut dtypes = args.dtype.clone();
         dtypes.dedup();
         dtypes
     };

@@ -4,11 +4,15 @@
 //! `n_kv_heads` = `num_key_value_heads`, `kv_lora_rank`, ...), so a user can copy numbers from a
 //! model card or a `config.json`.
 
+mod names;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use names::{Named, UnknownName};
+pub(crate) use names::{clap_value_enum, named_enum};
 
 /// Largest accepted value for any one dimension. Far above every real model (DeepSeek-V3's
 /// largest is 18432 wide) and small enough that products of a few of them cannot overflow.
@@ -34,26 +38,13 @@ pub enum Variant {
     Mla,
 }
 
-impl Variant {
-    /// All variants, in table order.
-    pub const ALL: [Variant; 4] = [Variant::Mha, Variant::Mqa, Variant::Gqa, Variant::Mla];
-
-    /// The lowercase name used in files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Variant::Mha => "mha",
-            Variant::Mqa => "mqa",
-            Variant::Gqa => "gqa",
-            Variant::Mla => "mla",
-        }
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(Variant, "a variant", {
+    Mha => "mha",
+    Mqa => "mqa",
+    Gqa => "gqa",
+    Mla => "mla",
+});
+clap_value_enum!(Variant);
 
 /// The two execution paths of MLA over the same weights and the same latent cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,24 +56,11 @@ pub enum MlaPath {
     Absorbed,
 }
 
-impl MlaPath {
-    /// Both paths.
-    pub const ALL: [MlaPath; 2] = [MlaPath::Naive, MlaPath::Absorbed];
-
-    /// The lowercase name used in files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            MlaPath::Naive => "naive",
-            MlaPath::Absorbed => "absorbed",
-        }
-    }
-}
-
-impl fmt::Display for MlaPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(MlaPath, "an MLA path", {
+    Naive => "naive",
+    Absorbed => "absorbed",
+});
+clap_value_enum!(MlaPath);
 
 /// Which attention-core kernel a layer runs.
 #[derive(
@@ -99,21 +77,10 @@ pub enum Kernel {
     Tiled,
 }
 
-impl Kernel {
-    /// The lowercase name used in files and tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Naive => "naive",
-            Kernel::Tiled => "tiled",
-        }
-    }
-}
-
-impl fmt::Display for Kernel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(Kernel, "a kernel", {
+    Naive => "naive",
+    Tiled => "tiled",
+});
 
 /// What a step does (DESIGN §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,21 +92,10 @@ pub enum Mode {
     Decode,
 }
 
-impl Mode {
-    /// The lowercase name used in files and tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Prefill => "prefill",
-            Mode::Decode => "decode",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(Mode, "a mode", {
+    Prefill => "prefill",
+    Decode => "decode",
+});
 
 /// Shape of an MHA, GQA or MQA layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

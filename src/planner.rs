@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::{
     DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MAX_DIMENSION, MlaConfig,
-    MlaPath, Variant,
+    MlaPath, Variant, clap_value_enum, named_enum,
 };
 use crate::error::{Error, Result};
 use crate::experiment::Preset;
@@ -45,10 +45,15 @@ pub enum Dtype {
     Int8,
 }
 
-impl Dtype {
-    /// All four, widest first.
-    pub const ALL: [Dtype; 4] = [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Int8];
+named_enum!(Dtype, "a storage type", {
+    F32 => "f32",
+    F16 => "f16",
+    Bf16 => "bf16",
+    Int8 => "int8",
+});
+clap_value_enum!(Dtype);
 
+impl Dtype {
     /// Bytes per stored value.
     pub fn bytes(self) -> u64 {
         match self {
@@ -56,22 +61,6 @@ impl Dtype {
             Dtype::F16 | Dtype::Bf16 => 2,
             Dtype::Int8 => 1,
         }
-    }
-
-    /// The lowercase name used on the command line and in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-            Dtype::Int8 => "int8",
-        }
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

@@ -9,7 +9,7 @@ use attnbench::compare::{
     Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
     compare, load_results,
 };
-use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, gib_to_bytes};
 use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
@@ -779,9 +779,12 @@ fn export(args: &ExportArgs) -> Result<()> {
 
 /// The memory limit: the flag, else half of this machine's memory (8 GiB if unknown).
 fn memory_limit(flag_gib: Option<f64>) -> Result<u64> {
-    match flag_gib {
-        Some(gib) if gib.is_finite() && gib > 0.0 => Ok((gib * (1u64 << 30) as f64) as u64),
-        Some(gib) => bail!("--memory-limit-gib {gib} is not a positive number"),
+    match flag_gib.map(|gib| (gib, gib_to_bytes(gib))) {
+        Some((_, Ok(bytes))) => Ok(bytes),
+        Some((gib, Err(GibError::NotPositive))) => {
+            bail!("--memory-limit-gib {gib} is not a positive number")
+        }
+        Some((gib, Err(e))) => bail!("--memory-limit-gib {gib}: {e}"),
         None => Ok(total_memory_bytes().map_or(8 << 30, |m| m / 2)),
     }
 }

@@ -24,6 +24,37 @@ pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
 /// Default RMSNorm epsilon of the DeepSeek configs.
 pub const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
 
+/// Bytes in one GiB (2^30): memory limits and budgets are given in GiB.
+pub const BYTES_PER_GIB: u64 = 1 << 30;
+
+/// Why a number of GiB is not a memory size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GibError {
+    /// Zero, negative, infinite or NaN.
+    #[error("must be a positive finite number")]
+    NotPositive,
+    /// So large that its bytes do not fit in a `u64`.
+    #[error("must be below 2^64 bytes (16 EiB)")]
+    TooLarge,
+}
+
+/// `gib` GiB in bytes, rounded down: the one conversion of the memory limit and the budget.
+///
+/// # Errors
+/// [`GibError::NotPositive`] unless `gib` is positive and finite; [`GibError::TooLarge`] if
+/// the bytes would not fit in a `u64` (a float-to-int cast would saturate silently).
+pub fn gib_to_bytes(gib: f64) -> std::result::Result<u64, GibError> {
+    if !(gib.is_finite() && gib > 0.0) {
+        return Err(GibError::NotPositive);
+    }
+    let bytes = gib * BYTES_PER_GIB as f64;
+    // u64::MAX rounds up to 2^64 as an f64, so this refuses exactly the sizes of 2^64 and up.
+    if bytes >= u64::MAX as f64 {
+        return Err(GibError::TooLarge);
+    }
+    Ok(bytes as u64)
+}
+
 /// The attention variants attnbench compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -368,4 +399,26 @@ fn positive_finite(field: &'static str, value: f64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gib_to_bytes_refuses_what_is_not_a_memory_size() {
+        assert_eq!(gib_to_bytes(1.0), Ok(1 << 30));
+        assert_eq!(gib_to_bytes(0.5), Ok(1 << 29));
+        assert_eq!(gib_to_bytes(24.0), Ok(24 << 30));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(gib_to_bytes(bad), Err(GibError::NotPositive), "{bad}");
+        }
+        // 2^34 GiB is 2^64 bytes: one past u64::MAX.
+        assert_eq!(gib_to_bytes(2f64.powi(34)), Err(GibError::TooLarge));
+        assert_eq!(gib_to_bytes(1e30), Err(GibError::TooLarge));
+        assert_eq!(gib_to_bytes(f64::MAX), Err(GibError::TooLarge));
+        // Just below 2^64 bytes still converts.
+        let below = 2f64.powi(34) * (1.0 - f64::EPSILON);
+        assert!(gib_to_bytes(below).unwrap() > u64::MAX / 2);
+    }
 }

@@ -17,8 +17,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MAX_DIMENSION, MlaConfig,
-    MlaPath, Variant, clap_value_enum, named_enum,
+    BYTES_PER_GIB, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec,
+    MAX_DIMENSION, MlaConfig, MlaPath, Variant, clap_value_enum, gib_to_bytes, named_enum,
 };
 use crate::error::{Error, Result};
 use crate::experiment::Preset;
@@ -28,8 +28,6 @@ pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
 
 /// Most KV heads a hypothetical GQA row gets by default: Llama 2 70B, Llama 3 and Mistral use 8.
 pub const DEFAULT_GQA_MAX_KV_HEADS: usize = 8;
-
-const GIB: f64 = (1u64 << 30) as f64;
 
 /// How the cache stores one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -339,7 +337,11 @@ pub fn human_bytes(bytes: u64) -> String {
     } else if bytes < 1 << 30 {
         format!("{:.1} MiB", b / (1u64 << 20) as f64)
     } else {
-        format!("{:.0} MiB ({:.2} GiB)", b / (1u64 << 20) as f64, b / GIB)
+        format!(
+            "{:.0} MiB ({:.2} GiB)",
+            b / (1u64 << 20) as f64,
+            b / BYTES_PER_GIB as f64
+        )
     }
 }
 
@@ -702,22 +704,7 @@ fn variant_shapes(model: &ModelShape, alt: &Alternatives) -> Result<(Vec<RowShap
 }
 
 fn budget_bytes(gib: f64) -> Result<u64> {
-    if !(gib.is_finite() && gib > 0.0) {
-        return Err(invalid(
-            "budget_gib",
-            gib,
-            "must be a positive finite number".into(),
-        ));
-    }
-    let bytes = gib * GIB;
-    if bytes >= u64::MAX as f64 {
-        return Err(invalid(
-            "budget_gib",
-            gib,
-            "must be below 2^64 bytes (16 EiB)".into(),
-        ));
-    }
-    Ok(bytes as u64)
+    gib_to_bytes(gib).map_err(|e| invalid("budget_gib", gib, e.to_string()))
 }
 
 fn checked(a: u64, b: u64, field: &'static str, value: usize) -> Result<u64> {

@@ -18,8 +18,8 @@ pub use error::ExperimentError;
 pub use presets::{PRESETS_TOML, Preset, preset, presets};
 
 use crate::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, Kernel, LayerSpec, MlaConfig, MlaPath,
-    Mode, Variant,
+    BYTES_PER_GIB, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, GroupedConfig, Kernel,
+    LayerSpec, MlaConfig, MlaPath, Mode, Variant, gib_to_bytes,
 };
 use crate::error::Error;
 use error::{at_span, key_at, line_column};
@@ -828,14 +828,13 @@ impl Builder<'_> {
         }
         if let Some(limit) = &m.memory_limit_gib {
             let gib = *limit.get_ref();
-            if !(gib.is_finite() && gib > 0.0) {
-                return Err(self.error(
-                    limit.span(),
-                    "measure.memory_limit_gib",
-                    format!("{gib} is not a positive number of GiB"),
-                ));
-            }
-            settings.memory_limit_bytes = (gib * (1u64 << 30) as f64) as u64;
+            settings.memory_limit_bytes = gib_to_bytes(gib).map_err(|e| {
+                let message = match e {
+                    GibError::NotPositive => format!("{gib} is not a positive number of GiB"),
+                    GibError::TooLarge => format!("{gib} GiB {e}"),
+                };
+                self.error(limit.span(), "measure.memory_limit_gib", message)
+            })?;
         }
         Ok(settings)
     }
@@ -859,5 +858,5 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
 
 /// Bytes as GiB with two decimals.
 pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    format!("{:.2} GiB", bytes as f64 / BYTES_PER_GIB as f64)
 }

@@ -128,6 +128,55 @@ named_enum!(Mode, "a mode", {
     Decode => "decode",
 });
 
+/// A shape field of a layer, or of a whole model (`n_layers`, `params`), by its name in the
+/// Hugging Face configs, the `[model]` table of an experiment file and (with `-` for `_`) the
+/// command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModelField {
+    /// `d_model` (`hidden_size`).
+    DModel,
+    /// `n_heads` (`num_attention_heads`).
+    NHeads,
+    /// `n_kv_heads` (`num_key_value_heads`).
+    NKvHeads,
+    /// `head_dim`.
+    HeadDim,
+    /// `rope_theta`.
+    RopeTheta,
+    /// `kv_lora_rank` (MLA).
+    KvLoraRank,
+    /// `q_lora_rank` (MLA).
+    QLoraRank,
+    /// `qk_nope_head_dim` (MLA).
+    QkNopeHeadDim,
+    /// `qk_rope_head_dim` (MLA).
+    QkRopeHeadDim,
+    /// `v_head_dim` (MLA).
+    VHeadDim,
+    /// `rms_norm_eps` (MLA).
+    RmsNormEps,
+    /// `n_layers` (`num_hidden_layers`), of a whole model.
+    NLayers,
+    /// `params`, the parameters of a whole model.
+    Params,
+}
+
+named_enum!(ModelField, "a model field", {
+    DModel => "d_model",
+    NHeads => "n_heads",
+    NKvHeads => "n_kv_heads",
+    HeadDim => "head_dim",
+    RopeTheta => "rope_theta",
+    KvLoraRank => "kv_lora_rank",
+    QLoraRank => "q_lora_rank",
+    QkNopeHeadDim => "qk_nope_head_dim",
+    QkRopeHeadDim => "qk_rope_head_dim",
+    VHeadDim => "v_head_dim",
+    RmsNormEps => "rms_norm_eps",
+    NLayers => "n_layers",
+    Params => "params",
+});
+
 /// Shape of an MHA, GQA or MQA layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupedConfig {
@@ -146,22 +195,22 @@ pub struct GroupedConfig {
 impl GroupedConfig {
     /// Checks the shape for `variant` (MHA needs `n_kv_heads == n_heads`, MQA needs 1).
     pub fn validate(&self, variant: Variant) -> Result<()> {
-        dimension("d_model", self.d_model)?;
-        dimension("n_heads", self.n_heads)?;
-        dimension("n_kv_heads", self.n_kv_heads)?;
-        dimension("head_dim", self.head_dim)?;
-        even("head_dim", self.head_dim)?;
-        positive_finite("rope_theta", self.rope_theta)?;
+        dimension(ModelField::DModel, self.d_model)?;
+        dimension(ModelField::NHeads, self.n_heads)?;
+        dimension(ModelField::NKvHeads, self.n_kv_heads)?;
+        dimension(ModelField::HeadDim, self.head_dim)?;
+        even(ModelField::HeadDim, self.head_dim)?;
+        positive_finite(ModelField::RopeTheta, self.rope_theta)?;
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(invalid(
-                "n_kv_heads",
+                ModelField::NKvHeads.name(),
                 self.n_kv_heads,
                 format!("must divide n_heads = {}", self.n_heads),
             ));
         }
         match variant {
             Variant::Mha if self.n_kv_heads != self.n_heads => Err(invalid(
-                "n_kv_heads",
+                ModelField::NKvHeads.name(),
                 self.n_kv_heads,
                 format!(
                     "MHA has one KV head per query head: must equal n_heads = {}",
@@ -169,7 +218,7 @@ impl GroupedConfig {
                 ),
             )),
             Variant::Mqa if self.n_kv_heads != 1 => Err(invalid(
-                "n_kv_heads",
+                ModelField::NKvHeads.name(),
                 self.n_kv_heads,
                 "MQA has a single KV head: must be 1".to_string(),
             )),
@@ -223,25 +272,25 @@ pub struct MlaConfig {
 impl MlaConfig {
     /// Checks every size (non-zero, even rope width) and the norm epsilon.
     pub fn validate(&self) -> Result<()> {
-        dimension("d_model", self.d_model)?;
-        dimension("n_heads", self.n_heads)?;
-        dimension("kv_lora_rank", self.kv_lora_rank)?;
+        dimension(ModelField::DModel, self.d_model)?;
+        dimension(ModelField::NHeads, self.n_heads)?;
+        dimension(ModelField::KvLoraRank, self.kv_lora_rank)?;
         if let Some(rank) = self.q_lora_rank {
             if rank == 0 {
                 return Err(invalid(
-                    "q_lora_rank",
+                    ModelField::QLoraRank.name(),
                     rank,
                     "must be at least 1; leave it out for no query compression".to_string(),
                 ));
             }
-            dimension("q_lora_rank", rank)?;
+            dimension(ModelField::QLoraRank, rank)?;
         }
-        dimension("qk_nope_head_dim", self.qk_nope_head_dim)?;
-        dimension("qk_rope_head_dim", self.qk_rope_head_dim)?;
-        even("qk_rope_head_dim", self.qk_rope_head_dim)?;
-        dimension("v_head_dim", self.v_head_dim)?;
-        positive_finite("rope_theta", self.rope_theta)?;
-        positive_finite("rms_norm_eps", self.rms_norm_eps)?;
+        dimension(ModelField::QkNopeHeadDim, self.qk_nope_head_dim)?;
+        dimension(ModelField::QkRopeHeadDim, self.qk_rope_head_dim)?;
+        even(ModelField::QkRopeHeadDim, self.qk_rope_head_dim)?;
+        dimension(ModelField::VHeadDim, self.v_head_dim)?;
+        positive_finite(ModelField::RopeTheta, self.rope_theta)?;
+        positive_finite(ModelField::RmsNormEps, self.rms_norm_eps)?;
         Ok(())
     }
 
@@ -365,13 +414,17 @@ fn invalid(field: &'static str, value: impl fmt::Display, reason: String) -> Err
     }
 }
 
-fn dimension(field: &'static str, value: usize) -> Result<()> {
+fn dimension(field: ModelField, value: usize) -> Result<()> {
     if value == 0 {
-        return Err(invalid(field, value, "must be at least 1".to_string()));
+        return Err(invalid(
+            field.name(),
+            value,
+            "must be at least 1".to_string(),
+        ));
     }
     if value > MAX_DIMENSION {
         return Err(invalid(
-            field,
+            field.name(),
             value,
             format!("must be at most {MAX_DIMENSION}"),
         ));
@@ -379,10 +432,10 @@ fn dimension(field: &'static str, value: usize) -> Result<()> {
     Ok(())
 }
 
-fn even(field: &'static str, value: usize) -> Result<()> {
+fn even(field: ModelField, value: usize) -> Result<()> {
     if !value.is_multiple_of(2) {
         return Err(invalid(
-            field,
+            field.name(),
             value,
             "must be even: RoPE rotates pairs of values".to_string(),
         ));
@@ -390,10 +443,10 @@ fn even(field: &'static str, value: usize) -> Result<()> {
     Ok(())
 }
 
-fn positive_finite(field: &'static str, value: f64) -> Result<()> {
+fn positive_finite(field: ModelField, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
         return Err(invalid(
-            field,
+            field.name(),
             value,
             "must be a positive finite number".to_string(),
         ));

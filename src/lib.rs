@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
 pub mod planner;
+pub mod presets;
 pub mod reference;
 pub mod report;
 pub mod roofline;

@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use crate::config::{
     BYTES_PER_GIB, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec,
-    MAX_DIMENSION, MlaConfig, MlaPath, Variant, clap_value_enum, gib_to_bytes, named_enum,
+    MAX_DIMENSION, MlaConfig, MlaPath, ModelField, Variant, clap_value_enum, gib_to_bytes,
+    named_enum,
 };
 use crate::error::{Error, Result};
-use crate::experiment::Preset;
+use crate::presets::{MissingField, ModelFields, Preset};
 
 /// Format tag of the planner's JSON.
 pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
@@ -83,48 +84,95 @@ impl ModelShape {
     /// # Errors
     /// [`Error::InvalidConfig`] if an MLA preset lacks one of its latent widths.
     pub fn from_preset(p: &Preset) -> Result<Self> {
-        let layer = match p.variant {
-            Variant::Mla => {
-                let need = |field: &'static str, v: Option<usize>| {
-                    v.ok_or_else(|| Error::InvalidConfig {
-                        field,
-                        value: "absent".into(),
-                        reason: format!("preset `{}` is MLA and needs it", p.name),
-                    })
-                };
-                LayerSpec::Mla {
-                    config: MlaConfig {
-                        d_model: p.d_model,
-                        n_heads: p.n_heads,
-                        kv_lora_rank: need("kv_lora_rank", p.kv_lora_rank)?,
-                        q_lora_rank: p.q_lora_rank,
-                        qk_nope_head_dim: need("qk_nope_head_dim", p.qk_nope_head_dim)?,
-                        qk_rope_head_dim: need("qk_rope_head_dim", p.qk_rope_head_dim)?,
-                        v_head_dim: need("v_head_dim", p.v_head_dim)?,
-                        rope_theta: p.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
-                        rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-                    },
-                    path: MlaPath::Absorbed,
-                }
-            }
-            variant => LayerSpec::Grouped {
-                variant,
-                config: GroupedConfig {
-                    d_model: p.d_model,
-                    n_heads: p.n_heads,
-                    n_kv_heads: p.n_kv_heads,
-                    head_dim: p.head_dim,
-                    rope_theta: p.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
-                },
+        Self::from_fields(p.name.clone(), p.variant, &ModelFields::of_preset(p)).map_err(
+            |MissingField(field)| Error::InvalidConfig {
+                field: field.name(),
+                value: "absent".into(),
+                reason: format!("preset `{}` is MLA and needs it", p.name),
             },
-        };
+        )
+    }
+
+    /// A model of `variant` called `name` from its fields; an MLA layer takes the absorbed
+    /// path (the path does not change the cache).
+    ///
+    /// # Errors
+    /// [`MissingField`]: `n_layers`, then whatever [`ModelFields::layer`] misses.
+    pub fn from_fields(
+        name: String,
+        variant: Variant,
+        fields: &ModelFields,
+    ) -> Result<Self, MissingField> {
         Ok(Self {
-            name: p.name.clone(),
-            n_layers: p.n_layers,
-            layer,
-            params: p.params,
+            name,
+            n_layers: fields.n_layers.ok_or(MissingField(ModelField::NLayers))?,
+            layer: fields.layer(variant, MlaPath::Absorbed)?,
+            params: fields.params,
         })
     }
+
+    /// The model `kv` plans: the preset's fields (if any) with `overrides` over them, as a
+    /// model of `variant` (a preset's own). An MHA or MQA model's `n_kv_heads` follows from
+    /// `n_heads` unless overridden. Named after the preset, `NAME (modified)` when the
+    /// overrides change its layer or its layer count, `custom` without a preset.
+    ///
+    /// # Errors
+    /// [`ModelError::Missing`] for `n_layers` or `n_heads`, then
+    /// [`ModelError::NotApplicable`] for an override the variant has no use for (`n_kv_heads`
+    /// or `head_dim` of MLA, `qk_nope_head_dim` or `v_head_dim` of the others), then
+    /// [`ModelError::Missing`] for the layer's other fields.
+    pub fn resolve(
+        preset: Option<&Preset>,
+        variant: Variant,
+        overrides: &ModelFields,
+    ) -> std::result::Result<Self, ModelError> {
+        let mut fields = preset.map(ModelFields::of_preset).unwrap_or_default();
+        if matches!(variant, Variant::Mha | Variant::Mqa) {
+            fields.n_kv_heads = None;
+        }
+        fields.overlay(overrides);
+        for field in [ModelField::NLayers, ModelField::NHeads] {
+            if !fields.is_set(field) {
+                return Err(ModelError::Missing(field));
+            }
+        }
+        let foreign = match variant {
+            Variant::Mla => [ModelField::NKvHeads, ModelField::HeadDim],
+            _ => [ModelField::QkNopeHeadDim, ModelField::VHeadDim],
+        };
+        if let Some(field) = foreign.into_iter().find(|&f| overrides.is_set(f)) {
+            return Err(ModelError::NotApplicable { field, variant });
+        }
+        let mut model = Self::from_fields(String::new(), variant, &fields)
+            .map_err(|MissingField(field)| ModelError::Missing(field))?;
+        model.name = match preset {
+            Some(p)
+                if Self::from_preset(p)
+                    .is_ok_and(|m| m.layer == model.layer && m.n_layers == model.n_layers) =>
+            {
+                p.name.clone()
+            }
+            Some(p) => format!("{} (modified)", p.name),
+            None => "custom".to_string(),
+        };
+        Ok(model)
+    }
+}
+
+/// Why [`ModelShape::resolve`] has no model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// A field the model needs, given neither by the preset nor by an override.
+    #[error("missing field `{0}`")]
+    Missing(ModelField),
+    /// An override of a field the model's variant does not have.
+    #[error("`{field}` does not describe a {variant} model")]
+    NotApplicable {
+        /// The field.
+        field: ModelField,
+        /// The model's variant.
+        variant: Variant,
+    },
 }
 
 /// Choices for the hypothetical rows; `None` takes the documented default.

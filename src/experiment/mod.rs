@@ -3,10 +3,9 @@
 //! grid of points. Nothing runs until the whole file has passed.
 
 mod error;
-mod presets;
 mod wire;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -14,14 +13,14 @@ use std::time::Duration;
 use serde::Serialize;
 use toml::Spanned;
 
+pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
-pub use presets::{PRESETS_TOML, Preset, preset, presets};
 
 use crate::config::{
-    BYTES_PER_GIB, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, GroupedConfig, Kernel,
-    LayerSpec, MlaConfig, MlaPath, Mode, Variant, gib_to_bytes,
+    BYTES_PER_GIB, GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes,
 };
 use crate::error::Error;
+use crate::presets::{MissingField, ModelFields, preset_names};
 use error::{at_span, key_at, line_column};
 use wire::{ExperimentWire, ModelWire};
 
@@ -182,33 +181,23 @@ pub fn parse_experiment(
     Builder { text, file }.build(wire, default_name, memory_limit_default)
 }
 
-/// A value and where it was written (a span of the file, or of the preset's name).
-#[derive(Clone, Debug)]
-struct Sourced<T> {
-    value: T,
-    span: Range<usize>,
-    key: String,
-}
-
 struct Builder<'a> {
     text: &'a str,
     file: &'a str,
 }
 
-/// The base layer's fields after the preset and the overrides.
-#[derive(Default)]
+/// Where a field of the base layer was written: a span of the file (a `[model]` key, or the
+/// preset's name) and the key to name in errors.
+#[derive(Clone, Debug)]
+struct Source {
+    span: Range<usize>,
+    key: String,
+}
+
+/// The base layer's fields after the preset and the overrides, and where each came from.
 struct Base {
-    d_model: Option<Sourced<usize>>,
-    n_heads: Option<Sourced<usize>>,
-    n_kv_heads: Option<Sourced<usize>>,
-    head_dim: Option<Sourced<usize>>,
-    rope_theta: Option<Sourced<f64>>,
-    kv_lora_rank: Option<Sourced<usize>>,
-    q_lora_rank: Option<Sourced<usize>>,
-    qk_nope_head_dim: Option<Sourced<usize>>,
-    qk_rope_head_dim: Option<Sourced<usize>>,
-    v_head_dim: Option<Sourced<usize>>,
-    rms_norm_eps: Option<Sourced<f64>>,
+    fields: ModelFields,
+    sources: BTreeMap<ModelField, Source>,
 }
 
 impl Builder<'_> {
@@ -218,71 +207,38 @@ impl Builder<'_> {
 
     fn base(&self, model: &Spanned<ModelWire>) -> Result<Base, ExperimentError> {
         let m = model.get_ref();
-        let mut base = Base::default();
+        let mut base = Base {
+            fields: ModelFields::default(),
+            sources: BTreeMap::new(),
+        };
         if let Some(name) = &m.preset {
             let p = preset(name.get_ref()).ok_or_else(|| {
-                let known: Vec<String> = presets().into_iter().map(|p| p.name).collect();
                 self.error(
                     name.span(),
                     "model.preset",
                     format!(
                         "unknown preset `{}`; known: {}",
                         name.get_ref(),
-                        known.join(", ")
+                        preset_names()
                     ),
                 )
             })?;
-            let from = |value, key: &str| {
-                Some(Sourced {
-                    value,
-                    span: name.span(),
-                    key: format!("model.preset ({} {key})", p.name),
-                })
-            };
-            base.d_model = from(p.d_model, "d_model");
-            base.n_heads = from(p.n_heads, "n_heads");
-            base.n_kv_heads = from(p.n_kv_heads, "n_kv_heads");
-            base.head_dim = from(p.head_dim, "head_dim");
-            base.kv_lora_rank = p.kv_lora_rank.and_then(|v| from(v, "kv_lora_rank"));
-            base.q_lora_rank = p.q_lora_rank.and_then(|v| from(v, "q_lora_rank"));
-            base.qk_nope_head_dim = p.qk_nope_head_dim.and_then(|v| from(v, "qk_nope_head_dim"));
-            base.qk_rope_head_dim = p.qk_rope_head_dim.and_then(|v| from(v, "qk_rope_head_dim"));
-            base.v_head_dim = p.v_head_dim.and_then(|v| from(v, "v_head_dim"));
-            base.rope_theta = p.rope_theta.map(|value| Sourced {
-                value,
-                span: name.span(),
-                key: format!("model.preset ({} rope_theta)", p.name),
-            });
-        }
-        fn set<T: Clone>(slot: &mut Option<Sourced<T>>, v: &Option<Spanned<T>>, key: &str) {
-            if let Some(v) = v {
-                *slot = Some(Sourced {
-                    value: v.get_ref().clone(),
-                    span: v.span(),
-                    key: format!("model.{key}"),
-                });
+            base.fields = ModelFields::of_preset(&p);
+            for field in ModelField::ALL
+                .into_iter()
+                .filter(|&f| base.fields.is_set(f))
+            {
+                let key = format!("model.preset ({} {field})", p.name);
+                let span = name.span();
+                base.sources.insert(field, Source { span, key });
             }
         }
-        set(&mut base.d_model, &m.d_model, "d_model");
-        set(&mut base.n_heads, &m.n_heads, "n_heads");
-        set(&mut base.n_kv_heads, &m.n_kv_heads, "n_kv_heads");
-        set(&mut base.head_dim, &m.head_dim, "head_dim");
-        set(&mut base.rope_theta, &m.rope_theta, "rope_theta");
-        set(&mut base.kv_lora_rank, &m.kv_lora_rank, "kv_lora_rank");
-        set(&mut base.q_lora_rank, &m.q_lora_rank, "q_lora_rank");
-        set(
-            &mut base.qk_nope_head_dim,
-            &m.qk_nope_head_dim,
-            "qk_nope_head_dim",
-        );
-        set(
-            &mut base.qk_rope_head_dim,
-            &m.qk_rope_head_dim,
-            "qk_rope_head_dim",
-        );
-        set(&mut base.v_head_dim, &m.v_head_dim, "v_head_dim");
-        set(&mut base.rms_norm_eps, &m.rms_norm_eps, "rms_norm_eps");
-        if base.d_model.is_none() {
+        base.fields.overlay(&m.fields());
+        for (field, span) in m.spans() {
+            let key = format!("model.{field}");
+            base.sources.insert(field, Source { span, key });
+        }
+        if base.fields.d_model.is_none() {
             return Err(self.error(
                 model.span(),
                 "model",
@@ -292,21 +248,24 @@ impl Builder<'_> {
         Ok(base)
     }
 
-    /// A required base field, or an error naming it.
-    fn need<T: Clone>(
+    /// The error for a field the layer needs and the file does not give.
+    fn missing(
         &self,
-        field: &Option<Sourced<T>>,
-        name: &str,
-        why: &str,
+        MissingField(field): MissingField,
         model_span: &Range<usize>,
-    ) -> Result<T, ExperimentError> {
-        field.as_ref().map(|f| f.value.clone()).ok_or_else(|| {
-            self.error(
-                model_span.clone(),
-                &format!("model.{name}"),
-                format!("missing: {why}"),
-            )
-        })
+    ) -> ExperimentError {
+        let why = match field {
+            ModelField::HeadDim => "the grouped variants need the width of a head",
+            ModelField::NKvHeads => "GQA needs n_kv_heads (in [model] or as sweep.n_kv_heads)",
+            _ => {
+                "MLA needs it (DeepSeek-V2/V3 use kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128)"
+            }
+        };
+        self.error(
+            model_span.clone(),
+            &format!("model.{field}"),
+            format!("missing: {why}"),
+        )
     }
 
     /// A sweep list: present and non-empty, no duplicates, each value at least 1.
@@ -405,13 +364,13 @@ impl Builder<'_> {
         } else {
             Vec::new()
         };
-        let base_heads = base.n_heads.as_ref().map(|h| vec![h.value]);
+        let base_heads = base.fields.n_heads.map(|h| vec![h]);
         let n_heads = self
             .axis(&sweep.n_heads, "sweep.n_heads", base_heads)
             .map_err(|e| self.locate_missing(e, &model_span))?;
-        let n_kv_list = match (&sweep.n_kv_heads, &base.n_kv_heads) {
+        let n_kv_list = match (&sweep.n_kv_heads, base.fields.n_kv_heads) {
             (Some(_), _) => Some(self.axis(&sweep.n_kv_heads, "sweep.n_kv_heads", None)?),
-            (None, Some(b)) => Some(vec![b.value]),
+            (None, Some(b)) => Some(vec![b]),
             (None, None) => None,
         };
         let batches = self.axis(&sweep.batch, "sweep.batch", Some(vec![1]))?;
@@ -437,60 +396,17 @@ impl Builder<'_> {
             None => vec![Kernel::default()],
         };
         let measure = self.measure(&wire.measure, memory_limit_default)?;
-        let rope_theta = base
-            .rope_theta
-            .as_ref()
-            .map_or(DEFAULT_ROPE_THETA, |r| r.value);
-        let d_model = self.need(
-            &base.d_model,
-            "d_model",
-            "the width of the residual stream",
-            &model_span,
-        )?;
-
         // Layer specs: variant × path × n_heads × n_kv_heads, each checked.
         let mut specs: Vec<LayerSpec> = Vec::new();
         let mut skipped = Vec::new();
         let swept_heads = n_heads.len() > 1;
         for &variant in &variants {
             for &heads in &n_heads {
+                let mut fields = base.fields.clone();
+                fields.n_heads = Some(heads);
                 let candidates: Vec<(LayerSpec, String)> = match variant {
                     Variant::Mla => {
-                        let why = "MLA needs it (DeepSeek-V2/V3 use kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128)";
-                        let config = MlaConfig {
-                            d_model,
-                            n_heads: heads,
-                            kv_lora_rank: self.need(
-                                &base.kv_lora_rank,
-                                "kv_lora_rank",
-                                why,
-                                &model_span,
-                            )?,
-                            q_lora_rank: base.q_lora_rank.as_ref().map(|q| q.value),
-                            qk_nope_head_dim: self.need(
-                                &base.qk_nope_head_dim,
-                                "qk_nope_head_dim",
-                                why,
-                                &model_span,
-                            )?,
-                            qk_rope_head_dim: self.need(
-                                &base.qk_rope_head_dim,
-                                "qk_rope_head_dim",
-                                why,
-                                &model_span,
-                            )?,
-                            v_head_dim: self.need(
-                                &base.v_head_dim,
-                                "v_head_dim",
-                                why,
-                                &model_span,
-                            )?,
-                            rope_theta,
-                            rms_norm_eps: base
-                                .rms_norm_eps
-                                .as_ref()
-                                .map_or(DEFAULT_RMS_NORM_EPS, |e| e.value),
-                        };
+                        let config = fields.mla().map_err(|m| self.missing(m, &model_span))?;
                         mla_paths
                             .iter()
                             .map(|&path| {
@@ -505,35 +421,27 @@ impl Builder<'_> {
                             .collect()
                     }
                     _ => {
-                        let head_dim = self.need(
-                            &base.head_dim,
-                            "head_dim",
-                            "the grouped variants need the width of a head",
-                            &model_span,
-                        )?;
-                        let kv_values: Vec<usize> = match variant {
-                            Variant::Mha => vec![heads],
-                            Variant::Mqa => vec![1],
-                            _ => n_kv_list.clone().ok_or_else(|| {
-                                self.error(model_span.clone(), "model.n_kv_heads", "missing: GQA needs n_kv_heads (in [model] or as sweep.n_kv_heads)".into())
-                            })?,
+                        // MHA and MQA have their own n_kv_heads; GQA takes each listed.
+                        let kv_values: Vec<Option<usize>> = match (variant, &n_kv_list) {
+                            (Variant::Mha, _) => vec![Some(heads)],
+                            (Variant::Mqa, _) => vec![Some(1)],
+                            (_, Some(list)) => list.iter().map(|&n| Some(n)).collect(),
+                            (_, None) => vec![None],
                         };
                         kv_values
                             .into_iter()
                             .map(|n_kv_heads| {
-                                let config = GroupedConfig {
-                                    d_model,
-                                    n_heads: heads,
-                                    n_kv_heads,
-                                    head_dim,
-                                    rope_theta,
-                                };
-                                (
-                                    LayerSpec::Grouped { variant, config },
-                                    format!("{variant} n_heads={heads} n_kv_heads={n_kv_heads}"),
-                                )
+                                fields.n_kv_heads = n_kv_heads;
+                                let config = fields
+                                    .grouped(variant)
+                                    .map_err(|m| self.missing(m, &model_span))?;
+                                let what = format!(
+                                    "{variant} n_heads={heads} n_kv_heads={}",
+                                    config.n_kv_heads
+                                );
+                                Ok((LayerSpec::Grouped { variant, config }, what))
                             })
-                            .collect()
+                            .collect::<Result<_, ExperimentError>>()?
                     }
                 };
                 for (spec, what) in candidates {
@@ -543,11 +451,11 @@ impl Builder<'_> {
                         reason,
                     }) = spec.validate()
                     {
-                        let swept = match field {
-                            "n_kv_heads" => {
+                        let swept = match field.parse() {
+                            Ok(ModelField::NKvHeads) => {
                                 n_kv_list.as_ref().is_some_and(|l| l.len() > 1) || swept_heads
                             }
-                            "n_heads" => swept_heads,
+                            Ok(ModelField::NHeads) => swept_heads,
                             _ => false,
                         };
                         if !swept {
@@ -712,7 +620,8 @@ impl Builder<'_> {
         })
     }
 
-    /// Where a field of the layer came from, for an error.
+    /// Where a field of the layer came from, for an error: its sweep list, its `[model]` key
+    /// or the preset; else the `[model]` table.
     fn field_location(
         &self,
         field: &str,
@@ -720,62 +629,21 @@ impl Builder<'_> {
         sweep: &wire::SweepWire,
         model_span: &Range<usize>,
     ) -> (Range<usize>, String) {
+        let unlocated = (model_span.clone(), format!("model.{field}"));
+        let Ok(field) = field.parse::<ModelField>() else {
+            return unlocated;
+        };
         let swept = match field {
-            "n_heads" => sweep.n_heads.as_ref(),
-            "n_kv_heads" => sweep.n_kv_heads.as_ref(),
+            ModelField::NHeads => sweep.n_heads.as_ref(),
+            ModelField::NKvHeads => sweep.n_kv_heads.as_ref(),
             _ => None,
         };
         if let Some(list) = swept {
             return (list.span(), format!("sweep.{field}"));
         }
-        let sourced = match field {
-            "d_model" => base
-                .d_model
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "n_heads" => base
-                .n_heads
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "n_kv_heads" => base
-                .n_kv_heads
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "head_dim" => base
-                .head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "rope_theta" => base
-                .rope_theta
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "kv_lora_rank" => base
-                .kv_lora_rank
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "q_lora_rank" => base
-                .q_lora_rank
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "qk_nope_head_dim" => base
-                .qk_nope_head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "qk_rope_head_dim" => base
-                .qk_rope_head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "v_head_dim" => base
-                .v_head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "rms_norm_eps" => base
-                .rms_norm_eps
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            _ => None,
-        };
-        sourced.unwrap_or((model_span.clone(), format!("model.{field}")))
+        base.sources
+            .get(&field)
+            .map_or(unlocated, |s| (s.span.clone(), s.key.clone()))
     }
 
     /// Gives a "missing" error the location of the table it belongs in.

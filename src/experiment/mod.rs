@@ -200,6 +200,89 @@ struct Base {
     sources: BTreeMap<ModelField, Source>,
 }
 
+/// The sweep lists after their checks and defaults.
+struct Axes {
+    variants: Vec<Variant>,
+    modes: Vec<Mode>,
+    mla_paths: Vec<MlaPath>,
+    seq_lens: Vec<usize>,
+    cache_lens: Vec<usize>,
+    contexts: Vec<usize>,
+    n_heads: Vec<usize>,
+    /// `None`: neither the sweep nor the base layer gives one (GQA then cannot be built).
+    n_kv_heads: Option<Vec<usize>>,
+    batches: Vec<usize>,
+    threads: Vec<usize>,
+    kernels: Vec<Kernel>,
+}
+
+/// Every point, in order: layer, mode, lengths (prefill: each seq_len at each cache_len;
+/// decode: each context), batch, threads, kernel.
+fn grid(specs: &[LayerSpec], axes: &Axes) -> Vec<Point> {
+    let mut points = Vec::new();
+    for spec in specs {
+        for &mode in &axes.modes {
+            let lengths: Vec<(usize, usize)> = match mode {
+                Mode::Prefill => axes
+                    .seq_lens
+                    .iter()
+                    .flat_map(|&s| axes.cache_lens.iter().map(move |&c| (s, c)))
+                    .collect(),
+                Mode::Decode => axes.contexts.iter().map(|&c| (1, c)).collect(),
+            };
+            for &(seq_len, context) in &lengths {
+                for &batch in &axes.batches {
+                    for &threads in &axes.threads {
+                        for &kernel in &axes.kernels {
+                            points.push(Point {
+                                spec: spec.clone(),
+                                mode,
+                                seq_len,
+                                context,
+                                batch,
+                                threads,
+                                kernel,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    points
+}
+
+/// What a swept `n_kv_heads` list does not apply to, noted as skipped: MHA and MQA have
+/// their own, MLA has none.
+fn unswept_variants(
+    variants: &[Variant],
+    n_kv_heads: &Option<Spanned<Vec<usize>>>,
+) -> Vec<Skipped> {
+    if n_kv_heads.as_ref().is_none_or(|l| l.get_ref().len() <= 1) {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    for (variant, natural) in [(Variant::Mha, "n_heads"), (Variant::Mqa, "1")] {
+        if variants.contains(&variant) {
+            notes.push(Skipped {
+                what: format!("{variant} at each sweep.n_kv_heads"),
+                reason: format!(
+                    "{variant} has n_kv_heads = {natural} by definition; measured once per n_heads"
+                ),
+            });
+        }
+    }
+    if variants.contains(&Variant::Mla) {
+        notes.push(Skipped {
+            what: "mla at each sweep.n_kv_heads".into(),
+            reason:
+                "MLA caches one shared latent: n_kv_heads does not apply; measured once per n_heads"
+                    .into(),
+        });
+    }
+    notes
+}
+
 impl Builder<'_> {
     fn error(&self, span: Range<usize>, key: &str, message: String) -> ExperimentError {
         at_span(self.file, self.text, span, key, message)
@@ -316,6 +399,8 @@ impl Builder<'_> {
         Ok(values.clone())
     }
 
+    /// The file's steps in order, each refusing what it cannot take: the base layer, the sweep
+    /// axes, the measurement settings, the layer specs, the grid, the memory check, the name.
     fn build(
         &self,
         wire: ExperimentWire,
@@ -323,294 +408,24 @@ impl Builder<'_> {
         memory_limit_default: u64,
     ) -> Result<Experiment, ExperimentError> {
         let base = self.base(&wire.model)?;
-        let model_span = wire.model.span();
-        let sweep = wire.sweep.get_ref();
-        let sweep_span = wire.sweep.span();
-
-        let variants = unique(&sweep.variant).map_err(|v| {
-            self.error(
-                sweep.variant.span(),
-                "sweep.variant",
-                format!("must list each variant once and at least one ({v})"),
-            )
-        })?;
-        let modes = unique(&sweep.mode).map_err(|v| {
-            self.error(
-                sweep.mode.span(),
-                "sweep.mode",
-                format!("must list each mode once and at least one ({v})"),
-            )
-        })?;
-        let mla_paths = match &sweep.mla_path {
-            Some(paths) => unique(paths).map_err(|v| {
-                self.error(
-                    paths.span(),
-                    "sweep.mla_path",
-                    format!("must list each path once and at least one ({v})"),
-                )
-            })?,
-            None => MlaPath::ALL.to_vec(),
-        };
-        let seq_lens = if modes.contains(&Mode::Prefill) {
-            self.axis(&sweep.seq_len, "sweep.seq_len", None)
-                .map_err(|e| self.locate_missing(e, &sweep_span))?
-        } else {
-            Vec::new()
-        };
-        let cache_lens = self.axis_from(&sweep.cache_len, "sweep.cache_len", Some(vec![0]), 0)?;
-        let contexts = if modes.contains(&Mode::Decode) {
-            self.axis(&sweep.context, "sweep.context", None)
-                .map_err(|e| self.locate_missing(e, &sweep_span))?
-        } else {
-            Vec::new()
-        };
-        let base_heads = base.fields.n_heads.map(|h| vec![h]);
-        let n_heads = self
-            .axis(&sweep.n_heads, "sweep.n_heads", base_heads)
-            .map_err(|e| self.locate_missing(e, &model_span))?;
-        let n_kv_list = match (&sweep.n_kv_heads, base.fields.n_kv_heads) {
-            (Some(_), _) => Some(self.axis(&sweep.n_kv_heads, "sweep.n_kv_heads", None)?),
-            (None, Some(b)) => Some(vec![b]),
-            (None, None) => None,
-        };
-        let batches = self.axis(&sweep.batch, "sweep.batch", Some(vec![1]))?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = self.axis(&sweep.threads, "sweep.threads", Some(vec![cores]))?;
-        if let (Some(list), Some(&t)) = (&sweep.threads, threads.iter().find(|&&t| t > MAX_THREADS))
-        {
-            return Err(self.error(
-                list.span(),
-                "sweep.threads",
-                format!("{t} is more than {MAX_THREADS}"),
-            ));
-        }
-
-        let kernels = match &sweep.kernel {
-            Some(list) => unique(list).map_err(|v| {
-                self.error(
-                    list.span(),
-                    "sweep.kernel",
-                    format!("must list each kernel once and at least one ({v})"),
-                )
-            })?,
-            None => vec![Kernel::default()],
-        };
+        let axes = self.axes(&wire, &base)?;
         let measure = self.measure(&wire.measure, memory_limit_default)?;
-        // Layer specs: variant × path × n_heads × n_kv_heads, each checked.
-        let mut specs: Vec<LayerSpec> = Vec::new();
-        let mut skipped = Vec::new();
-        let swept_heads = n_heads.len() > 1;
-        for &variant in &variants {
-            for &heads in &n_heads {
-                let mut fields = base.fields.clone();
-                fields.n_heads = Some(heads);
-                let candidates: Vec<(LayerSpec, String)> = match variant {
-                    Variant::Mla => {
-                        let config = fields.mla().map_err(|m| self.missing(m, &model_span))?;
-                        mla_paths
-                            .iter()
-                            .map(|&path| {
-                                (
-                                    LayerSpec::Mla {
-                                        config: config.clone(),
-                                        path,
-                                    },
-                                    format!("mla-{path} n_heads={heads}"),
-                                )
-                            })
-                            .collect()
-                    }
-                    _ => {
-                        // MHA and MQA have their own n_kv_heads; GQA takes each listed.
-                        let kv_values: Vec<Option<usize>> = match (variant, &n_kv_list) {
-                            (Variant::Mha, _) => vec![Some(heads)],
-                            (Variant::Mqa, _) => vec![Some(1)],
-                            (_, Some(list)) => list.iter().map(|&n| Some(n)).collect(),
-                            (_, None) => vec![None],
-                        };
-                        kv_values
-                            .into_iter()
-                            .map(|n_kv_heads| {
-                                fields.n_kv_heads = n_kv_heads;
-                                let config = fields
-                                    .grouped(variant)
-                                    .map_err(|m| self.missing(m, &model_span))?;
-                                let what = format!(
-                                    "{variant} n_heads={heads} n_kv_heads={}",
-                                    config.n_kv_heads
-                                );
-                                Ok((LayerSpec::Grouped { variant, config }, what))
-                            })
-                            .collect::<Result<_, ExperimentError>>()?
-                    }
-                };
-                for (spec, what) in candidates {
-                    if let Err(Error::InvalidConfig {
-                        field,
-                        value,
-                        reason,
-                    }) = spec.validate()
-                    {
-                        let swept = match field.parse() {
-                            Ok(ModelField::NKvHeads) => {
-                                n_kv_list.as_ref().is_some_and(|l| l.len() > 1) || swept_heads
-                            }
-                            Ok(ModelField::NHeads) => swept_heads,
-                            _ => false,
-                        };
-                        if !swept {
-                            let (span, key) = self.field_location(field, &base, sweep, &model_span);
-                            return Err(self.error(
-                                span,
-                                &key,
-                                format!("`{field}` = {value}: {reason}"),
-                            ));
-                        }
-                        skipped.push(Skipped {
-                            what,
-                            reason: format!("`{field}` = {value}: {reason}"),
-                        });
-                        continue;
-                    }
-                    if let LayerSpec::Grouped {
-                        variant: Variant::Gqa,
-                        config,
-                    } = &spec
-                    {
-                        let twin = if config.n_kv_heads == config.n_heads {
-                            Some(Variant::Mha)
-                        } else if config.n_kv_heads == 1 {
-                            Some(Variant::Mqa)
-                        } else {
-                            None
-                        };
-                        if let Some(twin) = twin.filter(|t| variants.contains(t)) {
-                            skipped.push(Skipped {
-                                what,
-                                reason: format!("GQA with n_kv_heads = {} is {twin}, which this file measures as {twin}", config.n_kv_heads),
-                            });
-                            continue;
-                        }
-                    }
-                    if !specs.contains(&spec) {
-                        specs.push(spec);
-                    }
-                }
-            }
-        }
-        for (variant, natural) in [(Variant::Mha, "n_heads"), (Variant::Mqa, "1")] {
-            if variants.contains(&variant)
-                && sweep
-                    .n_kv_heads
-                    .as_ref()
-                    .is_some_and(|l| l.get_ref().len() > 1)
-            {
-                skipped.push(Skipped {
-                    what: format!("{variant} at each sweep.n_kv_heads"),
-                    reason: format!("{variant} has n_kv_heads = {natural} by definition; measured once per n_heads"),
-                });
-            }
-        }
-        if variants.contains(&Variant::Mla)
-            && sweep
-                .n_kv_heads
-                .as_ref()
-                .is_some_and(|l| l.get_ref().len() > 1)
-        {
-            skipped.push(Skipped {
-                what: "mla at each sweep.n_kv_heads".into(),
-                reason: "MLA caches one shared latent: n_kv_heads does not apply; measured once per n_heads".into(),
-            });
-        }
-
-        let mut points = Vec::new();
-        for spec in &specs {
-            for &mode in &modes {
-                let lengths: Vec<(usize, usize)> = match mode {
-                    Mode::Prefill => seq_lens
-                        .iter()
-                        .flat_map(|&s| cache_lens.iter().map(move |&c| (s, c)))
-                        .collect(),
-                    Mode::Decode => contexts.iter().map(|&c| (1, c)).collect(),
-                };
-                for &(seq_len, context) in &lengths {
-                    for &batch in &batches {
-                        for &t in &threads {
-                            for &kernel in &kernels {
-                                points.push(Point {
-                                    spec: spec.clone(),
-                                    mode,
-                                    seq_len,
-                                    context,
-                                    batch,
-                                    threads: t,
-                                    kernel,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let (specs, skipped) = self.layer_specs(&wire, &base, &axes)?;
+        let points = grid(&specs, &axes);
         if points.is_empty() {
             let reasons: Vec<String> = skipped
                 .iter()
                 .map(|s| format!("{}: {}", s.what, s.reason))
                 .collect();
             return Err(self.error(
-                sweep_span,
+                wire.sweep.span(),
                 "sweep",
                 format!("no point left to measure; skipped: {}", reasons.join("; ")),
             ));
         }
-        for point in &points {
-            let estimate = crate::variants::memory_estimate(
-                &point.spec,
-                point.batch,
-                point.seq_len,
-                point.context,
-                point.threads,
-            );
-            if estimate.total() > measure.memory_limit_bytes {
-                let key = match point.mode {
-                    Mode::Prefill => "sweep.seq_len",
-                    Mode::Decode => "sweep.context",
-                };
-                let span = match point.mode {
-                    Mode::Prefill => sweep.seq_len.as_ref().map(|s| s.span()),
-                    Mode::Decode => sweep.context.as_ref().map(|s| s.span()),
-                }
-                .unwrap_or(sweep_span.clone());
-                return Err(self.error(
-                    span,
-                    key,
-                    format!(
-                        "point {} needs an estimated {} (weights {}, KV cache {}, transient {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
-                        point.key(),
-                        gib(estimate.total()),
-                        gib(estimate.weights_bytes),
-                        gib(estimate.cache_bytes),
-                        gib(estimate.transient_bytes),
-                        gib(measure.memory_limit_bytes)
-                    ),
-                ));
-            }
-        }
-
-        let name = match &wire.name {
-            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains(['/', '\\']) => {
-                return Err(self.error(
-                    n.span(),
-                    "name",
-                    "must be a non-empty name without slashes (it names the results directory)"
-                        .into(),
-                ));
-            }
-            Some(n) => n.get_ref().clone(),
-            None => default_name.to_string(),
-        };
+        self.check_memory(&points, &measure, &wire.sweep)?;
         Ok(Experiment {
-            name,
+            name: self.name(&wire.name, default_name)?,
             description: wire.description.unwrap_or_default(),
             file: self.file.to_string(),
             seed: wire.seed.unwrap_or(0),
@@ -620,16 +435,283 @@ impl Builder<'_> {
         })
     }
 
+    /// Every sweep list, read and checked, with its default where it has one.
+    fn axes(&self, wire: &ExperimentWire, base: &Base) -> Result<Axes, ExperimentError> {
+        let sweep = wire.sweep.get_ref();
+        let sweep_span = wire.sweep.span();
+        let variants = self.distinct(&sweep.variant, "sweep.variant", "variant")?;
+        let modes = self.distinct(&sweep.mode, "sweep.mode", "mode")?;
+        let mla_paths = match &sweep.mla_path {
+            Some(paths) => self.distinct(paths, "sweep.mla_path", "path")?,
+            None => MlaPath::ALL.to_vec(),
+        };
+        // A length list is needed only by the mode that sweeps it.
+        let lengths = |mode, list, key| {
+            if modes.contains(&mode) {
+                self.axis(list, key, None)
+                    .map_err(|e| self.locate_missing(e, &sweep_span))
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let seq_lens = lengths(Mode::Prefill, &sweep.seq_len, "sweep.seq_len")?;
+        let cache_lens = self.axis_from(&sweep.cache_len, "sweep.cache_len", Some(vec![0]), 0)?;
+        let contexts = lengths(Mode::Decode, &sweep.context, "sweep.context")?;
+        let base_heads = base.fields.n_heads.map(|h| vec![h]);
+        let n_heads = self
+            .axis(&sweep.n_heads, "sweep.n_heads", base_heads)
+            .map_err(|e| self.locate_missing(e, &wire.model.span()))?;
+        let n_kv_heads = match (&sweep.n_kv_heads, base.fields.n_kv_heads) {
+            (Some(_), _) => Some(self.axis(&sweep.n_kv_heads, "sweep.n_kv_heads", None)?),
+            (None, Some(b)) => Some(vec![b]),
+            (None, None) => None,
+        };
+        let batches = self.axis(&sweep.batch, "sweep.batch", Some(vec![1]))?;
+        let threads = self.threads(&sweep.threads)?;
+        let kernels = match &sweep.kernel {
+            Some(list) => self.distinct(list, "sweep.kernel", "kernel")?,
+            None => vec![Kernel::default()],
+        };
+        Ok(Axes {
+            variants,
+            modes,
+            mla_paths,
+            seq_lens,
+            cache_lens,
+            contexts,
+            n_heads,
+            n_kv_heads,
+            batches,
+            threads,
+            kernels,
+        })
+    }
+
+    /// The values of a list of names, each once, at least one; `what` names one in the error.
+    fn distinct<T: Copy + PartialEq + std::fmt::Debug>(
+        &self,
+        list: &Spanned<Vec<T>>,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<T>, ExperimentError> {
+        unique(list).map_err(|v| {
+            self.error(
+                list.span(),
+                key,
+                format!("must list each {what} once and at least one ({v})"),
+            )
+        })
+    }
+
+    /// `sweep.threads`, all cores by default, none above [`MAX_THREADS`].
+    fn threads(&self, list: &Option<Spanned<Vec<usize>>>) -> Result<Vec<usize>, ExperimentError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self.axis(list, "sweep.threads", Some(vec![cores]))?;
+        if let (Some(list), Some(&t)) = (list, threads.iter().find(|&&t| t > MAX_THREADS)) {
+            return Err(self.error(
+                list.span(),
+                "sweep.threads",
+                format!("{t} is more than {MAX_THREADS}"),
+            ));
+        }
+        Ok(threads)
+    }
+
+    /// The layers to measure, variant × path × n_heads × n_kv_heads, each checked, in that
+    /// order and each once; and the combinations skipped, with the reason.
+    fn layer_specs(
+        &self,
+        wire: &ExperimentWire,
+        base: &Base,
+        axes: &Axes,
+    ) -> Result<(Vec<LayerSpec>, Vec<Skipped>), ExperimentError> {
+        let mut specs: Vec<LayerSpec> = Vec::new();
+        let mut skipped = Vec::new();
+        for &variant in &axes.variants {
+            for &heads in &axes.n_heads {
+                for (spec, what) in self.candidates(wire, base, axes, variant, heads)? {
+                    match self.skip_reason(&spec, wire, base, axes)? {
+                        Some(reason) => skipped.push(Skipped { what, reason }),
+                        None if !specs.contains(&spec) => specs.push(spec),
+                        None => {}
+                    }
+                }
+            }
+        }
+        skipped.extend(unswept_variants(
+            &axes.variants,
+            &wire.sweep.get_ref().n_kv_heads,
+        ));
+        Ok((specs, skipped))
+    }
+
+    /// The layers of `variant` with `heads` query heads, unchecked, each with how a skip
+    /// names it: MLA once per path, MHA and MQA at their own n_kv_heads, GQA at each listed.
+    fn candidates(
+        &self,
+        wire: &ExperimentWire,
+        base: &Base,
+        axes: &Axes,
+        variant: Variant,
+        heads: usize,
+    ) -> Result<Vec<(LayerSpec, String)>, ExperimentError> {
+        let mut fields = base.fields.clone();
+        fields.n_heads = Some(heads);
+        let missing = |m| self.missing(m, &wire.model.span());
+        if variant == Variant::Mla {
+            let config = fields.mla().map_err(missing)?;
+            return Ok(axes
+                .mla_paths
+                .iter()
+                .map(|&path| {
+                    let config = config.clone();
+                    let what = format!("mla-{path} n_heads={heads}");
+                    (LayerSpec::Mla { config, path }, what)
+                })
+                .collect());
+        }
+        let kv_values: Vec<Option<usize>> = match (variant, &axes.n_kv_heads) {
+            (Variant::Mha, _) => vec![Some(heads)],
+            (Variant::Mqa, _) => vec![Some(1)],
+            (_, Some(list)) => list.iter().map(|&n| Some(n)).collect(),
+            (_, None) => vec![None],
+        };
+        kv_values
+            .into_iter()
+            .map(|n_kv_heads| {
+                fields.n_kv_heads = n_kv_heads;
+                let config = fields.grouped(variant).map_err(missing)?;
+                let what = format!("{variant} n_heads={heads} n_kv_heads={}", config.n_kv_heads);
+                Ok((LayerSpec::Grouped { variant, config }, what))
+            })
+            .collect()
+    }
+
+    /// Why a candidate layer is skipped, `None` to measure it. An invalid shape is skipped
+    /// only when a swept value made it (the sweep crosses every n_heads with every
+    /// n_kv_heads); one the file fixed is an error at the value. A GQA layer that is MHA or
+    /// MQA is skipped when the file measures that variant anyway.
+    fn skip_reason(
+        &self,
+        spec: &LayerSpec,
+        wire: &ExperimentWire,
+        base: &Base,
+        axes: &Axes,
+    ) -> Result<Option<String>, ExperimentError> {
+        if let Err(Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        }) = spec.validate()
+        {
+            let swept_heads = axes.n_heads.len() > 1;
+            let swept = match field.parse() {
+                Ok(ModelField::NKvHeads) => {
+                    axes.n_kv_heads.as_ref().is_some_and(|l| l.len() > 1) || swept_heads
+                }
+                Ok(ModelField::NHeads) => swept_heads,
+                _ => false,
+            };
+            let message = format!("`{field}` = {value}: {reason}");
+            if !swept {
+                let (span, key) = self.field_location(field, base, wire);
+                return Err(self.error(span, &key, message));
+            }
+            return Ok(Some(message));
+        }
+        let LayerSpec::Grouped {
+            variant: Variant::Gqa,
+            config,
+        } = spec
+        else {
+            return Ok(None);
+        };
+        let twin = if config.n_kv_heads == config.n_heads {
+            Some(Variant::Mha)
+        } else if config.n_kv_heads == 1 {
+            Some(Variant::Mqa)
+        } else {
+            None
+        };
+        Ok(twin.filter(|t| axes.variants.contains(t)).map(|twin| {
+            format!(
+                "GQA with n_kv_heads = {} is {twin}, which this file measures as {twin}",
+                config.n_kv_heads
+            )
+        }))
+    }
+
+    /// Refuses the first point whose estimated memory is over the limit, at the length list
+    /// that made it.
+    fn check_memory(
+        &self,
+        points: &[Point],
+        measure: &MeasureSettings,
+        sweep: &Spanned<wire::SweepWire>,
+    ) -> Result<(), ExperimentError> {
+        for point in points {
+            let estimate = crate::variants::memory_estimate(
+                &point.spec,
+                point.batch,
+                point.seq_len,
+                point.context,
+                point.threads,
+            );
+            if estimate.total() <= measure.memory_limit_bytes {
+                continue;
+            }
+            let (key, list) = match point.mode {
+                Mode::Prefill => ("sweep.seq_len", &sweep.get_ref().seq_len),
+                Mode::Decode => ("sweep.context", &sweep.get_ref().context),
+            };
+            let span = list.as_ref().map_or(sweep.span(), |s| s.span());
+            return Err(self.error(
+                span,
+                key,
+                format!(
+                    "point {} needs an estimated {} (weights {}, KV cache {}, transient {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
+                    point.key(),
+                    gib(estimate.total()),
+                    gib(estimate.weights_bytes),
+                    gib(estimate.cache_bytes),
+                    gib(estimate.transient_bytes),
+                    gib(measure.memory_limit_bytes)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file's `name`, else `default_name`; it names the results directory.
+    fn name(
+        &self,
+        name: &Option<Spanned<String>>,
+        default_name: &str,
+    ) -> Result<String, ExperimentError> {
+        match name {
+            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains(['/', '\\']) => {
+                Err(self.error(
+                    n.span(),
+                    "name",
+                    "must be a non-empty name without slashes (it names the results directory)"
+                        .into(),
+                ))
+            }
+            Some(n) => Ok(n.get_ref().clone()),
+            None => Ok(default_name.to_string()),
+        }
+    }
+
     /// Where a field of the layer came from, for an error: its sweep list, its `[model]` key
     /// or the preset; else the `[model]` table.
     fn field_location(
         &self,
         field: &str,
         base: &Base,
-        sweep: &wire::SweepWire,
-        model_span: &Range<usize>,
+        wire: &ExperimentWire,
     ) -> (Range<usize>, String) {
-        let unlocated = (model_span.clone(), format!("model.{field}"));
+        let sweep = wire.sweep.get_ref();
+        let unlocated = (wire.model.span(), format!("model.{field}"));
         let Ok(field) = field.parse::<ModelField>() else {
             return unlocated;
         };
@@ -727,4 +809,38 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
 /// Bytes as GiB with two decimals.
 pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / BYTES_PER_GIB as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA: &str = "[model]\npreset = \"llama-3-8b\"\n[sweep]\nvariant = [\"gqa\"]\nmode = [\"decode\"]\ncontext = [16]\nthreads = [1]\n";
+
+    fn error(text: &str) -> String {
+        parse_experiment(text, "f.toml", "f", u64::MAX / 2)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_bad_value_from_the_preset_is_located_at_the_preset() {
+        let text = LLAMA.replace("[sweep]", "n_heads = 12\n[sweep]");
+        assert_eq!(
+            error(&text),
+            "f.toml:2:10: key `model.preset (llama-3-8b n_kv_heads)`: `n_kv_heads` = 8: must divide n_heads = 12"
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_whose_bytes_overflow_is_refused() {
+        let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 1e30\n");
+        assert_eq!(
+            error(&text),
+            "f.toml:9:20: key `measure.memory_limit_gib`: 1000000000000000000000000000000 GiB must be below 2^64 bytes (16 EiB)"
+        );
+        let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 0.5\n");
+        let experiment = parse_experiment(&text, "f.toml", "f", 1).unwrap();
+        assert_eq!(experiment.measure.memory_limit_bytes, 1 << 29);
+    }
 }

@@ -7,22 +7,24 @@
 //! [`LayerSpec::kv_values_per_token`], the same analytic figure the layers report in
 //! [`LayerInfo`](crate::LayerInfo) and the harness checks against the cache's allocation. Only
 //! the hypothetical MHA/GQA/MQA rows of an MLA model, whose keys and values differ in width (a
-//! shape [`GroupedConfig`] does not describe), count `n_kv_heads · (k_head_dim + v_head_dim)`
-//! themselves.
+//! shape [`GroupedConfig`](crate::GroupedConfig) does not describe), count
+//! `n_kv_heads · (k_head_dim + v_head_dim)` themselves.
 //!
 //! Everything is computed in exact bytes; nothing here rounds except [`human_bytes`].
+
+mod rows;
 
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::config::{
-    BYTES_PER_GIB, DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec,
-    MAX_DIMENSION, MlaConfig, MlaPath, ModelField, Variant, clap_value_enum, gib_to_bytes,
-    named_enum,
+    BYTES_PER_GIB, LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, clap_value_enum,
+    gib_to_bytes, named_enum,
 };
 use crate::error::{Error, Result};
 use crate::presets::{MissingField, ModelFields, Preset};
+use rows::{RowShape, variant_shapes};
 
 /// Format tag of the planner's JSON.
 pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
@@ -403,6 +405,33 @@ pub fn human_bytes(bytes: u64) -> String {
 /// it in every requested storage type; a cache size does not fit in 64 bits.
 pub fn plan(request: &PlanRequest) -> Result<Plan> {
     let model = &request.model;
+    check_request(request)?;
+    let budget_bytes = request.budget_gib.map(budget_bytes).transpose()?;
+    let weights = weight_figures(request, budget_bytes)?;
+    let (shapes, omitted) = variant_shapes(model, &request.alternatives)?;
+    let rows = shapes
+        .into_iter()
+        .map(|shape| row_figures(shape, request, budget_bytes, &weights))
+        .collect::<Result<_>>()?;
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        model: model.name.clone(),
+        variant: model.layer.variant(),
+        n_layers: model.n_layers,
+        context: request.context,
+        batch: request.batch,
+        budget_bytes,
+        params: model.params,
+        weights,
+        rows,
+        omitted,
+    })
+}
+
+/// Refuses a request with nothing to plan: a zero count, too many layers, no storage type, an
+/// invalid layer.
+fn check_request(request: &PlanRequest) -> Result<()> {
+    let model = &request.model;
     positive("context", request.context)?;
     positive("batch", request.batch)?;
     positive("n_layers", model.n_layers)?;
@@ -419,26 +448,28 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
     if request.dtypes.is_empty() {
         return Err(invalid("dtype", "none", "name at least one".into()));
     }
-    model.layer.validate()?;
-    let budget_bytes = request.budget_gib.map(budget_bytes).transpose()?;
+    model.layer.validate()
+}
 
-    let weights: Vec<WeightFigures> = match model.params {
-        None => Vec::new(),
-        Some(params) => request
-            .dtypes
-            .iter()
-            .map(|&dtype| {
-                let weights_bytes = params.saturating_mul(dtype.bytes());
-                WeightFigures {
-                    dtype,
-                    weights_bytes,
-                    budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
-                }
-            })
-            .collect(),
+/// The weights in each requested storage type and their share of the budget (none when the
+/// parameter count is unknown); refuses a budget the weights fill in every type.
+fn weight_figures(request: &PlanRequest, budget_bytes: Option<u64>) -> Result<Vec<WeightFigures>> {
+    let Some(params) = request.model.params else {
+        return Ok(Vec::new());
     };
+    let weights: Vec<WeightFigures> = request
+        .dtypes
+        .iter()
+        .map(|&dtype| {
+            let weights_bytes = params.saturating_mul(dtype.bytes());
+            WeightFigures {
+                dtype,
+                weights_bytes,
+                budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
+            }
+        })
+        .collect();
     if let (Some(budget), Some(gib)) = (budget_bytes, request.budget_gib)
-        && !weights.is_empty()
         && weights.iter().all(|w| w.weights_bytes >= budget)
     {
         let smallest = weights.iter().map(|w| w.weights_bytes).min().unwrap_or(0);
@@ -446,28 +477,27 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
             "budget_gib",
             gib,
             format!(
-                "the weights alone ({} params, {} in the narrowest storage asked for) fill it",
-                model.params.unwrap_or(0),
+                "the weights alone ({params} params, {} in the narrowest storage asked for) fill it",
                 human_bytes(smallest)
             ),
         ));
     }
+    Ok(weights)
+}
 
-    let (shapes, omitted) = variant_shapes(model, &request.alternatives)?;
-    let mut rows = Vec::with_capacity(shapes.len());
-    for shape in shapes {
-        let values = shape.values_per_token_per_layer() as u64;
-        let mut dtypes = Vec::with_capacity(request.dtypes.len());
-        for &dtype in &request.dtypes {
-            let per_layer = values * dtype.bytes();
-            let per_token = checked(per_layer, model.n_layers as u64, "n_layers", model.n_layers)?;
-            let per_sequence = checked(
-                per_token,
-                request.context as u64,
-                "context",
-                request.context,
-            )?;
-            let cache_bytes = checked(per_sequence, request.batch as u64, "batch", request.batch)?;
+/// One row with its figures in every requested storage type.
+fn row_figures(
+    shape: RowShape,
+    request: &PlanRequest,
+    budget_bytes: Option<u64>,
+    weights: &[WeightFigures],
+) -> Result<VariantPlan> {
+    let values = shape.values_per_token_per_layer() as u64;
+    let dtypes = request
+        .dtypes
+        .iter()
+        .map(|&dtype| {
+            // The budget left beside this storage type's weights.
             let available = budget_bytes.map(|budget| {
                 let weights = weights
                     .iter()
@@ -475,280 +505,42 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
                     .map_or(0, |w| w.weights_bytes);
                 budget.saturating_sub(weights)
             });
-            dtypes.push(DtypeFigures {
-                dtype,
-                bytes_per_token_per_layer: per_layer,
-                bytes_per_token: per_token,
-                cache_bytes,
-                max_batch: available.map(|a| largest_batch(a, request.context, per_token)),
-                max_context: available.map(|a| largest_context(a, request.batch, per_token)),
-            });
-        }
-        rows.push(VariantPlan {
-            variant: shape.variant,
-            own: shape.variant == model.layer.variant(),
-            derivation: shape.derivation,
-            cache: shape.cache,
-            values_per_token_per_layer: values,
-            dtypes,
-            layer: shape.layer,
-        });
-    }
-    Ok(Plan {
-        format: PLAN_FORMAT,
-        model: model.name.clone(),
-        variant: model.layer.variant(),
-        n_layers: model.n_layers,
-        context: request.context,
-        batch: request.batch,
-        budget_bytes,
-        params: model.params,
-        weights,
-        rows,
-        omitted,
+            dtype_figures(request, values, dtype, available)
+        })
+        .collect::<Result<_>>()?;
+    Ok(VariantPlan {
+        variant: shape.variant,
+        own: shape.variant == request.model.layer.variant(),
+        derivation: shape.derivation,
+        cache: shape.cache,
+        values_per_token_per_layer: values,
+        dtypes,
+        layer: shape.layer,
     })
 }
 
-/// One row's shape before the figures.
-struct RowShape {
-    variant: Variant,
-    derivation: String,
-    cache: CacheShape,
-    layer: Option<LayerSpec>,
-}
-
-impl RowShape {
-    fn values_per_token_per_layer(&self) -> usize {
-        match (&self.layer, self.cache) {
-            // The layers' own analytic figure, the one checked against their allocations.
-            (Some(layer), _) => layer.kv_values_per_token(),
-            // Keys and values of different widths: no layer of the crate has this shape.
-            (
-                None,
-                CacheShape::Heads {
-                    n_kv_heads,
-                    k_head_dim,
-                    v_head_dim,
-                },
-            ) => n_kv_heads * (k_head_dim + v_head_dim),
-            (None, CacheShape::Latent { .. }) => {
-                unreachable!("every latent row is an MLA layer")
-            }
-        }
-    }
-}
-
-/// A grouped row of `n_kv_heads` heads with keys `k` and values `v` wide; a buildable layer
-/// when `k == v`.
-fn heads_row(
-    variant: Variant,
-    derivation: String,
-    (d_model, n_heads, n_kv_heads): (usize, usize, usize),
-    (k, v): (usize, usize),
-) -> Result<RowShape> {
-    let layer = (k == v).then_some(LayerSpec::Grouped {
-        variant,
-        config: GroupedConfig {
-            d_model,
-            n_heads,
-            n_kv_heads,
-            head_dim: k,
-            rope_theta: DEFAULT_ROPE_THETA,
-        },
-    });
-    if let Some(layer) = &layer {
-        layer.validate()?;
-    }
-    Ok(RowShape {
-        variant,
-        derivation,
-        cache: CacheShape::Heads {
-            n_kv_heads,
-            k_head_dim: k,
-            v_head_dim: v,
-        },
-        layer,
+/// The cache figures of `values` per token and layer stored as `dtype`, and the largest batch
+/// and context that fit in `available` bytes.
+fn dtype_figures(
+    request: &PlanRequest,
+    values: u64,
+    dtype: Dtype,
+    available: Option<u64>,
+) -> Result<DtypeFigures> {
+    let n_layers = request.model.n_layers;
+    let per_layer = values * dtype.bytes();
+    let per_token = checked(per_layer, n_layers as u64, "n_layers", n_layers)?;
+    let (context, batch) = (request.context, request.batch);
+    let per_sequence = checked(per_token, context as u64, "context", context)?;
+    let cache_bytes = checked(per_sequence, batch as u64, "batch", batch)?;
+    Ok(DtypeFigures {
+        dtype,
+        bytes_per_token_per_layer: per_layer,
+        bytes_per_token: per_token,
+        cache_bytes,
+        max_batch: available.map(|a| largest_batch(a, context, per_token)),
+        max_context: available.map(|a| largest_context(a, batch, per_token)),
     })
-}
-
-/// MHA, GQA, MQA and MLA at the model's shape (see [`Alternatives`] and the module docs).
-fn variant_shapes(model: &ModelShape, alt: &Alternatives) -> Result<(Vec<RowShape>, Vec<Omitted>)> {
-    let own = model.layer.variant();
-    let d_model = model.layer.d_model();
-    let n_heads = model.layer.n_heads();
-    let mut rows = Vec::new();
-    let mut omitted = Vec::new();
-
-    // Key and value widths of the grouped rows, and what to say about them.
-    let (k, v, widths_note) = match &model.layer {
-        LayerSpec::Grouped { config, .. } => (config.head_dim, config.head_dim, String::new()),
-        LayerSpec::Mla { config, .. } => (
-            config.qk_head_dim(),
-            config.v_head_dim,
-            format!(
-                "; K = qk_nope_head_dim + qk_rope_head_dim = {}, V = v_head_dim = {}",
-                config.qk_head_dim(),
-                config.v_head_dim
-            ),
-        ),
-    };
-    let own_label = |what: String| format!("the model's own: {what}");
-
-    // MHA.
-    let derivation = if own == Variant::Mha {
-        own_label(format!("n_kv_heads = n_heads = {n_heads}"))
-    } else {
-        format!("n_kv_heads = n_heads = {n_heads}{widths_note}")
-    };
-    rows.push(heads_row(
-        Variant::Mha,
-        derivation,
-        (d_model, n_heads, n_heads),
-        (k, v),
-    )?);
-
-    // GQA.
-    let gqa = match &model.layer {
-        LayerSpec::Grouped {
-            variant: Variant::Gqa,
-            config,
-        } => {
-            if let Some(g) = alt.gqa_kv_heads {
-                return Err(invalid(
-                    "gqa_kv_heads",
-                    g,
-                    format!(
-                        "the model is GQA itself with n_kv_heads = {}; change that instead",
-                        config.n_kv_heads
-                    ),
-                ));
-            }
-            Some((
-                config.n_kv_heads,
-                own_label(format!("n_kv_heads = {}", config.n_kv_heads)),
-            ))
-        }
-        _ => match alt.gqa_kv_heads {
-            Some(g) => {
-                if !(g > 1 && g < n_heads && n_heads.is_multiple_of(g)) {
-                    return Err(invalid(
-                        "gqa_kv_heads",
-                        g,
-                        format!(
-                            "must divide n_heads = {n_heads} and lie strictly between 1 and it"
-                        ),
-                    ));
-                }
-                Some((g, format!("n_kv_heads = {g} (given){widths_note}")))
-            }
-            None => default_gqa_kv_heads(n_heads).map(|g| {
-                (
-                    g,
-                    format!(
-                        "n_kv_heads = {g}: the largest divisor of n_heads = {n_heads} up to {DEFAULT_GQA_MAX_KV_HEADS}{widths_note}"
-                    ),
-                )
-            }),
-        },
-    };
-    match gqa {
-        Some((g, derivation)) => rows.push(heads_row(
-            Variant::Gqa,
-            derivation,
-            (d_model, n_heads, g),
-            (k, v),
-        )?),
-        None => omitted.push(Omitted {
-            variant: Variant::Gqa,
-            reason: format!(
-                "no KV-head count strictly between 1 and n_heads = {n_heads} divides it"
-            ),
-        }),
-    }
-
-    // MQA.
-    let derivation = if own == Variant::Mqa {
-        own_label("n_kv_heads = 1".into())
-    } else {
-        format!("n_kv_heads = 1{widths_note}")
-    };
-    rows.push(heads_row(
-        Variant::Mqa,
-        derivation,
-        (d_model, n_heads, 1),
-        (k, v),
-    )?);
-
-    // MLA.
-    let (config, derivation) = match &model.layer {
-        LayerSpec::Mla { config, .. } => {
-            for (field, given) in [
-                ("kv_lora_rank", alt.kv_lora_rank),
-                ("qk_rope_head_dim", alt.qk_rope_head_dim),
-            ] {
-                if let Some(value) = given {
-                    return Err(invalid(
-                        field,
-                        value,
-                        "the model is MLA itself: this is its own width, not a hypothetical one"
-                            .into(),
-                    ));
-                }
-            }
-            (
-                config.clone(),
-                own_label(format!(
-                    "kv_lora_rank = {}, qk_rope_head_dim = {}",
-                    config.kv_lora_rank, config.qk_rope_head_dim
-                )),
-            )
-        }
-        LayerSpec::Grouped { config, .. } => {
-            let head_dim = config.head_dim;
-            let rank = alt.kv_lora_rank.unwrap_or(4 * head_dim);
-            let rope = alt.qk_rope_head_dim.unwrap_or(head_dim / 4 * 2);
-            let said = |given: bool, rule: &str, value: usize| {
-                if given {
-                    format!("{value} (given)")
-                } else {
-                    format!("{rule} = {value}")
-                }
-            };
-            let derivation = format!(
-                "kv_lora_rank = {}, qk_rope_head_dim = {} (DeepSeek-V2/V3's ratios); qk_nope_head_dim = v_head_dim = head_dim, not cached",
-                said(alt.kv_lora_rank.is_some(), "4 · head_dim", rank),
-                said(alt.qk_rope_head_dim.is_some(), "head_dim / 2", rope),
-            );
-            (
-                MlaConfig {
-                    d_model,
-                    n_heads,
-                    kv_lora_rank: rank,
-                    q_lora_rank: None,
-                    qk_nope_head_dim: head_dim,
-                    qk_rope_head_dim: rope,
-                    v_head_dim: head_dim,
-                    rope_theta: DEFAULT_ROPE_THETA,
-                    rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-                },
-                derivation,
-            )
-        }
-    };
-    config.validate()?;
-    rows.push(RowShape {
-        variant: Variant::Mla,
-        derivation,
-        cache: CacheShape::Latent {
-            kv_lora_rank: config.kv_lora_rank,
-            qk_rope_head_dim: config.qk_rope_head_dim,
-        },
-        layer: Some(LayerSpec::Mla {
-            config,
-            path: MlaPath::Absorbed,
-        }),
-    });
-    Ok((rows, omitted))
 }
 
 fn budget_bytes(gib: f64) -> Result<u64> {

@@ -9,9 +9,7 @@ use attnbench::compare::{
     Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
     compare, load_results,
 };
-use attnbench::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, ModelField, gib_to_bytes,
-};
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, gib_to_bytes};
 use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
@@ -367,7 +365,7 @@ impl ExportArgs {
             .map_err(|MissingField(field)| {
                 anyhow!(
                     "--{} is required for --variant {}",
-                    flag(field),
+                    flag(field.name()),
                     self.variant
                 )
             })
@@ -489,7 +487,7 @@ fn flag_error(error: attnbench::Error) -> anyhow::Error {
             field,
             value,
             reason,
-        } => anyhow!("--{} {value}: {reason}", field.replace('_', "-")),
+        } => anyhow!("--{} {value}: {reason}", flag(field)),
         other => other.into(),
     }
 }
@@ -522,14 +520,14 @@ impl KvArgs {
         };
         let model = ModelShape::resolve(preset.as_ref(), variant, &overrides).map_err(|e| match e {
             ModelError::Missing(field) => {
-                anyhow!("--{} is required without a preset that gives it", flag(field))
+                anyhow!("--{} is required without a preset that gives it", flag(field.name()))
             }
             ModelError::NotApplicable { field, variant: Variant::Mla } => {
-                anyhow!("--{} describes an MHA/GQA/MQA model; this one is MLA", flag(field))
+                anyhow!("--{} describes an MHA/GQA/MQA model; this one is MLA", flag(field.name()))
             }
             ModelError::NotApplicable { field, variant } => anyhow!(
                 "--{} describes an MLA model; this one is {variant} (the hypothetical MLA row caches only --kv-lora-rank and --qk-rope-head-dim)",
-                flag(field)
+                flag(field.name())
             ),
         })?;
         // A model that is not MLA takes the latent widths for its hypothetical MLA row.
@@ -543,9 +541,9 @@ impl KvArgs {
     }
 }
 
-/// The command-line flag of a field, e.g. `n-kv-heads`.
-fn flag(field: ModelField) -> String {
-    field.name().replace('_', "-")
+/// The command-line flag of a field, e.g. `n-kv-heads` for `n_kv_heads`.
+fn flag(field: &str) -> String {
+    field.replace('_', "-")
 }
 
 fn kv(args: &KvArgs) -> Result<()> {

@@ -1,4 +1,5 @@
-//! Layer shapes and their validation.
+//! Layer shapes and their validation, the names of the small enums (variant, MLA path,
+//! kernel, mode, model field; see `names.rs`), and the one GiB-to-bytes conversion.
 //!
 //! Field names follow the Hugging Face configs (`n_heads` = `num_attention_heads`,
 //! `n_kv_heads` = `num_key_value_heads`, `kv_lora_rank`, ...), so a user can copy numbers from a

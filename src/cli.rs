@@ -9,17 +9,20 @@ use attnbench::compare::{
     Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
     compare, load_results,
 };
-use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, gib_to_bytes};
 use attnbench::experiment::{MAX_THREADS, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::harness::{Existing, Progress, run_experiment};
-use attnbench::planner::{self, Alternatives, Dtype, ModelShape, Plan, PlanRequest, human_bytes};
+use attnbench::planner::{
+    self, Alternatives, Dtype, ModelError, ModelShape, Plan, PlanRequest, human_bytes,
+};
+use attnbench::presets::{MissingField, ModelFields, preset, preset_names};
 use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
 use attnbench::results::{CalibrationSize, Machine, ResultsDir, ResultsFile, total_memory_bytes};
 use attnbench::roofline::default_calibration_threads;
-use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use attnbench::{LayerSpec, MlaPath, Variant};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tabled::builder::Builder;
 use tabled::settings::Style;
@@ -214,28 +217,14 @@ struct RunArgs {
     machine: PathBuf,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum VariantArg {
-    Mha,
-    Mqa,
-    Gqa,
-    Mla,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum MlaPathArg {
-    Naive,
-    Absorbed,
-}
-
 #[derive(Debug, Args)]
 struct ExportArgs {
     /// Attention variant.
     #[arg(long, value_enum)]
-    variant: VariantArg,
+    variant: Variant,
     /// MLA execution path (MLA only).
     #[arg(long, value_enum, default_value = "absorbed")]
-    mla_path: MlaPathArg,
+    mla_path: MlaPath,
     /// Width of the residual stream.
     #[arg(long, default_value_t = 64)]
     d_model: usize,
@@ -283,36 +272,6 @@ struct ExportArgs {
     out: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DtypeArg {
-    F32,
-    F16,
-    Bf16,
-    Int8,
-}
-
-impl From<DtypeArg> for Dtype {
-    fn from(d: DtypeArg) -> Self {
-        match d {
-            DtypeArg::F32 => Dtype::F32,
-            DtypeArg::F16 => Dtype::F16,
-            DtypeArg::Bf16 => Dtype::Bf16,
-            DtypeArg::Int8 => Dtype::Int8,
-        }
-    }
-}
-
-impl From<VariantArg> for Variant {
-    fn from(v: VariantArg) -> Self {
-        match v {
-            VariantArg::Mha => Variant::Mha,
-            VariantArg::Mqa => Variant::Mqa,
-            VariantArg::Gqa => Variant::Gqa,
-            VariantArg::Mla => Variant::Mla,
-        }
-    }
-}
-
 // Not ExportArgs' fields: those default to a tiny layer for a small case file, while the planner
 // must not invent a model, so every shape field here is optional and comes from the preset
 // unless given.
@@ -328,7 +287,7 @@ struct KvArgs {
         conflicts_with = "preset",
         required_unless_present = "preset"
     )]
-    variant: Option<VariantArg>,
+    variant: Option<Variant>,
     /// Decoder layers (each caches its own KV) [default: the preset's].
     #[arg(long)]
     n_layers: Option<usize>,
@@ -368,7 +327,7 @@ struct KvArgs {
     batch: usize,
     /// Storage types, comma-separated [default: all four].
     #[arg(long, value_enum, value_delimiter = ',')]
-    dtype: Vec<DtypeArg>,
+    dtype: Vec<Dtype>,
     /// Memory budget for weights and cache, in GiB (2^30 bytes): adds the largest batch at
     /// --context and the largest context at --batch that fit.
     #[arg(long)]
@@ -384,48 +343,30 @@ struct KvArgs {
 
 impl ExportArgs {
     fn spec(&self) -> Result<LayerSpec> {
-        let variant = match self.variant {
-            VariantArg::Mha => Variant::Mha,
-            VariantArg::Mqa => Variant::Mqa,
-            VariantArg::Gqa => Variant::Gqa,
-            VariantArg::Mla => Variant::Mla,
+        let fields = ModelFields {
+            d_model: Some(self.d_model),
+            n_heads: Some(self.n_heads),
+            n_kv_heads: self.n_kv_heads,
+            head_dim: Some(self.head_dim),
+            rope_theta: Some(self.rope_theta),
+            kv_lora_rank: Some(self.kv_lora_rank),
+            q_lora_rank: self.q_lora_rank,
+            qk_nope_head_dim: Some(self.qk_nope_head_dim),
+            qk_rope_head_dim: Some(self.qk_rope_head_dim),
+            v_head_dim: Some(self.v_head_dim),
+            rms_norm_eps: Some(self.rms_norm_eps),
+            ..ModelFields::default()
         };
-        if variant == Variant::Mla {
-            let path = match self.mla_path {
-                MlaPathArg::Naive => MlaPath::Naive,
-                MlaPathArg::Absorbed => MlaPath::Absorbed,
-            };
-            return Ok(LayerSpec::Mla {
-                config: MlaConfig {
-                    d_model: self.d_model,
-                    n_heads: self.n_heads,
-                    kv_lora_rank: self.kv_lora_rank,
-                    q_lora_rank: self.q_lora_rank,
-                    qk_nope_head_dim: self.qk_nope_head_dim,
-                    qk_rope_head_dim: self.qk_rope_head_dim,
-                    v_head_dim: self.v_head_dim,
-                    rope_theta: self.rope_theta,
-                    rms_norm_eps: self.rms_norm_eps,
-                },
-                path,
-            });
-        }
-        let n_kv_heads = match (variant, self.n_kv_heads) {
-            (_, Some(n)) => n,
-            (Variant::Mha, None) => self.n_heads,
-            (Variant::Mqa, None) => 1,
-            _ => bail!("--n-kv-heads is required for --variant gqa"),
-        };
-        Ok(LayerSpec::Grouped {
-            variant,
-            config: GroupedConfig {
-                d_model: self.d_model,
-                n_heads: self.n_heads,
-                n_kv_heads,
-                head_dim: self.head_dim,
-                rope_theta: self.rope_theta,
-            },
-        })
+        // Every other field has a default: only GQA's n_kv_heads can be missing.
+        fields
+            .layer(self.variant, self.mla_path)
+            .map_err(|MissingField(field)| {
+                anyhow!(
+                    "--{} is required for --variant {}",
+                    flag(field.name()),
+                    self.variant
+                )
+            })
     }
 }
 
@@ -545,7 +486,7 @@ fn flag_error(error: attnbench::Error) -> anyhow::Error {
             field,
             value,
             reason,
-        } => anyhow!("--{} {value}: {reason}", field.replace('_', "-")),
+        } => anyhow!("--{} {value}: {reason}", flag(field)),
         other => other.into(),
     }
 }
@@ -554,133 +495,54 @@ impl KvArgs {
     /// The model and the hypothetical rows' choices, from the preset and the flags.
     fn model(&self) -> Result<(ModelShape, Alternatives)> {
         let preset = match &self.preset {
-            Some(name) => Some(attnbench::experiment::preset(name).ok_or_else(|| {
-                let known: Vec<String> = attnbench::experiment::presets()
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect();
-                anyhow!(
-                    "--preset {name}: unknown preset; known: {}",
-                    known.join(", ")
-                )
+            Some(name) => Some(preset(name).ok_or_else(|| {
+                anyhow!("--preset {name}: unknown preset; known: {}", preset_names())
             })?),
             None => None,
         };
-        let from_preset = preset
-            .as_ref()
-            .map(ModelShape::from_preset)
-            .transpose()
-            .map_err(flag_error)?;
-        let variant = match (&from_preset, self.variant) {
-            (Some(m), _) => m.layer.variant(),
-            (None, Some(v)) => v.into(),
+        let variant = match (&preset, self.variant) {
+            (Some(p), _) => p.variant,
+            (None, Some(v)) => v,
             (None, None) => bail!("--variant or --preset is required"),
         };
-        // A flag, else the preset's value, else an error naming the flag.
-        let field = |flag: Option<usize>, preset_value: Option<usize>, name: &str| {
-            flag.or(preset_value)
-                .ok_or_else(|| anyhow!("--{name} is required without a preset that gives it"))
+        let overrides = ModelFields {
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            kv_lora_rank: self.kv_lora_rank,
+            qk_rope_head_dim: self.qk_rope_head_dim,
+            qk_nope_head_dim: self.qk_nope_head_dim,
+            v_head_dim: self.v_head_dim,
+            params: self.params,
+            ..ModelFields::default()
         };
-        let p = preset.as_ref();
-        let n_layers = field(self.n_layers, p.map(|p| p.n_layers), "n-layers")?;
-        let n_heads = field(self.n_heads, p.map(|p| p.n_heads), "n-heads")?;
-        let params = self.params.or(p.and_then(|p| p.params));
-        let mut alternatives = Alternatives {
+        let model = ModelShape::resolve(preset.as_ref(), variant, &overrides).map_err(|e| match e {
+            ModelError::Missing(field) => {
+                anyhow!("--{} is required without a preset that gives it", flag(field.name()))
+            }
+            ModelError::NotApplicable { field, variant: Variant::Mla } => {
+                anyhow!("--{} describes an MHA/GQA/MQA model; this one is MLA", flag(field.name()))
+            }
+            ModelError::NotApplicable { field, variant } => anyhow!(
+                "--{} describes an MLA model; this one is {variant} (the hypothetical MLA row caches only --kv-lora-rank and --qk-rope-head-dim)",
+                flag(field.name())
+            ),
+        })?;
+        // A model that is not MLA takes the latent widths for its hypothetical MLA row.
+        let not_mla = variant != Variant::Mla;
+        let alternatives = Alternatives {
             gqa_kv_heads: self.gqa_kv_heads,
-            ..Alternatives::default()
+            kv_lora_rank: self.kv_lora_rank.filter(|_| not_mla),
+            qk_rope_head_dim: self.qk_rope_head_dim.filter(|_| not_mla),
         };
-        let layer = if variant == Variant::Mla {
-            if let Some(flag) = [("n-kv-heads", self.n_kv_heads), ("head-dim", self.head_dim)]
-                .iter()
-                .find_map(|(name, v)| v.map(|_| name))
-            {
-                bail!("--{flag} describes an MHA/GQA/MQA model; this one is MLA");
-            }
-            let q_lora_rank = p.and_then(|p| p.q_lora_rank);
-            let kv_lora_rank = field(
-                self.kv_lora_rank,
-                p.and_then(|p| p.kv_lora_rank),
-                "kv-lora-rank",
-            )?;
-            let qk_nope_head_dim = field(
-                self.qk_nope_head_dim,
-                p.and_then(|p| p.qk_nope_head_dim),
-                "qk-nope-head-dim",
-            )?;
-            let qk_rope_head_dim = field(
-                self.qk_rope_head_dim,
-                p.and_then(|p| p.qk_rope_head_dim),
-                "qk-rope-head-dim",
-            )?;
-            let v_head_dim = field(self.v_head_dim, p.and_then(|p| p.v_head_dim), "v-head-dim")?;
-            LayerSpec::Mla {
-                config: MlaConfig {
-                    // d_model does not enter the cache; without a preset, any valid width will do.
-                    d_model: p.map_or(n_heads * v_head_dim, |p| p.d_model),
-                    n_heads,
-                    kv_lora_rank,
-                    q_lora_rank,
-                    qk_nope_head_dim,
-                    qk_rope_head_dim,
-                    v_head_dim,
-                    rope_theta: p.and_then(|p| p.rope_theta).unwrap_or(DEFAULT_ROPE_THETA),
-                    rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-                },
-                path: MlaPath::Absorbed,
-            }
-        } else {
-            if let Some(flag) = [
-                ("qk-nope-head-dim", self.qk_nope_head_dim),
-                ("v-head-dim", self.v_head_dim),
-            ]
-            .iter()
-            .find_map(|(name, v)| v.map(|_| name))
-            {
-                bail!(
-                    "--{flag} describes an MLA model; this one is {variant} (the hypothetical MLA row caches only --kv-lora-rank and --qk-rope-head-dim)"
-                );
-            }
-            alternatives.kv_lora_rank = self.kv_lora_rank;
-            alternatives.qk_rope_head_dim = self.qk_rope_head_dim;
-            let head_dim = field(self.head_dim, p.map(|p| p.head_dim), "head-dim")?;
-            let n_kv_heads = match (self.n_kv_heads, variant) {
-                (Some(n), _) => n,
-                (None, Variant::Mha) => n_heads,
-                (None, Variant::Mqa) => 1,
-                (None, _) => field(None, p.map(|p| p.n_kv_heads), "n-kv-heads")?,
-            };
-            LayerSpec::Grouped {
-                variant,
-                config: GroupedConfig {
-                    d_model: p.map_or(n_heads * head_dim, |p| p.d_model),
-                    n_heads,
-                    n_kv_heads,
-                    head_dim,
-                    rope_theta: p.and_then(|p| p.rope_theta).unwrap_or(DEFAULT_ROPE_THETA),
-                },
-            }
-        };
-        let name = match &self.preset {
-            Some(name)
-                if from_preset
-                    .as_ref()
-                    .is_some_and(|m| m.layer == layer && m.n_layers == n_layers) =>
-            {
-                name.clone()
-            }
-            Some(name) => format!("{name} (modified)"),
-            None => "custom".to_string(),
-        };
-        Ok((
-            ModelShape {
-                name,
-                n_layers,
-                layer,
-                params,
-            },
-            alternatives,
-        ))
+        Ok((model, alternatives))
     }
+}
+
+/// The command-line flag of a field, e.g. `n-kv-heads` for `n_kv_heads`.
+fn flag(field: &str) -> String {
+    field.replace('_', "-")
 }
 
 fn kv(args: &KvArgs) -> Result<()> {
@@ -688,7 +550,7 @@ fn kv(args: &KvArgs) -> Result<()> {
     let dtypes = if args.dtype.is_empty() {
         Dtype::ALL.to_vec()
     } else {
-        let mut dtypes: Vec<Dtype> = args.dtype.iter().map(|&d| d.into()).collect();
+        let mut dtypes = args.dtype.clone();
         dtypes.dedup();
         dtypes
     };
@@ -830,9 +692,12 @@ fn export(args: &ExportArgs) -> Result<()> {
 
 /// The memory limit: the flag, else half of this machine's memory (8 GiB if unknown).
 fn memory_limit(flag_gib: Option<f64>) -> Result<u64> {
-    match flag_gib {
-        Some(gib) if gib.is_finite() && gib > 0.0 => Ok((gib * (1u64 << 30) as f64) as u64),
-        Some(gib) => bail!("--memory-limit-gib {gib} is not a positive number"),
+    match flag_gib.map(|gib| (gib, gib_to_bytes(gib))) {
+        Some((_, Ok(bytes))) => Ok(bytes),
+        Some((gib, Err(GibError::NotPositive))) => {
+            bail!("--memory-limit-gib {gib} is not a positive number")
+        }
+        Some((gib, Err(e))) => bail!("--memory-limit-gib {gib}: {e}"),
         None => Ok(total_memory_bytes().map_or(8 << 30, |m| m / 2)),
     }
 }
@@ -997,7 +862,7 @@ struct ExperimentRow {
 }
 
 fn list(dir: &Path) -> Result<()> {
-    let presets: Vec<PresetRow> = attnbench::experiment::presets()
+    let presets: Vec<PresetRow> = attnbench::presets::presets()
         .into_iter()
         .map(|p| PresetRow {
             variant: p.variant.to_string(),

@@ -1,14 +1,19 @@
-//! Layer shapes and their validation.
+//! Layer shapes and their validation, the names of the small enums (variant, MLA path,
+//! kernel, mode, model field; see `names.rs`), and the one GiB-to-bytes conversion.
 //!
 //! Field names follow the Hugging Face configs (`n_heads` = `num_attention_heads`,
 //! `n_kv_heads` = `num_key_value_heads`, `kv_lora_rank`, ...), so a user can copy numbers from a
 //! model card or a `config.json`.
+
+mod names;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use names::{Named, UnknownName};
+pub(crate) use names::{clap_value_enum, named_enum};
 
 /// Largest accepted value for any one dimension. Far above every real model (DeepSeek-V3's
 /// largest is 18432 wide) and small enough that products of a few of them cannot overflow.
@@ -19,6 +24,37 @@ pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
 /// Default RMSNorm epsilon of the DeepSeek configs.
 pub const DEFAULT_RMS_NORM_EPS: f64 = 1e-6;
+
+/// Bytes in one GiB (2^30): memory limits and budgets are given in GiB.
+pub const BYTES_PER_GIB: u64 = 1 << 30;
+
+/// Why a number of GiB is not a memory size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GibError {
+    /// Zero, negative, infinite or NaN.
+    #[error("must be a positive finite number")]
+    NotPositive,
+    /// So large that its bytes do not fit in a `u64`.
+    #[error("must be below 2^64 bytes (16 EiB)")]
+    TooLarge,
+}
+
+/// `gib` GiB in bytes, rounded down: the one conversion of the memory limit and the budget.
+///
+/// # Errors
+/// [`GibError::NotPositive`] unless `gib` is positive and finite; [`GibError::TooLarge`] if
+/// the bytes would not fit in a `u64` (a float-to-int cast would saturate silently).
+pub fn gib_to_bytes(gib: f64) -> std::result::Result<u64, GibError> {
+    if !(gib.is_finite() && gib > 0.0) {
+        return Err(GibError::NotPositive);
+    }
+    let bytes = gib * BYTES_PER_GIB as f64;
+    // u64::MAX rounds up to 2^64 as an f64, so this refuses exactly the sizes of 2^64 and up.
+    if bytes >= u64::MAX as f64 {
+        return Err(GibError::TooLarge);
+    }
+    Ok(bytes as u64)
+}
 
 /// The attention variants attnbench compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -34,26 +70,13 @@ pub enum Variant {
     Mla,
 }
 
-impl Variant {
-    /// All variants, in table order.
-    pub const ALL: [Variant; 4] = [Variant::Mha, Variant::Mqa, Variant::Gqa, Variant::Mla];
-
-    /// The lowercase name used in files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Variant::Mha => "mha",
-            Variant::Mqa => "mqa",
-            Variant::Gqa => "gqa",
-            Variant::Mla => "mla",
-        }
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(Variant, "a variant", {
+    Mha => "mha",
+    Mqa => "mqa",
+    Gqa => "gqa",
+    Mla => "mla",
+});
+clap_value_enum!(Variant);
 
 /// The two execution paths of MLA over the same weights and the same latent cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,24 +88,11 @@ pub enum MlaPath {
     Absorbed,
 }
 
-impl MlaPath {
-    /// Both paths.
-    pub const ALL: [MlaPath; 2] = [MlaPath::Naive, MlaPath::Absorbed];
-
-    /// The lowercase name used in files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            MlaPath::Naive => "naive",
-            MlaPath::Absorbed => "absorbed",
-        }
-    }
-}
-
-impl fmt::Display for MlaPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(MlaPath, "an MLA path", {
+    Naive => "naive",
+    Absorbed => "absorbed",
+});
+clap_value_enum!(MlaPath);
 
 /// Which attention-core kernel a layer runs.
 #[derive(
@@ -99,21 +109,10 @@ pub enum Kernel {
     Tiled,
 }
 
-impl Kernel {
-    /// The lowercase name used in files and tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Naive => "naive",
-            Kernel::Tiled => "tiled",
-        }
-    }
-}
-
-impl fmt::Display for Kernel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(Kernel, "a kernel", {
+    Naive => "naive",
+    Tiled => "tiled",
+});
 
 /// What a step does (DESIGN §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,21 +124,59 @@ pub enum Mode {
     Decode,
 }
 
-impl Mode {
-    /// The lowercase name used in files and tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Prefill => "prefill",
-            Mode::Decode => "decode",
-        }
-    }
+named_enum!(Mode, "a mode", {
+    Prefill => "prefill",
+    Decode => "decode",
+});
+
+/// A shape field of a layer, or of a whole model (`n_layers`, `params`), by its name in the
+/// Hugging Face configs, the `[model]` table of an experiment file and (with `-` for `_`) the
+/// command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModelField {
+    /// `d_model` (`hidden_size`).
+    DModel,
+    /// `n_heads` (`num_attention_heads`).
+    NHeads,
+    /// `n_kv_heads` (`num_key_value_heads`).
+    NKvHeads,
+    /// `head_dim`.
+    HeadDim,
+    /// `rope_theta`.
+    RopeTheta,
+    /// `kv_lora_rank` (MLA).
+    KvLoraRank,
+    /// `q_lora_rank` (MLA).
+    QLoraRank,
+    /// `qk_nope_head_dim` (MLA).
+    QkNopeHeadDim,
+    /// `qk_rope_head_dim` (MLA).
+    QkRopeHeadDim,
+    /// `v_head_dim` (MLA).
+    VHeadDim,
+    /// `rms_norm_eps` (MLA).
+    RmsNormEps,
+    /// `n_layers` (`num_hidden_layers`), of a whole model.
+    NLayers,
+    /// `params`, the parameters of a whole model.
+    Params,
 }
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+named_enum!(ModelField, "a model field", {
+    DModel => "d_model",
+    NHeads => "n_heads",
+    NKvHeads => "n_kv_heads",
+    HeadDim => "head_dim",
+    RopeTheta => "rope_theta",
+    KvLoraRank => "kv_lora_rank",
+    QLoraRank => "q_lora_rank",
+    QkNopeHeadDim => "qk_nope_head_dim",
+    QkRopeHeadDim => "qk_rope_head_dim",
+    VHeadDim => "v_head_dim",
+    RmsNormEps => "rms_norm_eps",
+    NLayers => "n_layers",
+    Params => "params",
+});
 
 /// Shape of an MHA, GQA or MQA layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,22 +196,22 @@ pub struct GroupedConfig {
 impl GroupedConfig {
     /// Checks the shape for `variant` (MHA needs `n_kv_heads == n_heads`, MQA needs 1).
     pub fn validate(&self, variant: Variant) -> Result<()> {
-        dimension("d_model", self.d_model)?;
-        dimension("n_heads", self.n_heads)?;
-        dimension("n_kv_heads", self.n_kv_heads)?;
-        dimension("head_dim", self.head_dim)?;
-        even("head_dim", self.head_dim)?;
-        positive_finite("rope_theta", self.rope_theta)?;
+        dimension(ModelField::DModel, self.d_model)?;
+        dimension(ModelField::NHeads, self.n_heads)?;
+        dimension(ModelField::NKvHeads, self.n_kv_heads)?;
+        dimension(ModelField::HeadDim, self.head_dim)?;
+        even(ModelField::HeadDim, self.head_dim)?;
+        positive_finite(ModelField::RopeTheta, self.rope_theta)?;
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(invalid(
-                "n_kv_heads",
+                ModelField::NKvHeads.name(),
                 self.n_kv_heads,
                 format!("must divide n_heads = {}", self.n_heads),
             ));
         }
         match variant {
             Variant::Mha if self.n_kv_heads != self.n_heads => Err(invalid(
-                "n_kv_heads",
+                ModelField::NKvHeads.name(),
                 self.n_kv_heads,
                 format!(
                     "MHA has one KV head per query head: must equal n_heads = {}",
@@ -182,7 +219,7 @@ impl GroupedConfig {
                 ),
             )),
             Variant::Mqa if self.n_kv_heads != 1 => Err(invalid(
-                "n_kv_heads",
+                ModelField::NKvHeads.name(),
                 self.n_kv_heads,
                 "MQA has a single KV head: must be 1".to_string(),
             )),
@@ -236,25 +273,25 @@ pub struct MlaConfig {
 impl MlaConfig {
     /// Checks every size (non-zero, even rope width) and the norm epsilon.
     pub fn validate(&self) -> Result<()> {
-        dimension("d_model", self.d_model)?;
-        dimension("n_heads", self.n_heads)?;
-        dimension("kv_lora_rank", self.kv_lora_rank)?;
+        dimension(ModelField::DModel, self.d_model)?;
+        dimension(ModelField::NHeads, self.n_heads)?;
+        dimension(ModelField::KvLoraRank, self.kv_lora_rank)?;
         if let Some(rank) = self.q_lora_rank {
             if rank == 0 {
                 return Err(invalid(
-                    "q_lora_rank",
+                    ModelField::QLoraRank.name(),
                     rank,
                     "must be at least 1; leave it out for no query compression".to_string(),
                 ));
             }
-            dimension("q_lora_rank", rank)?;
+            dimension(ModelField::QLoraRank, rank)?;
         }
-        dimension("qk_nope_head_dim", self.qk_nope_head_dim)?;
-        dimension("qk_rope_head_dim", self.qk_rope_head_dim)?;
-        even("qk_rope_head_dim", self.qk_rope_head_dim)?;
-        dimension("v_head_dim", self.v_head_dim)?;
-        positive_finite("rope_theta", self.rope_theta)?;
-        positive_finite("rms_norm_eps", self.rms_norm_eps)?;
+        dimension(ModelField::QkNopeHeadDim, self.qk_nope_head_dim)?;
+        dimension(ModelField::QkRopeHeadDim, self.qk_rope_head_dim)?;
+        even(ModelField::QkRopeHeadDim, self.qk_rope_head_dim)?;
+        dimension(ModelField::VHeadDim, self.v_head_dim)?;
+        positive_finite(ModelField::RopeTheta, self.rope_theta)?;
+        positive_finite(ModelField::RmsNormEps, self.rms_norm_eps)?;
         Ok(())
     }
 
@@ -378,13 +415,17 @@ fn invalid(field: &'static str, value: impl fmt::Display, reason: String) -> Err
     }
 }
 
-fn dimension(field: &'static str, value: usize) -> Result<()> {
+fn dimension(field: ModelField, value: usize) -> Result<()> {
     if value == 0 {
-        return Err(invalid(field, value, "must be at least 1".to_string()));
+        return Err(invalid(
+            field.name(),
+            value,
+            "must be at least 1".to_string(),
+        ));
     }
     if value > MAX_DIMENSION {
         return Err(invalid(
-            field,
+            field.name(),
             value,
             format!("must be at most {MAX_DIMENSION}"),
         ));
@@ -392,10 +433,10 @@ fn dimension(field: &'static str, value: usize) -> Result<()> {
     Ok(())
 }
 
-fn even(field: &'static str, value: usize) -> Result<()> {
+fn even(field: ModelField, value: usize) -> Result<()> {
     if !value.is_multiple_of(2) {
         return Err(invalid(
-            field,
+            field.name(),
             value,
             "must be even: RoPE rotates pairs of values".to_string(),
         ));
@@ -403,13 +444,35 @@ fn even(field: &'static str, value: usize) -> Result<()> {
     Ok(())
 }
 
-fn positive_finite(field: &'static str, value: f64) -> Result<()> {
+fn positive_finite(field: ModelField, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
         return Err(invalid(
-            field,
+            field.name(),
             value,
             "must be a positive finite number".to_string(),
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gib_to_bytes_refuses_what_is_not_a_memory_size() {
+        assert_eq!(gib_to_bytes(1.0), Ok(1 << 30));
+        assert_eq!(gib_to_bytes(0.5), Ok(1 << 29));
+        assert_eq!(gib_to_bytes(24.0), Ok(24 << 30));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(gib_to_bytes(bad), Err(GibError::NotPositive), "{bad}");
+        }
+        // 2^34 GiB is 2^64 bytes: one past u64::MAX.
+        assert_eq!(gib_to_bytes(2f64.powi(34)), Err(GibError::TooLarge));
+        assert_eq!(gib_to_bytes(1e30), Err(GibError::TooLarge));
+        assert_eq!(gib_to_bytes(f64::MAX), Err(GibError::TooLarge));
+        // Just below 2^64 bytes still converts.
+        let below = 2f64.powi(34) * (1.0 - f64::EPSILON);
+        assert!(gib_to_bytes(below).unwrap() > u64::MAX / 2);
+    }
 }

@@ -8,7 +8,9 @@ pub enum Error {
     /// A configuration field holds a value the layer cannot be built with.
     #[error("invalid config: `{field}` = {value}: {reason}")]
     InvalidConfig {
-        /// The field's name, as in the Hugging Face configs (`n_kv_heads`, `kv_lora_rank`, ...).
+        /// The field's name: a layer's as in the Hugging Face configs
+        /// ([`ModelField::name`](crate::config::ModelField::name): `n_kv_heads`,
+        /// `kv_lora_rank`, ...), or a request's (`context`, `budget_gib`, `seq_len`, ...).
         field: &'static str,
         /// The offending value, as the user wrote it.
         value: String,

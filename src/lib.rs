@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layer;
 pub mod planner;
+pub mod presets;
 pub mod report;
 pub mod results;
 pub mod roofline;

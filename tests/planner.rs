@@ -258,3 +258,58 @@ fn bad_requests_are_errors_naming_the_field() {
     req.batch = 1;
     assert_eq!(field_of(&req), "dtype");
 }
+
+/// `kv`'s model: a preset's fields under the flags, named after the preset unless the flags
+/// change it; an MHA or MQA preset's n_kv_heads follows an overridden n_heads.
+#[test]
+fn resolve_overlays_flags_on_the_preset_and_names_the_result() {
+    use attnbench::planner::ModelError;
+    use attnbench::presets::ModelFields;
+    let llama = preset("llama-3-8b").unwrap();
+    let same = ModelShape::resolve(Some(&llama), Variant::Gqa, &ModelFields::default()).unwrap();
+    assert_eq!(same, ModelShape::from_preset(&llama).unwrap());
+    let same_layers = ModelFields {
+        n_layers: Some(32),
+        ..ModelFields::default()
+    };
+    let unchanged = ModelShape::resolve(Some(&llama), Variant::Gqa, &same_layers).unwrap();
+    assert_eq!(unchanged.name, "llama-3-8b");
+    let wider = ModelFields {
+        n_heads: Some(64),
+        ..ModelFields::default()
+    };
+    let modified = ModelShape::resolve(Some(&llama), Variant::Gqa, &wider).unwrap();
+    assert_eq!(modified.name, "llama-3-8b (modified)");
+    assert_eq!(
+        (
+            modified.layer.n_heads(),
+            modified.layer.kv_values_per_token()
+        ),
+        (64, 2 * 8 * 128)
+    );
+
+    let gpt2 = preset("gpt2-small").unwrap();
+    let mha = ModelShape::resolve(Some(&gpt2), Variant::Mha, &wider).unwrap();
+    assert_eq!(mha.layer.kv_values_per_token(), 2 * 64 * 64);
+
+    let custom = ModelFields {
+        n_layers: Some(2),
+        n_heads: Some(4),
+        head_dim: Some(8),
+        ..ModelFields::default()
+    };
+    let model = ModelShape::resolve(None, Variant::Mqa, &custom).unwrap();
+    assert_eq!((model.name.as_str(), model.layer.d_model()), ("custom", 32));
+    use attnbench::config::ModelField;
+    assert_eq!(
+        ModelShape::resolve(None, Variant::Gqa, &custom),
+        Err(ModelError::Missing(ModelField::NKvHeads))
+    );
+    assert_eq!(
+        ModelShape::resolve(None, Variant::Mla, &custom),
+        Err(ModelError::NotApplicable {
+            field: ModelField::HeadDim,
+            variant: Variant::Mla
+        })
+    );
+}

@@ -1,43 +1,23 @@
 //! The presets carry verified shapes; the layers built from them must cache exactly the
-//! verified number of values per token and layer, read from the real allocation.
+//! verified number of values per token and layer, read from the real allocation. Experiment
+//! files, `kv` and `export` resolve a preset's shape through one resolver and agree.
 
-use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
-use attnbench::experiment::presets;
-use attnbench::{GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant, build_layer};
+use attnbench::experiment::{parse_experiment, preset, presets};
+use attnbench::planner::ModelShape;
+use attnbench::presets::ModelFields;
+use attnbench::{LayerSpec, MlaPath, Variant, build_layer};
 
 #[test]
 fn every_preset_caches_its_verified_values_per_token() {
     let all = presets();
     assert!(all.len() >= 8);
     for p in all {
-        // d_model does not enter the cache; a small one keeps the weights small.
-        let d_model = 64;
-        let spec = match p.variant {
-            Variant::Mla => LayerSpec::Mla {
-                config: MlaConfig {
-                    d_model,
-                    n_heads: p.n_heads,
-                    kv_lora_rank: p.kv_lora_rank.unwrap(),
-                    q_lora_rank: None,
-                    qk_nope_head_dim: p.qk_nope_head_dim.unwrap(),
-                    qk_rope_head_dim: p.qk_rope_head_dim.unwrap(),
-                    v_head_dim: p.v_head_dim.unwrap(),
-                    rope_theta: DEFAULT_ROPE_THETA,
-                    rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-                },
-                path: MlaPath::Absorbed,
-            },
-            variant => LayerSpec::Grouped {
-                variant,
-                config: GroupedConfig {
-                    d_model,
-                    n_heads: p.n_heads,
-                    n_kv_heads: p.n_kv_heads,
-                    head_dim: p.head_dim,
-                    rope_theta: DEFAULT_ROPE_THETA,
-                },
-            },
-        };
+        let mut fields = ModelFields::of_preset(&p);
+        // d_model and the query latent do not enter the cache; leaving them small keeps the
+        // weights small.
+        fields.d_model = Some(64);
+        fields.q_lora_rank = None;
+        let spec = fields.layer(p.variant, MlaPath::Absorbed).unwrap();
         let layer = build_layer(&spec, 0).unwrap_or_else(|e| panic!("{}: {e}", p.name));
         let cache = layer.new_cache(1, 3).unwrap();
         assert_eq!(
@@ -57,4 +37,57 @@ fn llama_3_8b_is_32_heads_of_128_over_8_kv_heads() {
         (4096, 32, 8, 128, 32)
     );
     assert_eq!(p.rope_theta, Some(500000.0));
+}
+
+/// The layer an experiment file with `preset = NAME` measures for the preset's own variant.
+fn experiment_layer(name: &str, variant: Variant) -> LayerSpec {
+    let text = format!(
+        "[model]\npreset = \"{name}\"\n[sweep]\nvariant = [\"{variant}\"]\nmla_path = [\"absorbed\"]\nmode = [\"decode\"]\ncontext = [1]\nthreads = [1]\n"
+    );
+    let experiment = parse_experiment(&text, "t.toml", "t", u64::MAX / 2).unwrap();
+    assert_eq!(experiment.points.len(), 1, "{name}");
+    experiment.points[0].spec.clone()
+}
+
+/// The layer `export` builds from flags that spell out the preset's fields (it has no
+/// `--preset`; its shape flags take the same resolver).
+fn export_layer(name: &str) -> LayerSpec {
+    let p = preset(name).unwrap();
+    let flags = ModelFields {
+        n_layers: None,
+        params: None,
+        ..ModelFields::of_preset(&p)
+    };
+    flags.layer(p.variant, MlaPath::Absorbed).unwrap()
+}
+
+#[test]
+fn experiment_kv_and_export_resolve_a_preset_to_the_same_layer() {
+    for name in ["llama-3-8b", "falcon-7b", "gpt2-small", "deepseek-v3"] {
+        let p = preset(name).unwrap();
+        let from_experiment = experiment_layer(name, p.variant);
+        let from_kv = ModelShape::resolve(Some(&p), p.variant, &ModelFields::default())
+            .unwrap()
+            .layer;
+        let from_planner = ModelShape::from_preset(&p).unwrap().layer;
+        assert_eq!(from_experiment, from_kv, "{name}");
+        assert_eq!(from_kv, from_planner, "{name}");
+        assert_eq!(from_kv, export_layer(name), "{name}");
+    }
+    // llama-3-8b's own numbers, so that agreeing is not agreeing on a wrong shape.
+    let LayerSpec::Grouped { variant, config } = experiment_layer("llama-3-8b", Variant::Gqa)
+    else {
+        panic!("llama-3-8b is GQA")
+    };
+    assert_eq!(variant, Variant::Gqa);
+    assert_eq!(
+        (
+            config.d_model,
+            config.n_heads,
+            config.n_kv_heads,
+            config.head_dim
+        ),
+        (4096, 32, 8, 128)
+    );
+    assert_eq!(config.rope_theta, 500000.0);
 }

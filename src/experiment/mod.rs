@@ -3,10 +3,9 @@
 //! grid of points. Nothing runs until the whole file has passed.
 
 mod error;
-mod presets;
 mod wire;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -14,14 +13,14 @@ use std::time::Duration;
 use serde::Serialize;
 use toml::Spanned;
 
+pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
-pub use presets::{PRESETS_TOML, Preset, preset, presets};
 
 use crate::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, Kernel, LayerSpec, MlaConfig, MlaPath,
-    Mode, Variant,
+    BYTES_PER_GIB, GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes,
 };
 use crate::error::Error;
+use crate::presets::{MissingField, ModelFields, preset_names};
 use error::{at_span, key_at, line_column};
 use wire::{ExperimentWire, ModelWire};
 
@@ -182,33 +181,106 @@ pub fn parse_experiment(
     Builder { text, file }.build(wire, default_name, memory_limit_default)
 }
 
-/// A value and where it was written (a span of the file, or of the preset's name).
-#[derive(Clone, Debug)]
-struct Sourced<T> {
-    value: T,
-    span: Range<usize>,
-    key: String,
-}
-
 struct Builder<'a> {
     text: &'a str,
     file: &'a str,
 }
 
-/// The base layer's fields after the preset and the overrides.
-#[derive(Default)]
+/// Where a field of the base layer was written: a span of the file (a `[model]` key, or the
+/// preset's name) and the key to name in errors.
+#[derive(Clone, Debug)]
+struct Source {
+    span: Range<usize>,
+    key: String,
+}
+
+/// The base layer's fields after the preset and the overrides, and where each came from.
 struct Base {
-    d_model: Option<Sourced<usize>>,
-    n_heads: Option<Sourced<usize>>,
-    n_kv_heads: Option<Sourced<usize>>,
-    head_dim: Option<Sourced<usize>>,
-    rope_theta: Option<Sourced<f64>>,
-    kv_lora_rank: Option<Sourced<usize>>,
-    q_lora_rank: Option<Sourced<usize>>,
-    qk_nope_head_dim: Option<Sourced<usize>>,
-    qk_rope_head_dim: Option<Sourced<usize>>,
-    v_head_dim: Option<Sourced<usize>>,
-    rms_norm_eps: Option<Sourced<f64>>,
+    fields: ModelFields,
+    sources: BTreeMap<ModelField, Source>,
+}
+
+/// The sweep lists after their checks and defaults.
+struct Axes {
+    variants: Vec<Variant>,
+    modes: Vec<Mode>,
+    mla_paths: Vec<MlaPath>,
+    seq_lens: Vec<usize>,
+    cache_lens: Vec<usize>,
+    contexts: Vec<usize>,
+    n_heads: Vec<usize>,
+    /// `None`: neither the sweep nor the base layer gives one (GQA then cannot be built).
+    n_kv_heads: Option<Vec<usize>>,
+    batches: Vec<usize>,
+    threads: Vec<usize>,
+    kernels: Vec<Kernel>,
+}
+
+/// Every point, in order: layer, mode, lengths (prefill: each seq_len at each cache_len;
+/// decode: each context), batch, threads, kernel.
+fn grid(specs: &[LayerSpec], axes: &Axes) -> Vec<Point> {
+    let mut points = Vec::new();
+    for spec in specs {
+        for &mode in &axes.modes {
+            let lengths: Vec<(usize, usize)> = match mode {
+                Mode::Prefill => axes
+                    .seq_lens
+                    .iter()
+                    .flat_map(|&s| axes.cache_lens.iter().map(move |&c| (s, c)))
+                    .collect(),
+                Mode::Decode => axes.contexts.iter().map(|&c| (1, c)).collect(),
+            };
+            for &(seq_len, context) in &lengths {
+                for &batch in &axes.batches {
+                    for &threads in &axes.threads {
+                        for &kernel in &axes.kernels {
+                            points.push(Point {
+                                spec: spec.clone(),
+                                mode,
+                                seq_len,
+                                context,
+                                batch,
+                                threads,
+                                kernel,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    points
+}
+
+/// What a swept `n_kv_heads` list does not apply to, noted as skipped: MHA and MQA have
+/// their own, MLA has none.
+fn unswept_variants(
+    variants: &[Variant],
+    n_kv_heads: &Option<Spanned<Vec<usize>>>,
+) -> Vec<Skipped> {
+    if n_kv_heads.as_ref().is_none_or(|l| l.get_ref().len() <= 1) {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    for (variant, natural) in [(Variant::Mha, "n_heads"), (Variant::Mqa, "1")] {
+        if variants.contains(&variant) {
+            notes.push(Skipped {
+                what: format!("{variant} at each sweep.n_kv_heads"),
+                reason: format!(
+                    "{variant} has n_kv_heads = {natural} by definition; measured once per n_heads"
+                ),
+            });
+        }
+    }
+    if variants.contains(&Variant::Mla) {
+        notes.push(Skipped {
+            what: "mla at each sweep.n_kv_heads".into(),
+            reason:
+                "MLA caches one shared latent: n_kv_heads does not apply; measured once per n_heads"
+                    .into(),
+        });
+    }
+    notes
 }
 
 impl Builder<'_> {
@@ -218,71 +290,38 @@ impl Builder<'_> {
 
     fn base(&self, model: &Spanned<ModelWire>) -> Result<Base, ExperimentError> {
         let m = model.get_ref();
-        let mut base = Base::default();
+        let mut base = Base {
+            fields: ModelFields::default(),
+            sources: BTreeMap::new(),
+        };
         if let Some(name) = &m.preset {
             let p = preset(name.get_ref()).ok_or_else(|| {
-                let known: Vec<String> = presets().into_iter().map(|p| p.name).collect();
                 self.error(
                     name.span(),
                     "model.preset",
                     format!(
                         "unknown preset `{}`; known: {}",
                         name.get_ref(),
-                        known.join(", ")
+                        preset_names()
                     ),
                 )
             })?;
-            let from = |value, key: &str| {
-                Some(Sourced {
-                    value,
-                    span: name.span(),
-                    key: format!("model.preset ({} {key})", p.name),
-                })
-            };
-            base.d_model = from(p.d_model, "d_model");
-            base.n_heads = from(p.n_heads, "n_heads");
-            base.n_kv_heads = from(p.n_kv_heads, "n_kv_heads");
-            base.head_dim = from(p.head_dim, "head_dim");
-            base.kv_lora_rank = p.kv_lora_rank.and_then(|v| from(v, "kv_lora_rank"));
-            base.q_lora_rank = p.q_lora_rank.and_then(|v| from(v, "q_lora_rank"));
-            base.qk_nope_head_dim = p.qk_nope_head_dim.and_then(|v| from(v, "qk_nope_head_dim"));
-            base.qk_rope_head_dim = p.qk_rope_head_dim.and_then(|v| from(v, "qk_rope_head_dim"));
-            base.v_head_dim = p.v_head_dim.and_then(|v| from(v, "v_head_dim"));
-            base.rope_theta = p.rope_theta.map(|value| Sourced {
-                value,
-                span: name.span(),
-                key: format!("model.preset ({} rope_theta)", p.name),
-            });
-        }
-        fn set<T: Clone>(slot: &mut Option<Sourced<T>>, v: &Option<Spanned<T>>, key: &str) {
-            if let Some(v) = v {
-                *slot = Some(Sourced {
-                    value: v.get_ref().clone(),
-                    span: v.span(),
-                    key: format!("model.{key}"),
-                });
+            base.fields = ModelFields::of_preset(&p);
+            for field in ModelField::ALL
+                .into_iter()
+                .filter(|&f| base.fields.is_set(f))
+            {
+                let key = format!("model.preset ({} {field})", p.name);
+                let span = name.span();
+                base.sources.insert(field, Source { span, key });
             }
         }
-        set(&mut base.d_model, &m.d_model, "d_model");
-        set(&mut base.n_heads, &m.n_heads, "n_heads");
-        set(&mut base.n_kv_heads, &m.n_kv_heads, "n_kv_heads");
-        set(&mut base.head_dim, &m.head_dim, "head_dim");
-        set(&mut base.rope_theta, &m.rope_theta, "rope_theta");
-        set(&mut base.kv_lora_rank, &m.kv_lora_rank, "kv_lora_rank");
-        set(&mut base.q_lora_rank, &m.q_lora_rank, "q_lora_rank");
-        set(
-            &mut base.qk_nope_head_dim,
-            &m.qk_nope_head_dim,
-            "qk_nope_head_dim",
-        );
-        set(
-            &mut base.qk_rope_head_dim,
-            &m.qk_rope_head_dim,
-            "qk_rope_head_dim",
-        );
-        set(&mut base.v_head_dim, &m.v_head_dim, "v_head_dim");
-        set(&mut base.rms_norm_eps, &m.rms_norm_eps, "rms_norm_eps");
-        if base.d_model.is_none() {
+        base.fields.overlay(&m.fields());
+        for (field, span) in m.spans() {
+            let key = format!("model.{field}");
+            base.sources.insert(field, Source { span, key });
+        }
+        if base.fields.d_model.is_none() {
             return Err(self.error(
                 model.span(),
                 "model",
@@ -292,21 +331,24 @@ impl Builder<'_> {
         Ok(base)
     }
 
-    /// A required base field, or an error naming it.
-    fn need<T: Clone>(
+    /// The error for a field the layer needs and the file does not give.
+    fn missing(
         &self,
-        field: &Option<Sourced<T>>,
-        name: &str,
-        why: &str,
+        MissingField(field): MissingField,
         model_span: &Range<usize>,
-    ) -> Result<T, ExperimentError> {
-        field.as_ref().map(|f| f.value.clone()).ok_or_else(|| {
-            self.error(
-                model_span.clone(),
-                &format!("model.{name}"),
-                format!("missing: {why}"),
-            )
-        })
+    ) -> ExperimentError {
+        let why = match field {
+            ModelField::HeadDim => "the grouped variants need the width of a head",
+            ModelField::NKvHeads => "GQA needs n_kv_heads (in [model] or as sweep.n_kv_heads)",
+            _ => {
+                "MLA needs it (DeepSeek-V2/V3 use kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128)"
+            }
+        };
+        self.error(
+            model_span.clone(),
+            &format!("model.{field}"),
+            format!("missing: {why}"),
+        )
     }
 
     /// A sweep list: present and non-empty, no duplicates, each value at least 1.
@@ -357,6 +399,8 @@ impl Builder<'_> {
         Ok(values.clone())
     }
 
+    /// The file's steps in order, each refusing what it cannot take: the base layer, the sweep
+    /// axes, the measurement settings, the layer specs, the grid, the memory check, the name.
     fn build(
         &self,
         wire: ExperimentWire,
@@ -364,345 +408,24 @@ impl Builder<'_> {
         memory_limit_default: u64,
     ) -> Result<Experiment, ExperimentError> {
         let base = self.base(&wire.model)?;
-        let model_span = wire.model.span();
-        let sweep = wire.sweep.get_ref();
-        let sweep_span = wire.sweep.span();
-
-        let variants = unique(&sweep.variant).map_err(|v| {
-            self.error(
-                sweep.variant.span(),
-                "sweep.variant",
-                format!("must list each variant once and at least one ({v})"),
-            )
-        })?;
-        let modes = unique(&sweep.mode).map_err(|v| {
-            self.error(
-                sweep.mode.span(),
-                "sweep.mode",
-                format!("must list each mode once and at least one ({v})"),
-            )
-        })?;
-        let mla_paths = match &sweep.mla_path {
-            Some(paths) => unique(paths).map_err(|v| {
-                self.error(
-                    paths.span(),
-                    "sweep.mla_path",
-                    format!("must list each path once and at least one ({v})"),
-                )
-            })?,
-            None => MlaPath::ALL.to_vec(),
-        };
-        let seq_lens = if modes.contains(&Mode::Prefill) {
-            self.axis(&sweep.seq_len, "sweep.seq_len", None)
-                .map_err(|e| self.locate_missing(e, &sweep_span))?
-        } else {
-            Vec::new()
-        };
-        let cache_lens = self.axis_from(&sweep.cache_len, "sweep.cache_len", Some(vec![0]), 0)?;
-        let contexts = if modes.contains(&Mode::Decode) {
-            self.axis(&sweep.context, "sweep.context", None)
-                .map_err(|e| self.locate_missing(e, &sweep_span))?
-        } else {
-            Vec::new()
-        };
-        let base_heads = base.n_heads.as_ref().map(|h| vec![h.value]);
-        let n_heads = self
-            .axis(&sweep.n_heads, "sweep.n_heads", base_heads)
-            .map_err(|e| self.locate_missing(e, &model_span))?;
-        let n_kv_list = match (&sweep.n_kv_heads, &base.n_kv_heads) {
-            (Some(_), _) => Some(self.axis(&sweep.n_kv_heads, "sweep.n_kv_heads", None)?),
-            (None, Some(b)) => Some(vec![b.value]),
-            (None, None) => None,
-        };
-        let batches = self.axis(&sweep.batch, "sweep.batch", Some(vec![1]))?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = self.axis(&sweep.threads, "sweep.threads", Some(vec![cores]))?;
-        if let (Some(list), Some(&t)) = (&sweep.threads, threads.iter().find(|&&t| t > MAX_THREADS))
-        {
-            return Err(self.error(
-                list.span(),
-                "sweep.threads",
-                format!("{t} is more than {MAX_THREADS}"),
-            ));
-        }
-
-        let kernels = match &sweep.kernel {
-            Some(list) => unique(list).map_err(|v| {
-                self.error(
-                    list.span(),
-                    "sweep.kernel",
-                    format!("must list each kernel once and at least one ({v})"),
-                )
-            })?,
-            None => vec![Kernel::default()],
-        };
+        let axes = self.axes(&wire, &base)?;
         let measure = self.measure(&wire.measure, memory_limit_default)?;
-        let rope_theta = base
-            .rope_theta
-            .as_ref()
-            .map_or(DEFAULT_ROPE_THETA, |r| r.value);
-        let d_model = self.need(
-            &base.d_model,
-            "d_model",
-            "the width of the residual stream",
-            &model_span,
-        )?;
-
-        // Layer specs: variant × path × n_heads × n_kv_heads, each checked.
-        let mut specs: Vec<LayerSpec> = Vec::new();
-        let mut skipped = Vec::new();
-        let swept_heads = n_heads.len() > 1;
-        for &variant in &variants {
-            for &heads in &n_heads {
-                let candidates: Vec<(LayerSpec, String)> = match variant {
-                    Variant::Mla => {
-                        let why = "MLA needs it (DeepSeek-V2/V3 use kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128)";
-                        let config = MlaConfig {
-                            d_model,
-                            n_heads: heads,
-                            kv_lora_rank: self.need(
-                                &base.kv_lora_rank,
-                                "kv_lora_rank",
-                                why,
-                                &model_span,
-                            )?,
-                            q_lora_rank: base.q_lora_rank.as_ref().map(|q| q.value),
-                            qk_nope_head_dim: self.need(
-                                &base.qk_nope_head_dim,
-                                "qk_nope_head_dim",
-                                why,
-                                &model_span,
-                            )?,
-                            qk_rope_head_dim: self.need(
-                                &base.qk_rope_head_dim,
-                                "qk_rope_head_dim",
-                                why,
-                                &model_span,
-                            )?,
-                            v_head_dim: self.need(
-                                &base.v_head_dim,
-                                "v_head_dim",
-                                why,
-                                &model_span,
-                            )?,
-                            rope_theta,
-                            rms_norm_eps: base
-                                .rms_norm_eps
-                                .as_ref()
-                                .map_or(DEFAULT_RMS_NORM_EPS, |e| e.value),
-                        };
-                        mla_paths
-                            .iter()
-                            .map(|&path| {
-                                (
-                                    LayerSpec::Mla {
-                                        config: config.clone(),
-                                        path,
-                                    },
-                                    format!("mla-{path} n_heads={heads}"),
-                                )
-                            })
-                            .collect()
-                    }
-                    _ => {
-                        let head_dim = self.need(
-                            &base.head_dim,
-                            "head_dim",
-                            "the grouped variants need the width of a head",
-                            &model_span,
-                        )?;
-                        let kv_values: Vec<usize> = match variant {
-                            Variant::Mha => vec![heads],
-                            Variant::Mqa => vec![1],
-                            _ => n_kv_list.clone().ok_or_else(|| {
-                                self.error(model_span.clone(), "model.n_kv_heads", "missing: GQA needs n_kv_heads (in [model] or as sweep.n_kv_heads)".into())
-                            })?,
-                        };
-                        kv_values
-                            .into_iter()
-                            .map(|n_kv_heads| {
-                                let config = GroupedConfig {
-                                    d_model,
-                                    n_heads: heads,
-                                    n_kv_heads,
-                                    head_dim,
-                                    rope_theta,
-                                };
-                                (
-                                    LayerSpec::Grouped { variant, config },
-                                    format!("{variant} n_heads={heads} n_kv_heads={n_kv_heads}"),
-                                )
-                            })
-                            .collect()
-                    }
-                };
-                for (spec, what) in candidates {
-                    if let Err(Error::InvalidConfig {
-                        field,
-                        value,
-                        reason,
-                    }) = spec.validate()
-                    {
-                        let swept = match field {
-                            "n_kv_heads" => {
-                                n_kv_list.as_ref().is_some_and(|l| l.len() > 1) || swept_heads
-                            }
-                            "n_heads" => swept_heads,
-                            _ => false,
-                        };
-                        if !swept {
-                            let (span, key) = self.field_location(field, &base, sweep, &model_span);
-                            return Err(self.error(
-                                span,
-                                &key,
-                                format!("`{field}` = {value}: {reason}"),
-                            ));
-                        }
-                        skipped.push(Skipped {
-                            what,
-                            reason: format!("`{field}` = {value}: {reason}"),
-                        });
-                        continue;
-                    }
-                    if let LayerSpec::Grouped {
-                        variant: Variant::Gqa,
-                        config,
-                    } = &spec
-                    {
-                        let twin = if config.n_kv_heads == config.n_heads {
-                            Some(Variant::Mha)
-                        } else if config.n_kv_heads == 1 {
-                            Some(Variant::Mqa)
-                        } else {
-                            None
-                        };
-                        if let Some(twin) = twin.filter(|t| variants.contains(t)) {
-                            skipped.push(Skipped {
-                                what,
-                                reason: format!("GQA with n_kv_heads = {} is {twin}, which this file measures as {twin}", config.n_kv_heads),
-                            });
-                            continue;
-                        }
-                    }
-                    if !specs.contains(&spec) {
-                        specs.push(spec);
-                    }
-                }
-            }
-        }
-        for (variant, natural) in [(Variant::Mha, "n_heads"), (Variant::Mqa, "1")] {
-            if variants.contains(&variant)
-                && sweep
-                    .n_kv_heads
-                    .as_ref()
-                    .is_some_and(|l| l.get_ref().len() > 1)
-            {
-                skipped.push(Skipped {
-                    what: format!("{variant} at each sweep.n_kv_heads"),
-                    reason: format!("{variant} has n_kv_heads = {natural} by definition; measured once per n_heads"),
-                });
-            }
-        }
-        if variants.contains(&Variant::Mla)
-            && sweep
-                .n_kv_heads
-                .as_ref()
-                .is_some_and(|l| l.get_ref().len() > 1)
-        {
-            skipped.push(Skipped {
-                what: "mla at each sweep.n_kv_heads".into(),
-                reason: "MLA caches one shared latent: n_kv_heads does not apply; measured once per n_heads".into(),
-            });
-        }
-
-        let mut points = Vec::new();
-        for spec in &specs {
-            for &mode in &modes {
-                let lengths: Vec<(usize, usize)> = match mode {
-                    Mode::Prefill => seq_lens
-                        .iter()
-                        .flat_map(|&s| cache_lens.iter().map(move |&c| (s, c)))
-                        .collect(),
-                    Mode::Decode => contexts.iter().map(|&c| (1, c)).collect(),
-                };
-                for &(seq_len, context) in &lengths {
-                    for &batch in &batches {
-                        for &t in &threads {
-                            for &kernel in &kernels {
-                                points.push(Point {
-                                    spec: spec.clone(),
-                                    mode,
-                                    seq_len,
-                                    context,
-                                    batch,
-                                    threads: t,
-                                    kernel,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let (specs, skipped) = self.layer_specs(&wire, &base, &axes)?;
+        let points = grid(&specs, &axes);
         if points.is_empty() {
             let reasons: Vec<String> = skipped
                 .iter()
                 .map(|s| format!("{}: {}", s.what, s.reason))
                 .collect();
             return Err(self.error(
-                sweep_span,
+                wire.sweep.span(),
                 "sweep",
                 format!("no point left to measure; skipped: {}", reasons.join("; ")),
             ));
         }
-        for point in &points {
-            let estimate = crate::cost::memory_estimate(
-                &point.spec,
-                point.batch,
-                point.seq_len,
-                point.context,
-                point.threads,
-            );
-            if estimate.total() > measure.memory_limit_bytes {
-                let key = match point.mode {
-                    Mode::Prefill => "sweep.seq_len",
-                    Mode::Decode => "sweep.context",
-                };
-                let span = match point.mode {
-                    Mode::Prefill => sweep.seq_len.as_ref().map(|s| s.span()),
-                    Mode::Decode => sweep.context.as_ref().map(|s| s.span()),
-                }
-                .unwrap_or(sweep_span.clone());
-                return Err(self.error(
-                    span,
-                    key,
-                    format!(
-                        "point {} needs an estimated {} (weights {}, KV cache {}, transient {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
-                        point.key(),
-                        gib(estimate.total()),
-                        gib(estimate.weights_bytes),
-                        gib(estimate.cache_bytes),
-                        gib(estimate.transient_bytes),
-                        gib(measure.memory_limit_bytes)
-                    ),
-                ));
-            }
-        }
-
-        let name = match &wire.name {
-            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains(['/', '\\']) => {
-                return Err(self.error(
-                    n.span(),
-                    "name",
-                    "must be a non-empty name without slashes (it names the results directory)"
-                        .into(),
-                ));
-            }
-            Some(n) => n.get_ref().clone(),
-            None => default_name.to_string(),
-        };
+        self.check_memory(&points, &measure, &wire.sweep)?;
         Ok(Experiment {
-            name,
+            name: self.name(&wire.name, default_name)?,
             description: wire.description.unwrap_or_default(),
             file: self.file.to_string(),
             seed: wire.seed.unwrap_or(0),
@@ -712,70 +435,297 @@ impl Builder<'_> {
         })
     }
 
-    /// Where a field of the layer came from, for an error.
+    /// Every sweep list, read and checked, with its default where it has one.
+    fn axes(&self, wire: &ExperimentWire, base: &Base) -> Result<Axes, ExperimentError> {
+        let sweep = wire.sweep.get_ref();
+        let sweep_span = wire.sweep.span();
+        let variants = self.distinct(&sweep.variant, "sweep.variant", "variant")?;
+        let modes = self.distinct(&sweep.mode, "sweep.mode", "mode")?;
+        let mla_paths = match &sweep.mla_path {
+            Some(paths) => self.distinct(paths, "sweep.mla_path", "path")?,
+            None => MlaPath::ALL.to_vec(),
+        };
+        // A length list is needed only by the mode that sweeps it.
+        let lengths = |mode, list, key| {
+            if modes.contains(&mode) {
+                self.axis(list, key, None)
+                    .map_err(|e| self.locate_missing(e, &sweep_span))
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let seq_lens = lengths(Mode::Prefill, &sweep.seq_len, "sweep.seq_len")?;
+        let cache_lens = self.axis_from(&sweep.cache_len, "sweep.cache_len", Some(vec![0]), 0)?;
+        let contexts = lengths(Mode::Decode, &sweep.context, "sweep.context")?;
+        let base_heads = base.fields.n_heads.map(|h| vec![h]);
+        let n_heads = self
+            .axis(&sweep.n_heads, "sweep.n_heads", base_heads)
+            .map_err(|e| self.locate_missing(e, &wire.model.span()))?;
+        let n_kv_heads = match (&sweep.n_kv_heads, base.fields.n_kv_heads) {
+            (Some(_), _) => Some(self.axis(&sweep.n_kv_heads, "sweep.n_kv_heads", None)?),
+            (None, Some(b)) => Some(vec![b]),
+            (None, None) => None,
+        };
+        let batches = self.axis(&sweep.batch, "sweep.batch", Some(vec![1]))?;
+        let threads = self.threads(&sweep.threads)?;
+        let kernels = match &sweep.kernel {
+            Some(list) => self.distinct(list, "sweep.kernel", "kernel")?,
+            None => vec![Kernel::default()],
+        };
+        Ok(Axes {
+            variants,
+            modes,
+            mla_paths,
+            seq_lens,
+            cache_lens,
+            contexts,
+            n_heads,
+            n_kv_heads,
+            batches,
+            threads,
+            kernels,
+        })
+    }
+
+    /// The values of a list of names, each once, at least one; `what` names one in the error.
+    fn distinct<T: Copy + PartialEq + std::fmt::Debug>(
+        &self,
+        list: &Spanned<Vec<T>>,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<T>, ExperimentError> {
+        unique(list).map_err(|v| {
+            self.error(
+                list.span(),
+                key,
+                format!("must list each {what} once and at least one ({v})"),
+            )
+        })
+    }
+
+    /// `sweep.threads`, all cores by default, none above [`MAX_THREADS`].
+    fn threads(&self, list: &Option<Spanned<Vec<usize>>>) -> Result<Vec<usize>, ExperimentError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self.axis(list, "sweep.threads", Some(vec![cores]))?;
+        if let (Some(list), Some(&t)) = (list, threads.iter().find(|&&t| t > MAX_THREADS)) {
+            return Err(self.error(
+                list.span(),
+                "sweep.threads",
+                format!("{t} is more than {MAX_THREADS}"),
+            ));
+        }
+        Ok(threads)
+    }
+
+    /// The layers to measure, variant × path × n_heads × n_kv_heads, each checked, in that
+    /// order and each once; and the combinations skipped, with the reason.
+    fn layer_specs(
+        &self,
+        wire: &ExperimentWire,
+        base: &Base,
+        axes: &Axes,
+    ) -> Result<(Vec<LayerSpec>, Vec<Skipped>), ExperimentError> {
+        let mut specs: Vec<LayerSpec> = Vec::new();
+        let mut skipped = Vec::new();
+        for &variant in &axes.variants {
+            for &heads in &axes.n_heads {
+                for (spec, what) in self.candidates(wire, base, axes, variant, heads)? {
+                    match self.skip_reason(&spec, wire, base, axes)? {
+                        Some(reason) => skipped.push(Skipped { what, reason }),
+                        None if !specs.contains(&spec) => specs.push(spec),
+                        None => {}
+                    }
+                }
+            }
+        }
+        skipped.extend(unswept_variants(
+            &axes.variants,
+            &wire.sweep.get_ref().n_kv_heads,
+        ));
+        Ok((specs, skipped))
+    }
+
+    /// The layers of `variant` with `heads` query heads, unchecked, each with how a skip
+    /// names it: MLA once per path, MHA and MQA at their own n_kv_heads, GQA at each listed.
+    fn candidates(
+        &self,
+        wire: &ExperimentWire,
+        base: &Base,
+        axes: &Axes,
+        variant: Variant,
+        heads: usize,
+    ) -> Result<Vec<(LayerSpec, String)>, ExperimentError> {
+        let mut fields = base.fields.clone();
+        fields.n_heads = Some(heads);
+        let missing = |m| self.missing(m, &wire.model.span());
+        if variant == Variant::Mla {
+            let config = fields.mla().map_err(missing)?;
+            return Ok(axes
+                .mla_paths
+                .iter()
+                .map(|&path| {
+                    let config = config.clone();
+                    let what = format!("mla-{path} n_heads={heads}");
+                    (LayerSpec::Mla { config, path }, what)
+                })
+                .collect());
+        }
+        let kv_values: Vec<Option<usize>> = match (variant, &axes.n_kv_heads) {
+            (Variant::Mha, _) => vec![Some(heads)],
+            (Variant::Mqa, _) => vec![Some(1)],
+            (_, Some(list)) => list.iter().map(|&n| Some(n)).collect(),
+            (_, None) => vec![None],
+        };
+        kv_values
+            .into_iter()
+            .map(|n_kv_heads| {
+                fields.n_kv_heads = n_kv_heads;
+                let config = fields.grouped(variant).map_err(missing)?;
+                let what = format!("{variant} n_heads={heads} n_kv_heads={}", config.n_kv_heads);
+                Ok((LayerSpec::Grouped { variant, config }, what))
+            })
+            .collect()
+    }
+
+    /// Why a candidate layer is skipped, `None` to measure it. An invalid shape is skipped
+    /// only when a swept value made it (the sweep crosses every n_heads with every
+    /// n_kv_heads); one the file fixed is an error at the value. A GQA layer that is MHA or
+    /// MQA is skipped when the file measures that variant anyway.
+    fn skip_reason(
+        &self,
+        spec: &LayerSpec,
+        wire: &ExperimentWire,
+        base: &Base,
+        axes: &Axes,
+    ) -> Result<Option<String>, ExperimentError> {
+        if let Err(Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        }) = spec.validate()
+        {
+            let swept_heads = axes.n_heads.len() > 1;
+            let swept = match field.parse() {
+                Ok(ModelField::NKvHeads) => {
+                    axes.n_kv_heads.as_ref().is_some_and(|l| l.len() > 1) || swept_heads
+                }
+                Ok(ModelField::NHeads) => swept_heads,
+                _ => false,
+            };
+            let message = format!("`{field}` = {value}: {reason}");
+            if !swept {
+                let (span, key) = self.field_location(field, base, wire);
+                return Err(self.error(span, &key, message));
+            }
+            return Ok(Some(message));
+        }
+        let LayerSpec::Grouped {
+            variant: Variant::Gqa,
+            config,
+        } = spec
+        else {
+            return Ok(None);
+        };
+        let twin = if config.n_kv_heads == config.n_heads {
+            Some(Variant::Mha)
+        } else if config.n_kv_heads == 1 {
+            Some(Variant::Mqa)
+        } else {
+            None
+        };
+        Ok(twin.filter(|t| axes.variants.contains(t)).map(|twin| {
+            format!(
+                "GQA with n_kv_heads = {} is {twin}, which this file measures as {twin}",
+                config.n_kv_heads
+            )
+        }))
+    }
+
+    /// Refuses the first point whose estimated memory is over the limit, at the length list
+    /// that made it.
+    fn check_memory(
+        &self,
+        points: &[Point],
+        measure: &MeasureSettings,
+        sweep: &Spanned<wire::SweepWire>,
+    ) -> Result<(), ExperimentError> {
+        for point in points {
+            let estimate = crate::cost::memory_estimate(
+                &point.spec,
+                point.batch,
+                point.seq_len,
+                point.context,
+                point.threads,
+            );
+            if estimate.total() <= measure.memory_limit_bytes {
+                continue;
+            }
+            let (key, list) = match point.mode {
+                Mode::Prefill => ("sweep.seq_len", &sweep.get_ref().seq_len),
+                Mode::Decode => ("sweep.context", &sweep.get_ref().context),
+            };
+            let span = list.as_ref().map_or(sweep.span(), |s| s.span());
+            return Err(self.error(
+                span,
+                key,
+                format!(
+                    "point {} needs an estimated {} (weights {}, KV cache {}, transient {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
+                    point.key(),
+                    gib(estimate.total()),
+                    gib(estimate.weights_bytes),
+                    gib(estimate.cache_bytes),
+                    gib(estimate.transient_bytes),
+                    gib(measure.memory_limit_bytes)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file's `name`, else `default_name`; it names the results directory.
+    fn name(
+        &self,
+        name: &Option<Spanned<String>>,
+        default_name: &str,
+    ) -> Result<String, ExperimentError> {
+        match name {
+            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains(['/', '\\']) => {
+                Err(self.error(
+                    n.span(),
+                    "name",
+                    "must be a non-empty name without slashes (it names the results directory)"
+                        .into(),
+                ))
+            }
+            Some(n) => Ok(n.get_ref().clone()),
+            None => Ok(default_name.to_string()),
+        }
+    }
+
+    /// Where a field of the layer came from, for an error: its sweep list, its `[model]` key
+    /// or the preset; else the `[model]` table.
     fn field_location(
         &self,
         field: &str,
         base: &Base,
-        sweep: &wire::SweepWire,
-        model_span: &Range<usize>,
+        wire: &ExperimentWire,
     ) -> (Range<usize>, String) {
+        let sweep = wire.sweep.get_ref();
+        let unlocated = (wire.model.span(), format!("model.{field}"));
+        let Ok(field) = field.parse::<ModelField>() else {
+            return unlocated;
+        };
         let swept = match field {
-            "n_heads" => sweep.n_heads.as_ref(),
-            "n_kv_heads" => sweep.n_kv_heads.as_ref(),
+            ModelField::NHeads => sweep.n_heads.as_ref(),
+            ModelField::NKvHeads => sweep.n_kv_heads.as_ref(),
             _ => None,
         };
         if let Some(list) = swept {
             return (list.span(), format!("sweep.{field}"));
         }
-        let sourced = match field {
-            "d_model" => base
-                .d_model
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "n_heads" => base
-                .n_heads
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "n_kv_heads" => base
-                .n_kv_heads
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "head_dim" => base
-                .head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "rope_theta" => base
-                .rope_theta
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "kv_lora_rank" => base
-                .kv_lora_rank
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "q_lora_rank" => base
-                .q_lora_rank
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "qk_nope_head_dim" => base
-                .qk_nope_head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "qk_rope_head_dim" => base
-                .qk_rope_head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "v_head_dim" => base
-                .v_head_dim
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            "rms_norm_eps" => base
-                .rms_norm_eps
-                .as_ref()
-                .map(|s| (s.span.clone(), s.key.clone())),
-            _ => None,
-        };
-        sourced.unwrap_or((model_span.clone(), format!("model.{field}")))
+        base.sources
+            .get(&field)
+            .map_or(unlocated, |s| (s.span.clone(), s.key.clone()))
     }
 
     /// Gives a "missing" error the location of the table it belongs in.
@@ -828,14 +778,13 @@ impl Builder<'_> {
         }
         if let Some(limit) = &m.memory_limit_gib {
             let gib = *limit.get_ref();
-            if !(gib.is_finite() && gib > 0.0) {
-                return Err(self.error(
-                    limit.span(),
-                    "measure.memory_limit_gib",
-                    format!("{gib} is not a positive number of GiB"),
-                ));
-            }
-            settings.memory_limit_bytes = (gib * (1u64 << 30) as f64) as u64;
+            settings.memory_limit_bytes = gib_to_bytes(gib).map_err(|e| {
+                let message = match e {
+                    GibError::NotPositive => format!("{gib} is not a positive number of GiB"),
+                    GibError::TooLarge => format!("{gib} GiB {e}"),
+                };
+                self.error(limit.span(), "measure.memory_limit_gib", message)
+            })?;
         }
         Ok(settings)
     }
@@ -859,5 +808,39 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
 
 /// Bytes as GiB with two decimals.
 pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    format!("{:.2} GiB", bytes as f64 / BYTES_PER_GIB as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA: &str = "[model]\npreset = \"llama-3-8b\"\n[sweep]\nvariant = [\"gqa\"]\nmode = [\"decode\"]\ncontext = [16]\nthreads = [1]\n";
+
+    fn error(text: &str) -> String {
+        parse_experiment(text, "f.toml", "f", u64::MAX / 2)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_bad_value_from_the_preset_is_located_at_the_preset() {
+        let text = LLAMA.replace("[sweep]", "n_heads = 12\n[sweep]");
+        assert_eq!(
+            error(&text),
+            "f.toml:2:10: key `model.preset (llama-3-8b n_kv_heads)`: `n_kv_heads` = 8: must divide n_heads = 12"
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_whose_bytes_overflow_is_refused() {
+        let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 1e30\n");
+        assert_eq!(
+            error(&text),
+            "f.toml:9:20: key `measure.memory_limit_gib`: 1000000000000000000000000000000 GiB must be below 2^64 bytes (16 EiB)"
+        );
+        let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 0.5\n");
+        let experiment = parse_experiment(&text, "f.toml", "f", 1).unwrap();
+        assert_eq!(experiment.measure.memory_limit_bytes, 1 << 29);
+    }
 }

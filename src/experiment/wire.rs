@@ -1,10 +1,13 @@
 //! The experiment file as written: private wire structs, every key documented in the README,
 //! unknown keys refused. `mod.rs` turns them into a checked grid.
 
+use std::ops::Range;
+
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{Kernel, MlaPath, Mode, Variant};
+use crate::config::{Kernel, MlaPath, Mode, ModelField, Variant};
+use crate::presets::ModelFields;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +36,53 @@ pub(super) struct ModelWire {
     pub qk_rope_head_dim: Option<Spanned<usize>>,
     pub v_head_dim: Option<Spanned<usize>>,
     pub rms_norm_eps: Option<Spanned<f64>>,
+}
+
+impl ModelWire {
+    /// The fields the file sets, without their spans.
+    pub fn fields(&self) -> ModelFields {
+        fn value<T: Copy>(v: &Option<Spanned<T>>) -> Option<T> {
+            v.as_ref().map(|s| *s.get_ref())
+        }
+        ModelFields {
+            d_model: value(&self.d_model),
+            n_heads: value(&self.n_heads),
+            n_kv_heads: value(&self.n_kv_heads),
+            head_dim: value(&self.head_dim),
+            rope_theta: value(&self.rope_theta),
+            kv_lora_rank: value(&self.kv_lora_rank),
+            q_lora_rank: value(&self.q_lora_rank),
+            qk_nope_head_dim: value(&self.qk_nope_head_dim),
+            qk_rope_head_dim: value(&self.qk_rope_head_dim),
+            v_head_dim: value(&self.v_head_dim),
+            rms_norm_eps: value(&self.rms_norm_eps),
+            n_layers: None,
+            params: None,
+        }
+    }
+
+    /// Where the file sets each field it sets.
+    pub fn spans(&self) -> Vec<(ModelField, Range<usize>)> {
+        fn span<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
+            v.as_ref().map(Spanned::span)
+        }
+        [
+            (ModelField::DModel, span(&self.d_model)),
+            (ModelField::NHeads, span(&self.n_heads)),
+            (ModelField::NKvHeads, span(&self.n_kv_heads)),
+            (ModelField::HeadDim, span(&self.head_dim)),
+            (ModelField::RopeTheta, span(&self.rope_theta)),
+            (ModelField::KvLoraRank, span(&self.kv_lora_rank)),
+            (ModelField::QLoraRank, span(&self.q_lora_rank)),
+            (ModelField::QkNopeHeadDim, span(&self.qk_nope_head_dim)),
+            (ModelField::QkRopeHeadDim, span(&self.qk_rope_head_dim)),
+            (ModelField::VHeadDim, span(&self.v_head_dim)),
+            (ModelField::RmsNormEps, span(&self.rms_norm_eps)),
+        ]
+        .into_iter()
+        .filter_map(|(field, span)| Some((field, span?)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]

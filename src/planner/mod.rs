@@ -7,29 +7,30 @@
 //! [`LayerSpec::kv_values_per_token`], the same analytic figure the layers report in
 //! [`LayerInfo`](crate::LayerInfo) and the harness checks against the cache's allocation. Only
 //! the hypothetical MHA/GQA/MQA rows of an MLA model, whose keys and values differ in width (a
-//! shape [`GroupedConfig`] does not describe), count `n_kv_heads · (k_head_dim + v_head_dim)`
-//! themselves.
+//! shape [`GroupedConfig`](crate::GroupedConfig) does not describe), count
+//! `n_kv_heads · (k_head_dim + v_head_dim)` themselves.
 //!
 //! Everything is computed in exact bytes; nothing here rounds except [`human_bytes`].
+
+mod rows;
 
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MAX_DIMENSION, MlaConfig,
-    MlaPath, Variant,
+    BYTES_PER_GIB, LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, clap_value_enum,
+    gib_to_bytes, named_enum,
 };
 use crate::error::{Error, Result};
-use crate::experiment::Preset;
+use crate::presets::{MissingField, ModelFields, Preset};
+use rows::{RowShape, variant_shapes};
 
 /// Format tag of the planner's JSON.
 pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
 
 /// Most KV heads a hypothetical GQA row gets by default: Llama 2 70B, Llama 3 and Mistral use 8.
 pub const DEFAULT_GQA_MAX_KV_HEADS: usize = 8;
-
-const GIB: f64 = (1u64 << 30) as f64;
 
 /// How the cache stores one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -45,10 +46,15 @@ pub enum Dtype {
     Int8,
 }
 
-impl Dtype {
-    /// All four, widest first.
-    pub const ALL: [Dtype; 4] = [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Int8];
+named_enum!(Dtype, "a storage type", {
+    F32 => "f32",
+    F16 => "f16",
+    Bf16 => "bf16",
+    Int8 => "int8",
+});
+clap_value_enum!(Dtype);
 
+impl Dtype {
     /// Bytes per stored value.
     pub fn bytes(self) -> u64 {
         match self {
@@ -56,22 +62,6 @@ impl Dtype {
             Dtype::F16 | Dtype::Bf16 => 2,
             Dtype::Int8 => 1,
         }
-    }
-
-    /// The lowercase name used on the command line and in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-            Dtype::Int8 => "int8",
-        }
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -96,48 +86,95 @@ impl ModelShape {
     /// # Errors
     /// [`Error::InvalidConfig`] if an MLA preset lacks one of its latent widths.
     pub fn from_preset(p: &Preset) -> Result<Self> {
-        let layer = match p.variant {
-            Variant::Mla => {
-                let need = |field: &'static str, v: Option<usize>| {
-                    v.ok_or_else(|| Error::InvalidConfig {
-                        field,
-                        value: "absent".into(),
-                        reason: format!("preset `{}` is MLA and needs it", p.name),
-                    })
-                };
-                LayerSpec::Mla {
-                    config: MlaConfig {
-                        d_model: p.d_model,
-                        n_heads: p.n_heads,
-                        kv_lora_rank: need("kv_lora_rank", p.kv_lora_rank)?,
-                        q_lora_rank: p.q_lora_rank,
-                        qk_nope_head_dim: need("qk_nope_head_dim", p.qk_nope_head_dim)?,
-                        qk_rope_head_dim: need("qk_rope_head_dim", p.qk_rope_head_dim)?,
-                        v_head_dim: need("v_head_dim", p.v_head_dim)?,
-                        rope_theta: p.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
-                        rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-                    },
-                    path: MlaPath::Absorbed,
-                }
-            }
-            variant => LayerSpec::Grouped {
-                variant,
-                config: GroupedConfig {
-                    d_model: p.d_model,
-                    n_heads: p.n_heads,
-                    n_kv_heads: p.n_kv_heads,
-                    head_dim: p.head_dim,
-                    rope_theta: p.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
-                },
+        Self::from_fields(p.name.clone(), p.variant, &ModelFields::of_preset(p)).map_err(
+            |MissingField(field)| Error::InvalidConfig {
+                field: field.name(),
+                value: "absent".into(),
+                reason: format!("preset `{}` is MLA and needs it", p.name),
             },
-        };
+        )
+    }
+
+    /// A model of `variant` called `name` from its fields; an MLA layer takes the absorbed
+    /// path (the path does not change the cache).
+    ///
+    /// # Errors
+    /// [`MissingField`]: `n_layers`, then whatever [`ModelFields::layer`] misses.
+    pub fn from_fields(
+        name: String,
+        variant: Variant,
+        fields: &ModelFields,
+    ) -> Result<Self, MissingField> {
         Ok(Self {
-            name: p.name.clone(),
-            n_layers: p.n_layers,
-            layer,
-            params: p.params,
+            name,
+            n_layers: fields.n_layers.ok_or(MissingField(ModelField::NLayers))?,
+            layer: fields.layer(variant, MlaPath::Absorbed)?,
+            params: fields.params,
         })
     }
+
+    /// The model `kv` plans: the preset's fields (if any) with `overrides` over them, as a
+    /// model of `variant` (a preset's own). An MHA or MQA model's `n_kv_heads` follows from
+    /// `n_heads` unless overridden. Named after the preset, `NAME (modified)` when the
+    /// overrides change its layer or its layer count, `custom` without a preset.
+    ///
+    /// # Errors
+    /// [`ModelError::Missing`] for `n_layers` or `n_heads`, then
+    /// [`ModelError::NotApplicable`] for an override the variant has no use for (`n_kv_heads`
+    /// or `head_dim` of MLA, `qk_nope_head_dim` or `v_head_dim` of the others), then
+    /// [`ModelError::Missing`] for the layer's other fields.
+    pub fn resolve(
+        preset: Option<&Preset>,
+        variant: Variant,
+        overrides: &ModelFields,
+    ) -> std::result::Result<Self, ModelError> {
+        let mut fields = preset.map(ModelFields::of_preset).unwrap_or_default();
+        if matches!(variant, Variant::Mha | Variant::Mqa) {
+            fields.n_kv_heads = None;
+        }
+        fields.overlay(overrides);
+        for field in [ModelField::NLayers, ModelField::NHeads] {
+            if !fields.is_set(field) {
+                return Err(ModelError::Missing(field));
+            }
+        }
+        let foreign = match variant {
+            Variant::Mla => [ModelField::NKvHeads, ModelField::HeadDim],
+            _ => [ModelField::QkNopeHeadDim, ModelField::VHeadDim],
+        };
+        if let Some(field) = foreign.into_iter().find(|&f| overrides.is_set(f)) {
+            return Err(ModelError::NotApplicable { field, variant });
+        }
+        let mut model = Self::from_fields(String::new(), variant, &fields)
+            .map_err(|MissingField(field)| ModelError::Missing(field))?;
+        model.name = match preset {
+            Some(p)
+                if Self::from_preset(p)
+                    .is_ok_and(|m| m.layer == model.layer && m.n_layers == model.n_layers) =>
+            {
+                p.name.clone()
+            }
+            Some(p) => format!("{} (modified)", p.name),
+            None => "custom".to_string(),
+        };
+        Ok(model)
+    }
+}
+
+/// Why [`ModelShape::resolve`] has no model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// A field the model needs, given neither by the preset nor by an override.
+    #[error("missing field `{0}`")]
+    Missing(ModelField),
+    /// An override of a field the model's variant does not have.
+    #[error("`{field}` does not describe a {variant} model")]
+    NotApplicable {
+        /// The field.
+        field: ModelField,
+        /// The model's variant.
+        variant: Variant,
+    },
 }
 
 /// Choices for the hypothetical rows; `None` takes the documented default.
@@ -350,7 +387,11 @@ pub fn human_bytes(bytes: u64) -> String {
     } else if bytes < 1 << 30 {
         format!("{:.1} MiB", b / (1u64 << 20) as f64)
     } else {
-        format!("{:.0} MiB ({:.2} GiB)", b / (1u64 << 20) as f64, b / GIB)
+        format!(
+            "{:.0} MiB ({:.2} GiB)",
+            b / (1u64 << 20) as f64,
+            b / BYTES_PER_GIB as f64
+        )
     }
 }
 
@@ -363,6 +404,33 @@ pub fn human_bytes(bytes: u64) -> String {
 /// explicit width is invalid; the budget is not a positive finite number or the weights fill
 /// it in every requested storage type; a cache size does not fit in 64 bits.
 pub fn plan(request: &PlanRequest) -> Result<Plan> {
+    let model = &request.model;
+    check_request(request)?;
+    let budget_bytes = request.budget_gib.map(budget_bytes).transpose()?;
+    let weights = weight_figures(request, budget_bytes)?;
+    let (shapes, omitted) = variant_shapes(model, &request.alternatives)?;
+    let rows = shapes
+        .into_iter()
+        .map(|shape| row_figures(shape, request, budget_bytes, &weights))
+        .collect::<Result<_>>()?;
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        model: model.name.clone(),
+        variant: model.layer.variant(),
+        n_layers: model.n_layers,
+        context: request.context,
+        batch: request.batch,
+        budget_bytes,
+        params: model.params,
+        weights,
+        rows,
+        omitted,
+    })
+}
+
+/// Refuses a request with nothing to plan: a zero count, too many layers, no storage type, an
+/// invalid layer.
+fn check_request(request: &PlanRequest) -> Result<()> {
     let model = &request.model;
     positive("context", request.context)?;
     positive("batch", request.batch)?;
@@ -380,26 +448,28 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
     if request.dtypes.is_empty() {
         return Err(invalid("dtype", "none", "name at least one".into()));
     }
-    model.layer.validate()?;
-    let budget_bytes = request.budget_gib.map(budget_bytes).transpose()?;
+    model.layer.validate()
+}
 
-    let weights: Vec<WeightFigures> = match model.params {
-        None => Vec::new(),
-        Some(params) => request
-            .dtypes
-            .iter()
-            .map(|&dtype| {
-                let weights_bytes = params.saturating_mul(dtype.bytes());
-                WeightFigures {
-                    dtype,
-                    weights_bytes,
-                    budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
-                }
-            })
-            .collect(),
+/// The weights in each requested storage type and their share of the budget (none when the
+/// parameter count is unknown); refuses a budget the weights fill in every type.
+fn weight_figures(request: &PlanRequest, budget_bytes: Option<u64>) -> Result<Vec<WeightFigures>> {
+    let Some(params) = request.model.params else {
+        return Ok(Vec::new());
     };
+    let weights: Vec<WeightFigures> = request
+        .dtypes
+        .iter()
+        .map(|&dtype| {
+            let weights_bytes = params.saturating_mul(dtype.bytes());
+            WeightFigures {
+                dtype,
+                weights_bytes,
+                budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
+            }
+        })
+        .collect();
     if let (Some(budget), Some(gib)) = (budget_bytes, request.budget_gib)
-        && !weights.is_empty()
         && weights.iter().all(|w| w.weights_bytes >= budget)
     {
         let smallest = weights.iter().map(|w| w.weights_bytes).min().unwrap_or(0);
@@ -407,28 +477,27 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
             "budget_gib",
             gib,
             format!(
-                "the weights alone ({} params, {} in the narrowest storage asked for) fill it",
-                model.params.unwrap_or(0),
+                "the weights alone ({params} params, {} in the narrowest storage asked for) fill it",
                 human_bytes(smallest)
             ),
         ));
     }
+    Ok(weights)
+}
 
-    let (shapes, omitted) = variant_shapes(model, &request.alternatives)?;
-    let mut rows = Vec::with_capacity(shapes.len());
-    for shape in shapes {
-        let values = shape.values_per_token_per_layer() as u64;
-        let mut dtypes = Vec::with_capacity(request.dtypes.len());
-        for &dtype in &request.dtypes {
-            let per_layer = values * dtype.bytes();
-            let per_token = checked(per_layer, model.n_layers as u64, "n_layers", model.n_layers)?;
-            let per_sequence = checked(
-                per_token,
-                request.context as u64,
-                "context",
-                request.context,
-            )?;
-            let cache_bytes = checked(per_sequence, request.batch as u64, "batch", request.batch)?;
+/// One row with its figures in every requested storage type.
+fn row_figures(
+    shape: RowShape,
+    request: &PlanRequest,
+    budget_bytes: Option<u64>,
+    weights: &[WeightFigures],
+) -> Result<VariantPlan> {
+    let values = shape.values_per_token_per_layer() as u64;
+    let dtypes = request
+        .dtypes
+        .iter()
+        .map(|&dtype| {
+            // The budget left beside this storage type's weights.
             let available = budget_bytes.map(|budget| {
                 let weights = weights
                     .iter()
@@ -436,299 +505,46 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
                     .map_or(0, |w| w.weights_bytes);
                 budget.saturating_sub(weights)
             });
-            dtypes.push(DtypeFigures {
-                dtype,
-                bytes_per_token_per_layer: per_layer,
-                bytes_per_token: per_token,
-                cache_bytes,
-                max_batch: available.map(|a| largest_batch(a, request.context, per_token)),
-                max_context: available.map(|a| largest_context(a, request.batch, per_token)),
-            });
-        }
-        rows.push(VariantPlan {
-            variant: shape.variant,
-            own: shape.variant == model.layer.variant(),
-            derivation: shape.derivation,
-            cache: shape.cache,
-            values_per_token_per_layer: values,
-            dtypes,
-            layer: shape.layer,
-        });
-    }
-    Ok(Plan {
-        format: PLAN_FORMAT,
-        model: model.name.clone(),
-        variant: model.layer.variant(),
-        n_layers: model.n_layers,
-        context: request.context,
-        batch: request.batch,
-        budget_bytes,
-        params: model.params,
-        weights,
-        rows,
-        omitted,
+            dtype_figures(request, values, dtype, available)
+        })
+        .collect::<Result<_>>()?;
+    Ok(VariantPlan {
+        variant: shape.variant,
+        own: shape.variant == request.model.layer.variant(),
+        derivation: shape.derivation,
+        cache: shape.cache,
+        values_per_token_per_layer: values,
+        dtypes,
+        layer: shape.layer,
     })
 }
 
-/// One row's shape before the figures.
-struct RowShape {
-    variant: Variant,
-    derivation: String,
-    cache: CacheShape,
-    layer: Option<LayerSpec>,
-}
-
-impl RowShape {
-    fn values_per_token_per_layer(&self) -> usize {
-        match (&self.layer, self.cache) {
-            // The layers' own analytic figure, the one checked against their allocations.
-            (Some(layer), _) => layer.kv_values_per_token(),
-            // Keys and values of different widths: no layer of the crate has this shape.
-            (
-                None,
-                CacheShape::Heads {
-                    n_kv_heads,
-                    k_head_dim,
-                    v_head_dim,
-                },
-            ) => n_kv_heads * (k_head_dim + v_head_dim),
-            (None, CacheShape::Latent { .. }) => {
-                unreachable!("every latent row is an MLA layer")
-            }
-        }
-    }
-}
-
-/// A grouped row of `n_kv_heads` heads with keys `k` and values `v` wide; a buildable layer
-/// when `k == v`.
-fn heads_row(
-    variant: Variant,
-    derivation: String,
-    (d_model, n_heads, n_kv_heads): (usize, usize, usize),
-    (k, v): (usize, usize),
-) -> Result<RowShape> {
-    let layer = (k == v).then_some(LayerSpec::Grouped {
-        variant,
-        config: GroupedConfig {
-            d_model,
-            n_heads,
-            n_kv_heads,
-            head_dim: k,
-            rope_theta: DEFAULT_ROPE_THETA,
-        },
-    });
-    if let Some(layer) = &layer {
-        layer.validate()?;
-    }
-    Ok(RowShape {
-        variant,
-        derivation,
-        cache: CacheShape::Heads {
-            n_kv_heads,
-            k_head_dim: k,
-            v_head_dim: v,
-        },
-        layer,
+/// The cache figures of `values` per token and layer stored as `dtype`, and the largest batch
+/// and context that fit in `available` bytes.
+fn dtype_figures(
+    request: &PlanRequest,
+    values: u64,
+    dtype: Dtype,
+    available: Option<u64>,
+) -> Result<DtypeFigures> {
+    let n_layers = request.model.n_layers;
+    let per_layer = values * dtype.bytes();
+    let per_token = checked(per_layer, n_layers as u64, "n_layers", n_layers)?;
+    let (context, batch) = (request.context, request.batch);
+    let per_sequence = checked(per_token, context as u64, "context", context)?;
+    let cache_bytes = checked(per_sequence, batch as u64, "batch", batch)?;
+    Ok(DtypeFigures {
+        dtype,
+        bytes_per_token_per_layer: per_layer,
+        bytes_per_token: per_token,
+        cache_bytes,
+        max_batch: available.map(|a| largest_batch(a, context, per_token)),
+        max_context: available.map(|a| largest_context(a, batch, per_token)),
     })
-}
-
-/// MHA, GQA, MQA and MLA at the model's shape (see [`Alternatives`] and the module docs).
-fn variant_shapes(model: &ModelShape, alt: &Alternatives) -> Result<(Vec<RowShape>, Vec<Omitted>)> {
-    let own = model.layer.variant();
-    let d_model = model.layer.d_model();
-    let n_heads = model.layer.n_heads();
-    let mut rows = Vec::new();
-    let mut omitted = Vec::new();
-
-    // Key and value widths of the grouped rows, and what to say about them.
-    let (k, v, widths_note) = match &model.layer {
-        LayerSpec::Grouped { config, .. } => (config.head_dim, config.head_dim, String::new()),
-        LayerSpec::Mla { config, .. } => (
-            config.qk_head_dim(),
-            config.v_head_dim,
-            format!(
-                "; K = qk_nope_head_dim + qk_rope_head_dim = {}, V = v_head_dim = {}",
-                config.qk_head_dim(),
-                config.v_head_dim
-            ),
-        ),
-    };
-    let own_label = |what: String| format!("the model's own: {what}");
-
-    // MHA.
-    let derivation = if own == Variant::Mha {
-        own_label(format!("n_kv_heads = n_heads = {n_heads}"))
-    } else {
-        format!("n_kv_heads = n_heads = {n_heads}{widths_note}")
-    };
-    rows.push(heads_row(
-        Variant::Mha,
-        derivation,
-        (d_model, n_heads, n_heads),
-        (k, v),
-    )?);
-
-    // GQA.
-    let gqa = match &model.layer {
-        LayerSpec::Grouped {
-            variant: Variant::Gqa,
-            config,
-        } => {
-            if let Some(g) = alt.gqa_kv_heads {
-                return Err(invalid(
-                    "gqa_kv_heads",
-                    g,
-                    format!(
-                        "the model is GQA itself with n_kv_heads = {}; change that instead",
-                        config.n_kv_heads
-                    ),
-                ));
-            }
-            Some((
-                config.n_kv_heads,
-                own_label(format!("n_kv_heads = {}", config.n_kv_heads)),
-            ))
-        }
-        _ => match alt.gqa_kv_heads {
-            Some(g) => {
-                if !(g > 1 && g < n_heads && n_heads.is_multiple_of(g)) {
-                    return Err(invalid(
-                        "gqa_kv_heads",
-                        g,
-                        format!(
-                            "must divide n_heads = {n_heads} and lie strictly between 1 and it"
-                        ),
-                    ));
-                }
-                Some((g, format!("n_kv_heads = {g} (given){widths_note}")))
-            }
-            None => default_gqa_kv_heads(n_heads).map(|g| {
-                (
-                    g,
-                    format!(
-                        "n_kv_heads = {g}: the largest divisor of n_heads = {n_heads} up to {DEFAULT_GQA_MAX_KV_HEADS}{widths_note}"
-                    ),
-                )
-            }),
-        },
-    };
-    match gqa {
-        Some((g, derivation)) => rows.push(heads_row(
-            Variant::Gqa,
-            derivation,
-            (d_model, n_heads, g),
-            (k, v),
-        )?),
-        None => omitted.push(Omitted {
-            variant: Variant::Gqa,
-            reason: format!(
-                "no KV-head count strictly between 1 and n_heads = {n_heads} divides it"
-            ),
-        }),
-    }
-
-    // MQA.
-    let derivation = if own == Variant::Mqa {
-        own_label("n_kv_heads = 1".into())
-    } else {
-        format!("n_kv_heads = 1{widths_note}")
-    };
-    rows.push(heads_row(
-        Variant::Mqa,
-        derivation,
-        (d_model, n_heads, 1),
-        (k, v),
-    )?);
-
-    // MLA.
-    let (config, derivation) = match &model.layer {
-        LayerSpec::Mla { config, .. } => {
-            for (field, given) in [
-                ("kv_lora_rank", alt.kv_lora_rank),
-                ("qk_rope_head_dim", alt.qk_rope_head_dim),
-            ] {
-                if let Some(value) = given {
-                    return Err(invalid(
-                        field,
-                        value,
-                        "the model is MLA itself: this is its own width, not a hypothetical one"
-                            .into(),
-                    ));
-                }
-            }
-            (
-                config.clone(),
-                own_label(format!(
-                    "kv_lora_rank = {}, qk_rope_head_dim = {}",
-                    config.kv_lora_rank, config.qk_rope_head_dim
-                )),
-            )
-        }
-        LayerSpec::Grouped { config, .. } => {
-            let head_dim = config.head_dim;
-            let rank = alt.kv_lora_rank.unwrap_or(4 * head_dim);
-            let rope = alt.qk_rope_head_dim.unwrap_or(head_dim / 4 * 2);
-            let said = |given: bool, rule: &str, value: usize| {
-                if given {
-                    format!("{value} (given)")
-                } else {
-                    format!("{rule} = {value}")
-                }
-            };
-            let derivation = format!(
-                "kv_lora_rank = {}, qk_rope_head_dim = {} (DeepSeek-V2/V3's ratios); qk_nope_head_dim = v_head_dim = head_dim, not cached",
-                said(alt.kv_lora_rank.is_some(), "4 · head_dim", rank),
-                said(alt.qk_rope_head_dim.is_some(), "head_dim / 2", rope),
-            );
-            (
-                MlaConfig {
-                    d_model,
-                    n_heads,
-                    kv_lora_rank: rank,
-                    q_lora_rank: None,
-                    qk_nope_head_dim: head_dim,
-                    qk_rope_head_dim: rope,
-                    v_head_dim: head_dim,
-                    rope_theta: DEFAULT_ROPE_THETA,
-                    rms_norm_eps: DEFAULT_RMS_NORM_EPS,
-                },
-                derivation,
-            )
-        }
-    };
-    config.validate()?;
-    rows.push(RowShape {
-        variant: Variant::Mla,
-        derivation,
-        cache: CacheShape::Latent {
-            kv_lora_rank: config.kv_lora_rank,
-            qk_rope_head_dim: config.qk_rope_head_dim,
-        },
-        layer: Some(LayerSpec::Mla {
-            config,
-            path: MlaPath::Absorbed,
-        }),
-    });
-    Ok((rows, omitted))
 }
 
 fn budget_bytes(gib: f64) -> Result<u64> {
-    if !(gib.is_finite() && gib > 0.0) {
-        return Err(invalid(
-            "budget_gib",
-            gib,
-            "must be a positive finite number".into(),
-        ));
-    }
-    let bytes = gib * GIB;
-    if bytes >= u64::MAX as f64 {
-        return Err(invalid(
-            "budget_gib",
-            gib,
-            "must be below 2^64 bytes (16 EiB)".into(),
-        ));
-    }
-    Ok(bytes as u64)
+    gib_to_bytes(gib).map_err(|e| invalid("budget_gib", gib, e.to_string()))
 }
 
 fn checked(a: u64, b: u64, field: &'static str, value: usize) -> Result<u64> {

@@ -3,9 +3,9 @@
 
 mod common;
 
-use attnbench::kernels::{
-    AttentionOperands, HeadLayout, fast_exp, naive_attention, tiled_attention,
-};
+use attnbench::Matrix;
+use attnbench::config::Kernel;
+use attnbench::kernels::{AttentionOperands, HeadLayout, attention, fast_exp};
 use attnbench::weights::SeededRng;
 use common::assert_close_f32;
 use faer::MatRef;
@@ -20,58 +20,106 @@ struct Case {
     context: usize,
 }
 
+/// A case's operands, owned: queries `(batch · s_q, n_heads · qk_dim)` and per sequence keys
+/// `(s_k, n_kv_heads · qk_dim)` and values `(s_k, n_kv_heads · v_dim)`, `s_k = context + s_q`.
+struct Inputs {
+    q: Matrix,
+    kv: Vec<(Matrix, Matrix)>,
+}
+
+impl Case {
+    fn new(
+        batch: usize,
+        (n_heads, n_kv_heads): (usize, usize),
+        (qk_dim, v_dim): (usize, usize),
+        (s_q, context): (usize, usize),
+    ) -> Self {
+        Self {
+            batch,
+            n_heads,
+            n_kv_heads,
+            qk_dim,
+            v_dim,
+            s_q,
+            context,
+        }
+    }
+
+    fn s_k(&self) -> usize {
+        self.context + self.s_q
+    }
+
+    fn inputs(&self) -> Inputs {
+        let mut rng = SeededRng::new(7, "kernels");
+        let q = rng.normal_matrix(self.batch * self.s_q, self.n_heads * self.qk_dim, 1.0);
+        let kv = (0..self.batch)
+            .map(|_| {
+                (
+                    rng.normal_matrix(self.s_k(), self.n_kv_heads * self.qk_dim, 1.0),
+                    rng.normal_matrix(self.s_k(), self.n_kv_heads * self.v_dim, 1.0),
+                )
+            })
+            .collect();
+        Inputs { q, kv }
+    }
+
+    /// The head-major output `(batch, n_heads, s_q, v_dim)` of `kernel` on `threads` threads.
+    fn attend(&self, inputs: &Inputs, kernel: Kernel, threads: usize) -> Vec<f32> {
+        let q = &inputs.q;
+        let operands: Vec<AttentionOperands<'_>> = inputs
+            .kv
+            .iter()
+            .enumerate()
+            .map(|(b, (k, v))| AttentionOperands {
+                q: MatRef::from_row_major_slice(
+                    &q.data()[b * self.s_q * q.cols()..(b + 1) * self.s_q * q.cols()],
+                    self.s_q,
+                    q.cols(),
+                ),
+                k: (0..self.n_kv_heads)
+                    .map(|g| k.view().subcols(g * self.qk_dim, self.qk_dim))
+                    .collect(),
+                v: (0..self.n_kv_heads)
+                    .map(|g| v.view().subcols(g * self.v_dim, self.v_dim))
+                    .collect(),
+                first_query_position: self.context,
+            })
+            .collect();
+        let layout = HeadLayout {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            qk_dim: self.qk_dim,
+            v_dim: self.v_dim,
+            scale: 1.0 / (self.qk_dim as f32).sqrt(),
+        };
+        let mut out = vec![0.0; self.batch * self.n_heads * self.s_q * self.v_dim];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| attention(kernel, &operands, &layout, &mut out));
+        out
+    }
+
+    fn label(&self, threads: usize) -> String {
+        format!(
+            "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads}",
+            self.batch,
+            self.n_heads,
+            self.n_kv_heads,
+            self.qk_dim,
+            self.v_dim,
+            self.s_q,
+            self.context
+        )
+    }
+}
+
 fn run(case: &Case, threads: usize) {
-    let mut rng = SeededRng::new(7, "kernels");
-    let s_k = case.context + case.s_q;
-    let q = rng.normal_matrix(case.batch * case.s_q, case.n_heads * case.qk_dim, 1.0);
-    let kv: Vec<_> = (0..case.batch)
-        .map(|_| {
-            (
-                rng.normal_matrix(s_k, case.n_kv_heads * case.qk_dim, 1.0),
-                rng.normal_matrix(s_k, case.n_kv_heads * case.v_dim, 1.0),
-            )
-        })
-        .collect();
-    let operands: Vec<AttentionOperands<'_>> = kv
-        .iter()
-        .enumerate()
-        .map(|(b, (k, v))| AttentionOperands {
-            q: MatRef::from_row_major_slice(
-                &q.data()[b * case.s_q * q.cols()..(b + 1) * case.s_q * q.cols()],
-                case.s_q,
-                q.cols(),
-            ),
-            k: (0..case.n_kv_heads)
-                .map(|g| k.view().subcols(g * case.qk_dim, case.qk_dim))
-                .collect(),
-            v: (0..case.n_kv_heads)
-                .map(|g| v.view().subcols(g * case.v_dim, case.v_dim))
-                .collect(),
-            first_query_position: case.context,
-        })
-        .collect();
-    let layout = HeadLayout {
-        n_heads: case.n_heads,
-        n_kv_heads: case.n_kv_heads,
-        qk_dim: case.qk_dim,
-        v_dim: case.v_dim,
-        scale: 1.0 / (case.qk_dim as f32).sqrt(),
-    };
-    let len = case.batch * case.n_heads * case.s_q * case.v_dim;
-    let (mut naive, mut tiled) = (vec![0.0; len], vec![0.0; len]);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| {
-        naive_attention(&operands, &layout, &mut naive);
-        tiled_attention(&operands, &layout, &mut tiled);
-    });
-    let label = format!(
-        "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads}",
-        case.batch, case.n_heads, case.n_kv_heads, case.qk_dim, case.v_dim, case.s_q, case.context
-    );
-    assert_close_f32(&tiled, &naive, 1e-5, &label);
+    let inputs = case.inputs();
+    let naive = case.attend(&inputs, Kernel::Naive, threads);
+    let tiled = case.attend(&inputs, Kernel::Tiled, threads);
+    assert_close_f32(&tiled, &naive, 1e-5, &case.label(threads));
 }
 
 #[test]
@@ -88,15 +136,7 @@ fn tiled_equals_naive_at_block_edges_and_group_sizes() {
             (1, 257),
             (129, 130),
         ] {
-            let case = Case {
-                batch: 2,
-                n_heads,
-                n_kv_heads,
-                qk_dim: 8,
-                v_dim: 6,
-                s_q,
-                context,
-            };
+            let case = Case::new(2, (n_heads, n_kv_heads), (8, 6), (s_q, context));
             for threads in [1, 2] {
                 run(&case, threads);
             }
@@ -109,15 +149,7 @@ fn long_decode_contexts_split_across_threads_merge_exactly() {
     // One sequence, one KV head: fewer tasks than threads, so the keys are split.
     for context in [1023, 2048, 3001] {
         for (n_heads, n_kv_heads) in [(8, 1), (4, 2), (1, 1)] {
-            let case = Case {
-                batch: 1,
-                n_heads,
-                n_kv_heads,
-                qk_dim: 16,
-                v_dim: 16,
-                s_q: 1,
-                context,
-            };
+            let case = Case::new(1, (n_heads, n_kv_heads), (16, 16), (1, context));
             for threads in [2, 4] {
                 run(&case, threads);
             }
@@ -142,15 +174,7 @@ fn few_packed_rows_at_odd_head_widths() {
     ] {
         for (qk_dim, v_dim) in [(13, 7), (67, 64)] {
             for context in [0, 9, 300] {
-                let case = Case {
-                    batch: 2,
-                    n_heads,
-                    n_kv_heads,
-                    qk_dim,
-                    v_dim,
-                    s_q,
-                    context,
-                };
+                let case = Case::new(2, (n_heads, n_kv_heads), (qk_dim, v_dim), (s_q, context));
                 run(&case, 2);
             }
         }
@@ -159,15 +183,7 @@ fn few_packed_rows_at_odd_head_widths() {
 
 #[test]
 fn absorbed_mla_shape_with_wide_keys_and_narrower_values() {
-    let case = Case {
-        batch: 1,
-        n_heads: 16,
-        n_kv_heads: 1,
-        qk_dim: 72,
-        v_dim: 64,
-        s_q: 3,
-        context: 700,
-    };
+    let case = Case::new(1, (16, 1), (72, 64), (3, 700));
     run(&case, 2);
 }
 

@@ -204,3 +204,157 @@ fn fast_exp_is_accurate_over_the_softmax_range() {
     assert!(fast_exp(-87.0) < 1e-37);
     assert_eq!(fast_exp(0.0), 1.0);
 }
+
+/// Which operand a test poisons.
+#[derive(Clone, Copy, Debug)]
+enum Operand {
+    Query,
+    Key,
+}
+
+/// One non-finite number put into a case's operands: in sequence `b`, at `(row, col)` of
+/// query head `head` (row = query index) or of KV head `head`'s keys or values (row = key
+/// position).
+#[derive(Clone, Copy, Debug)]
+struct Poison {
+    operand: Operand,
+    b: usize,
+    head: usize,
+    row: usize,
+    col: usize,
+    value: f32,
+}
+
+impl Poison {
+    fn inject(&self, case: &Case, inputs: &mut Inputs) {
+        let k = &mut inputs.kv[self.b].0;
+        let (row, width) = match self.operand {
+            Operand::Query => (inputs.q.row_mut(self.b * case.s_q + self.row), case.qk_dim),
+            Operand::Key => (k.row_mut(self.row), case.qk_dim),
+        };
+        row[self.head * width + self.col] = self.value;
+    }
+
+    /// Whether output row `(b, h, i)` depends on the poisoned number: a query reaches its own
+    /// output row, a key the rows of its group's heads whose query sees it.
+    fn reaches(&self, case: &Case, b: usize, h: usize, i: usize) -> bool {
+        let group = case.n_heads / case.n_kv_heads;
+        let sees = h / group == self.head && case.context + i >= self.row;
+        b == self.b
+            && match self.operand {
+                Operand::Query => h == self.head && i == self.row,
+                Operand::Key => sees,
+            }
+    }
+}
+
+/// Runs both kernels on the clean and the poisoned operands: every output that depends on
+/// the poison is NaN, every other one is finite and equals the clean run (to rounding: a
+/// kernel may take an exact path for keys a query cannot see when their values are not
+/// finite).
+fn check_poison(case: &Case, poison: Poison, threads: usize) {
+    let clean_inputs = case.inputs();
+    let mut poisoned = case.inputs();
+    poison.inject(case, &mut poisoned);
+    for kernel in [Kernel::Naive, Kernel::Tiled] {
+        let label = format!("{kernel:?} {} {poison:?}", case.label(threads));
+        let clean = case.attend(&clean_inputs, kernel, threads);
+        let out = case.attend(&poisoned, kernel, threads);
+        let (mut kept, mut kept_clean, mut reached) = (Vec::new(), Vec::new(), 0);
+        for (index, (&got, &want)) in out.iter().zip(&clean).enumerate() {
+            let c = index % case.v_dim;
+            let i = index / case.v_dim % case.s_q;
+            let h = index / (case.v_dim * case.s_q) % case.n_heads;
+            let b = index / (case.v_dim * case.s_q * case.n_heads);
+            if poison.reaches(case, b, h, i) {
+                assert!(
+                    got.is_nan(),
+                    "{label}: output (b{b} h{h} i{i} c{c}) is {got}"
+                );
+                reached += 1;
+            } else {
+                kept.push(got);
+                kept_clean.push(want);
+            }
+        }
+        assert!(reached > 0, "{label}: the poison reaches no output");
+        assert_close_f32(&kept, &kept_clean, 1e-5, &label);
+    }
+}
+
+/// Shapes for the non-finite tests, each with its thread count: prefill (blocks of 256 keys,
+/// several tiles, from scratch and after a context) for MHA, GQA and MQA; a short step of
+/// few packed rows (the few-row scores, with keys some rows cannot see); decode at every
+/// group size from 1 to 8 packed rows, short and long enough to split the keys across
+/// threads; and an MLA-shaped core (keys wider than values), a 3-token step whose keys split
+/// across threads and a decode step.
+fn poison_cases() -> Vec<(Case, usize)> {
+    let mut cases = Vec::new();
+    for (n_heads, n_kv_heads) in [(4, 4), (4, 2), (4, 1)] {
+        for context in [0, 300] {
+            cases.push((
+                Case::new(2, (n_heads, n_kv_heads), (8, 6), (40, context)),
+                2,
+            ));
+        }
+    }
+    cases.push((Case::new(2, (6, 2), (13, 7), (2, 9)), 2));
+    for group in 1..=8 {
+        for context in [40, 2500] {
+            cases.push((Case::new(1, (2 * group, 2), (67, 64), (1, context)), 4));
+        }
+    }
+    cases.push((Case::new(1, (16, 1), (72, 64), (3, 2100)), 2));
+    cases.push((Case::new(1, (16, 1), (72, 64), (1, 2100)), 2));
+    cases
+}
+
+/// For every shape of [`poison_cases`], puts each of `values` at column `col` of the last
+/// head of `operand` in the last sequence, at the middle query, or at two key positions: one
+/// every query sees (in the first key block and the first split) and one at the causal edge
+/// (seen by the later half of the queries only). Then checks what each reaches.
+fn poison_every_case(operand: Operand, col: fn(&Case) -> usize, values: &[f32]) {
+    for (case, threads) in poison_cases() {
+        let (heads, rows) = match operand {
+            Operand::Query => (case.n_heads, vec![case.s_q / 2]),
+            Operand::Key => (case.n_kv_heads, vec![3, case.context + case.s_q / 2]),
+        };
+        for row in rows {
+            for &value in values {
+                let poison = Poison {
+                    operand,
+                    b: case.batch - 1,
+                    head: heads - 1,
+                    row,
+                    col: col(&case),
+                    value,
+                };
+                check_poison(&case, poison, threads);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_nan_query_makes_its_output_row_nan_and_nothing_else() {
+    poison_every_case(Operand::Query, |case| case.qk_dim - 1, &[f32::NAN]);
+}
+
+#[test]
+fn a_nan_key_makes_the_rows_that_see_it_nan_and_nothing_else() {
+    poison_every_case(Operand::Key, |_| 0, &[f32::NAN]);
+}
+
+/// An infinite key element gives scores of +∞ or −∞ (by the sign of the query's element):
+/// softmax over a +∞ score is NaN in plain maths (`exp(∞ − ∞)`), and a −∞ score is taken as
+/// the poison it is too, never a silent weight of 0.
+#[test]
+fn an_infinite_key_makes_the_rows_that_see_it_nan_and_nothing_else() {
+    poison_every_case(Operand::Key, |_| 1, &[f32::INFINITY, f32::NEG_INFINITY]);
+}
+
+#[test]
+fn fast_exp_of_nan_is_nan() {
+    assert!(fast_exp(f32::NAN).is_nan());
+    assert!(fast_exp(-f32::NAN).is_nan());
+}

@@ -13,7 +13,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::layout::{AttentionOperands, HeadLayout};
-use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_of};
+use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_keeping_nan, max_of};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
 const TARGET_ROWS: usize = 64;
@@ -140,7 +140,9 @@ impl Task<'_> {
         } else {
             ranges.par_iter().map(|&r| self.attend(&q, r)).collect()
         };
-        // Merge by log-sum-exp and normalise: o = Σ e^(m_s − M) acc_s / Σ e^(m_s − M) l_s.
+        // Merge by log-sum-exp and normalise: o = Σ e^(m_s − M) acc_s / Σ e^(m_s − M) l_s. A
+        // range that saw a non-finite score has a NaN maximum and sum (`max_of`), so its
+        // weight and the total are NaN and the row comes out NaN.
         for r in 0..self.rows() {
             let top = partials
                 .iter()
@@ -257,7 +259,7 @@ impl Task<'_> {
                     continue;
                 }
                 let block_max = max_of(&row[..visible]);
-                let new_max = partial.max[r].max(block_max);
+                let new_max = max_keeping_nan(partial.max[r], block_max);
                 let rescale = if partial.max[r] == f32::NEG_INFINITY {
                     0.0
                 } else {

@@ -210,6 +210,7 @@ fn fast_exp_is_accurate_over_the_softmax_range() {
 enum Operand {
     Query,
     Key,
+    Value,
 }
 
 /// One non-finite number put into a case's operands: in sequence `b`, at `(row, col)` of
@@ -227,23 +228,26 @@ struct Poison {
 
 impl Poison {
     fn inject(&self, case: &Case, inputs: &mut Inputs) {
-        let k = &mut inputs.kv[self.b].0;
+        let (k, v) = &mut inputs.kv[self.b];
         let (row, width) = match self.operand {
             Operand::Query => (inputs.q.row_mut(self.b * case.s_q + self.row), case.qk_dim),
             Operand::Key => (k.row_mut(self.row), case.qk_dim),
+            Operand::Value => (v.row_mut(self.row), case.v_dim),
         };
         row[self.head * width + self.col] = self.value;
     }
 
-    /// Whether output row `(b, h, i)` depends on the poisoned number: a query reaches its own
-    /// output row, a key the rows of its group's heads whose query sees it.
-    fn reaches(&self, case: &Case, b: usize, h: usize, i: usize) -> bool {
+    /// Whether output `(b, h, i, c)` depends on the poisoned number: a query reaches its own
+    /// output row; a key the rows of its group's heads whose query sees it; a value the same
+    /// rows, in its own column.
+    fn reaches(&self, case: &Case, b: usize, h: usize, i: usize, c: usize) -> bool {
         let group = case.n_heads / case.n_kv_heads;
         let sees = h / group == self.head && case.context + i >= self.row;
         b == self.b
             && match self.operand {
                 Operand::Query => h == self.head && i == self.row,
                 Operand::Key => sees,
+                Operand::Value => sees && c == self.col,
             }
     }
 }
@@ -266,7 +270,7 @@ fn check_poison(case: &Case, poison: Poison, threads: usize) {
             let i = index / case.v_dim % case.s_q;
             let h = index / (case.v_dim * case.s_q) % case.n_heads;
             let b = index / (case.v_dim * case.s_q * case.n_heads);
-            if poison.reaches(case, b, h, i) {
+            if poison.reaches(case, b, h, i, c) {
                 assert!(
                     got.is_nan(),
                     "{label}: output (b{b} h{h} i{i} c{c}) is {got}"
@@ -317,7 +321,9 @@ fn poison_every_case(operand: Operand, col: fn(&Case) -> usize, values: &[f32]) 
     for (case, threads) in poison_cases() {
         let (heads, rows) = match operand {
             Operand::Query => (case.n_heads, vec![case.s_q / 2]),
-            Operand::Key => (case.n_kv_heads, vec![3, case.context + case.s_q / 2]),
+            Operand::Key | Operand::Value => {
+                (case.n_kv_heads, vec![3, case.context + case.s_q / 2])
+            }
         };
         for row in rows {
             for &value in values {
@@ -351,6 +357,13 @@ fn a_nan_key_makes_the_rows_that_see_it_nan_and_nothing_else() {
 #[test]
 fn an_infinite_key_makes_the_rows_that_see_it_nan_and_nothing_else() {
     poison_every_case(Operand::Key, |_| 1, &[f32::INFINITY, f32::NEG_INFINITY]);
+}
+
+/// A NaN value reaches its column of the rows that see its key; the rows that cannot see it
+/// (causally masked) are untouched: a weight of 0 times NaN must not leak into them.
+#[test]
+fn a_nan_value_makes_its_column_of_the_rows_that_see_it_nan_and_nothing_else() {
+    poison_every_case(Operand::Value, |case| case.v_dim / 2, &[f32::NAN]);
 }
 
 #[test]

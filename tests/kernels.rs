@@ -3,9 +3,9 @@
 
 mod common;
 
-use attnbench::kernels::{
-    AttentionOperands, HeadLayout, fast_exp, naive_attention, tiled_attention,
-};
+use attnbench::Matrix;
+use attnbench::config::Kernel;
+use attnbench::kernels::{AttentionOperands, HeadLayout, attention, fast_exp};
 use attnbench::weights::SeededRng;
 use common::assert_close_f32;
 use faer::MatRef;
@@ -20,58 +20,106 @@ struct Case {
     context: usize,
 }
 
+/// A case's operands, owned: queries `(batch · s_q, n_heads · qk_dim)` and per sequence keys
+/// `(s_k, n_kv_heads · qk_dim)` and values `(s_k, n_kv_heads · v_dim)`, `s_k = context + s_q`.
+struct Inputs {
+    q: Matrix,
+    kv: Vec<(Matrix, Matrix)>,
+}
+
+impl Case {
+    fn new(
+        batch: usize,
+        (n_heads, n_kv_heads): (usize, usize),
+        (qk_dim, v_dim): (usize, usize),
+        (s_q, context): (usize, usize),
+    ) -> Self {
+        Self {
+            batch,
+            n_heads,
+            n_kv_heads,
+            qk_dim,
+            v_dim,
+            s_q,
+            context,
+        }
+    }
+
+    fn s_k(&self) -> usize {
+        self.context + self.s_q
+    }
+
+    fn inputs(&self) -> Inputs {
+        let mut rng = SeededRng::new(7, "kernels");
+        let q = rng.normal_matrix(self.batch * self.s_q, self.n_heads * self.qk_dim, 1.0);
+        let kv = (0..self.batch)
+            .map(|_| {
+                (
+                    rng.normal_matrix(self.s_k(), self.n_kv_heads * self.qk_dim, 1.0),
+                    rng.normal_matrix(self.s_k(), self.n_kv_heads * self.v_dim, 1.0),
+                )
+            })
+            .collect();
+        Inputs { q, kv }
+    }
+
+    /// The head-major output `(batch, n_heads, s_q, v_dim)` of `kernel` on `threads` threads.
+    fn attend(&self, inputs: &Inputs, kernel: Kernel, threads: usize) -> Vec<f32> {
+        let q = &inputs.q;
+        let operands: Vec<AttentionOperands<'_>> = inputs
+            .kv
+            .iter()
+            .enumerate()
+            .map(|(b, (k, v))| AttentionOperands {
+                q: MatRef::from_row_major_slice(
+                    &q.data()[b * self.s_q * q.cols()..(b + 1) * self.s_q * q.cols()],
+                    self.s_q,
+                    q.cols(),
+                ),
+                k: (0..self.n_kv_heads)
+                    .map(|g| k.view().subcols(g * self.qk_dim, self.qk_dim))
+                    .collect(),
+                v: (0..self.n_kv_heads)
+                    .map(|g| v.view().subcols(g * self.v_dim, self.v_dim))
+                    .collect(),
+                first_query_position: self.context,
+            })
+            .collect();
+        let layout = HeadLayout {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            qk_dim: self.qk_dim,
+            v_dim: self.v_dim,
+            scale: 1.0 / (self.qk_dim as f32).sqrt(),
+        };
+        let mut out = vec![0.0; self.batch * self.n_heads * self.s_q * self.v_dim];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| attention(kernel, &operands, &layout, &mut out));
+        out
+    }
+
+    fn label(&self, threads: usize) -> String {
+        format!(
+            "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads}",
+            self.batch,
+            self.n_heads,
+            self.n_kv_heads,
+            self.qk_dim,
+            self.v_dim,
+            self.s_q,
+            self.context
+        )
+    }
+}
+
 fn run(case: &Case, threads: usize) {
-    let mut rng = SeededRng::new(7, "kernels");
-    let s_k = case.context + case.s_q;
-    let q = rng.normal_matrix(case.batch * case.s_q, case.n_heads * case.qk_dim, 1.0);
-    let kv: Vec<_> = (0..case.batch)
-        .map(|_| {
-            (
-                rng.normal_matrix(s_k, case.n_kv_heads * case.qk_dim, 1.0),
-                rng.normal_matrix(s_k, case.n_kv_heads * case.v_dim, 1.0),
-            )
-        })
-        .collect();
-    let operands: Vec<AttentionOperands<'_>> = kv
-        .iter()
-        .enumerate()
-        .map(|(b, (k, v))| AttentionOperands {
-            q: MatRef::from_row_major_slice(
-                &q.data()[b * case.s_q * q.cols()..(b + 1) * case.s_q * q.cols()],
-                case.s_q,
-                q.cols(),
-            ),
-            k: (0..case.n_kv_heads)
-                .map(|g| k.view().subcols(g * case.qk_dim, case.qk_dim))
-                .collect(),
-            v: (0..case.n_kv_heads)
-                .map(|g| v.view().subcols(g * case.v_dim, case.v_dim))
-                .collect(),
-            first_query_position: case.context,
-        })
-        .collect();
-    let layout = HeadLayout {
-        n_heads: case.n_heads,
-        n_kv_heads: case.n_kv_heads,
-        qk_dim: case.qk_dim,
-        v_dim: case.v_dim,
-        scale: 1.0 / (case.qk_dim as f32).sqrt(),
-    };
-    let len = case.batch * case.n_heads * case.s_q * case.v_dim;
-    let (mut naive, mut tiled) = (vec![0.0; len], vec![0.0; len]);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| {
-        naive_attention(&operands, &layout, &mut naive);
-        tiled_attention(&operands, &layout, &mut tiled);
-    });
-    let label = format!(
-        "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads}",
-        case.batch, case.n_heads, case.n_kv_heads, case.qk_dim, case.v_dim, case.s_q, case.context
-    );
-    assert_close_f32(&tiled, &naive, 1e-5, &label);
+    let inputs = case.inputs();
+    let naive = case.attend(&inputs, Kernel::Naive, threads);
+    let tiled = case.attend(&inputs, Kernel::Tiled, threads);
+    assert_close_f32(&tiled, &naive, 1e-5, &case.label(threads));
 }
 
 #[test]
@@ -88,15 +136,7 @@ fn tiled_equals_naive_at_block_edges_and_group_sizes() {
             (1, 257),
             (129, 130),
         ] {
-            let case = Case {
-                batch: 2,
-                n_heads,
-                n_kv_heads,
-                qk_dim: 8,
-                v_dim: 6,
-                s_q,
-                context,
-            };
+            let case = Case::new(2, (n_heads, n_kv_heads), (8, 6), (s_q, context));
             for threads in [1, 2] {
                 run(&case, threads);
             }
@@ -109,15 +149,7 @@ fn long_decode_contexts_split_across_threads_merge_exactly() {
     // One sequence, one KV head: fewer tasks than threads, so the keys are split.
     for context in [1023, 2048, 3001] {
         for (n_heads, n_kv_heads) in [(8, 1), (4, 2), (1, 1)] {
-            let case = Case {
-                batch: 1,
-                n_heads,
-                n_kv_heads,
-                qk_dim: 16,
-                v_dim: 16,
-                s_q: 1,
-                context,
-            };
+            let case = Case::new(1, (n_heads, n_kv_heads), (16, 16), (1, context));
             for threads in [2, 4] {
                 run(&case, threads);
             }
@@ -142,15 +174,7 @@ fn few_packed_rows_at_odd_head_widths() {
     ] {
         for (qk_dim, v_dim) in [(13, 7), (67, 64)] {
             for context in [0, 9, 300] {
-                let case = Case {
-                    batch: 2,
-                    n_heads,
-                    n_kv_heads,
-                    qk_dim,
-                    v_dim,
-                    s_q,
-                    context,
-                };
+                let case = Case::new(2, (n_heads, n_kv_heads), (qk_dim, v_dim), (s_q, context));
                 run(&case, 2);
             }
         }
@@ -159,15 +183,7 @@ fn few_packed_rows_at_odd_head_widths() {
 
 #[test]
 fn absorbed_mla_shape_with_wide_keys_and_narrower_values() {
-    let case = Case {
-        batch: 1,
-        n_heads: 16,
-        n_kv_heads: 1,
-        qk_dim: 72,
-        v_dim: 64,
-        s_q: 3,
-        context: 700,
-    };
+    let case = Case::new(1, (16, 1), (72, 64), (3, 700));
     run(&case, 2);
 }
 
@@ -187,4 +203,171 @@ fn fast_exp_is_accurate_over_the_softmax_range() {
     assert_eq!(fast_exp(f32::NEG_INFINITY), fast_exp(-87.0));
     assert!(fast_exp(-87.0) < 1e-37);
     assert_eq!(fast_exp(0.0), 1.0);
+}
+
+/// Which operand a test poisons.
+#[derive(Clone, Copy, Debug)]
+enum Operand {
+    Query,
+    Key,
+    Value,
+}
+
+/// One non-finite number put into a case's operands: in sequence `b`, at `(row, col)` of
+/// query head `head` (row = query index) or of KV head `head`'s keys or values (row = key
+/// position).
+#[derive(Clone, Copy, Debug)]
+struct Poison {
+    operand: Operand,
+    b: usize,
+    head: usize,
+    row: usize,
+    col: usize,
+    value: f32,
+}
+
+impl Poison {
+    fn inject(&self, case: &Case, inputs: &mut Inputs) {
+        let (k, v) = &mut inputs.kv[self.b];
+        let (row, width) = match self.operand {
+            Operand::Query => (inputs.q.row_mut(self.b * case.s_q + self.row), case.qk_dim),
+            Operand::Key => (k.row_mut(self.row), case.qk_dim),
+            Operand::Value => (v.row_mut(self.row), case.v_dim),
+        };
+        row[self.head * width + self.col] = self.value;
+    }
+
+    /// Whether output `(b, h, i, c)` depends on the poisoned number: a query reaches its own
+    /// output row; a key the rows of its group's heads whose query sees it; a value the same
+    /// rows, in its own column.
+    fn reaches(&self, case: &Case, b: usize, h: usize, i: usize, c: usize) -> bool {
+        let group = case.n_heads / case.n_kv_heads;
+        let sees = h / group == self.head && case.context + i >= self.row;
+        b == self.b
+            && match self.operand {
+                Operand::Query => h == self.head && i == self.row,
+                Operand::Key => sees,
+                Operand::Value => sees && c == self.col,
+            }
+    }
+}
+
+/// Runs both kernels on the clean and the poisoned operands: every output that depends on
+/// the poison is NaN, every other one is finite and equals the clean run (to rounding: a
+/// kernel may take an exact path for keys a query cannot see when their values are not
+/// finite).
+fn check_poison(case: &Case, poison: Poison, threads: usize) {
+    let clean_inputs = case.inputs();
+    let mut poisoned = case.inputs();
+    poison.inject(case, &mut poisoned);
+    for kernel in [Kernel::Naive, Kernel::Tiled] {
+        let label = format!("{kernel:?} {} {poison:?}", case.label(threads));
+        let clean = case.attend(&clean_inputs, kernel, threads);
+        let out = case.attend(&poisoned, kernel, threads);
+        let (mut kept, mut kept_clean, mut reached) = (Vec::new(), Vec::new(), 0);
+        for (index, (&got, &want)) in out.iter().zip(&clean).enumerate() {
+            let c = index % case.v_dim;
+            let i = index / case.v_dim % case.s_q;
+            let h = index / (case.v_dim * case.s_q) % case.n_heads;
+            let b = index / (case.v_dim * case.s_q * case.n_heads);
+            if poison.reaches(case, b, h, i, c) {
+                assert!(
+                    got.is_nan(),
+                    "{label}: output (b{b} h{h} i{i} c{c}) is {got}"
+                );
+                reached += 1;
+            } else {
+                kept.push(got);
+                kept_clean.push(want);
+            }
+        }
+        assert!(reached > 0, "{label}: the poison reaches no output");
+        assert_close_f32(&kept, &kept_clean, 1e-5, &label);
+    }
+}
+
+/// Shapes for the non-finite tests, each with its thread count: prefill (blocks of 256 keys,
+/// several tiles, from scratch and after a context) for MHA, GQA and MQA; a short step of
+/// few packed rows (the few-row scores, with keys some rows cannot see); decode at every
+/// group size from 1 to 8 packed rows, short and long enough to split the keys across
+/// threads; and an MLA-shaped core (keys wider than values), a 3-token step whose keys split
+/// across threads and a decode step.
+fn poison_cases() -> Vec<(Case, usize)> {
+    let mut cases = Vec::new();
+    for (n_heads, n_kv_heads) in [(4, 4), (4, 2), (4, 1)] {
+        for context in [0, 300] {
+            cases.push((
+                Case::new(2, (n_heads, n_kv_heads), (8, 6), (40, context)),
+                2,
+            ));
+        }
+    }
+    cases.push((Case::new(2, (6, 2), (13, 7), (2, 9)), 2));
+    for group in 1..=8 {
+        for context in [40, 2500] {
+            cases.push((Case::new(1, (2 * group, 2), (67, 64), (1, context)), 4));
+        }
+    }
+    cases.push((Case::new(1, (16, 1), (72, 64), (3, 2100)), 2));
+    cases.push((Case::new(1, (16, 1), (72, 64), (1, 2100)), 2));
+    cases
+}
+
+/// For every shape of [`poison_cases`], puts each of `values` at column `col` of the last
+/// head of `operand` in the last sequence, at the middle query, or at two key positions: one
+/// every query sees (in the first key block and the first split) and one at the causal edge
+/// (seen by the later half of the queries only). Then checks what each reaches.
+fn poison_every_case(operand: Operand, col: fn(&Case) -> usize, values: &[f32]) {
+    for (case, threads) in poison_cases() {
+        let (heads, rows) = match operand {
+            Operand::Query => (case.n_heads, vec![case.s_q / 2]),
+            Operand::Key | Operand::Value => {
+                (case.n_kv_heads, vec![3, case.context + case.s_q / 2])
+            }
+        };
+        for row in rows {
+            for &value in values {
+                let poison = Poison {
+                    operand,
+                    b: case.batch - 1,
+                    head: heads - 1,
+                    row,
+                    col: col(&case),
+                    value,
+                };
+                check_poison(&case, poison, threads);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_nan_query_makes_its_output_row_nan_and_nothing_else() {
+    poison_every_case(Operand::Query, |case| case.qk_dim - 1, &[f32::NAN]);
+}
+
+#[test]
+fn a_nan_key_makes_the_rows_that_see_it_nan_and_nothing_else() {
+    poison_every_case(Operand::Key, |_| 0, &[f32::NAN]);
+}
+
+/// An infinite key element gives scores of +∞ or −∞ (by the sign of the query's element):
+/// softmax over a +∞ score is NaN in plain maths (`exp(∞ − ∞)`), and a −∞ score is taken as
+/// the poison it is too, never a silent weight of 0.
+#[test]
+fn an_infinite_key_makes_the_rows_that_see_it_nan_and_nothing_else() {
+    poison_every_case(Operand::Key, |_| 1, &[f32::INFINITY, f32::NEG_INFINITY]);
+}
+
+/// A NaN value reaches its column of the rows that see its key; the rows that cannot see it
+/// (causally masked) are untouched: a weight of 0 times NaN must not leak into them.
+#[test]
+fn a_nan_value_makes_its_column_of_the_rows_that_see_it_nan_and_nothing_else() {
+    poison_every_case(Operand::Value, |case| case.v_dim / 2, &[f32::NAN]);
+}
+
+#[test]
+fn fast_exp_of_nan_is_nan() {
+    assert!(fast_exp(f32::NAN).is_nan());
+    assert!(fast_exp(-f32::NAN).is_nan());
 }

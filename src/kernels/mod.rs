@@ -50,6 +50,12 @@ use crate::config::Kernel;
 /// sequence `b`, head `h` is `out[((b · n_heads) + h) · s_q · v_dim ..][.. s_q · v_dim]`,
 /// row-major `(s_q, v_dim)`.
 ///
+/// A NaN or an infinity in an operand makes NaN every output that depends on it and leaves
+/// the others as they were: a query element its own output row, a key element the rows of
+/// its group's heads whose query sees that key (an infinite score poisons the row even where
+/// plain maths would give the key a weight of 0), a value element its column of those rows.
+/// Keys a query cannot see never touch its output, whatever they hold.
+///
 /// # Panics
 /// If the operands disagree with `layout` or `out` has the wrong length (the layers build
 /// them; this is not user input).

@@ -50,7 +50,7 @@ fn attend_one_head(
     v: MatRef<'_, f32>,
     scale: f32,
     first_query_position: usize,
-    out: MatMut<'_, f32>,
+    mut out: MatMut<'_, f32>,
 ) {
     let (s_q, s_k) = (q.nrows(), k.nrows());
     assert!(
@@ -70,5 +70,25 @@ fn attend_one_head(
     );
     causal_softmax_rows(&mut scores, s_k, first_query_position);
     let probs = MatRef::from_row_major_slice(&scores, s_q, s_k);
-    faer::linalg::matmul::matmul(out, Accum::Replace, probs, v, 1.0f32, Par::Seq);
+    // Keys after `first_query_position` are hidden from some queries, which give them weight
+    // 0; but 0 · NaN (or 0 · ∞) is NaN, so the one product below would leak a non-finite
+    // hidden value into queries that cannot see it. Checking those value rows (`s_q − 1` when
+    // the keys end at the last query) is cheap beside the product; when one is not finite
+    // (the run is failing anyway), each query takes its own product over its visible keys.
+    let hidden = (first_query_position + 1).min(s_k);
+    if v.subrows(hidden, s_k - hidden).is_all_finite() {
+        faer::linalg::matmul::matmul(out, Accum::Replace, probs, v, 1.0f32, Par::Seq);
+        return;
+    }
+    for i in 0..s_q {
+        let visible = (first_query_position + i + 1).min(s_k);
+        faer::linalg::matmul::matmul(
+            out.as_mut().subrows_mut(i, 1),
+            Accum::Replace,
+            probs.submatrix(i, 0, 1, visible),
+            v.subrows(0, visible),
+            1.0f32,
+            Par::Seq,
+        );
+    }
 }

@@ -22,10 +22,14 @@ pub fn has_avx2_fma() -> bool {
 /// `e^x` for `x ≤ 0` (softmax arguments after the max shift), branch-free so that loops over
 /// it vectorise: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by a degree-6 polynomial
 /// (relative error below 2e-7), `2^n` put straight into the exponent bits. Arguments below
-/// −87 give 0, as `e^x` underflows f32 there anyway.
+/// −87 (−∞ included) give `e^−87` (about 1.6e-38), as `e^x` underflows f32 there anyway; NaN
+/// gives NaN, so a NaN score reaches the output instead of becoming a weight of about 0.
 #[inline]
 pub fn fast_exp(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    // Not `x.max(-87.0)`: `f32::max` returns −87 for a NaN. The comparison is false for a NaN,
+    // which passes through (`n` is then 0, `scale` 1, `p` NaN). Still one select (x86's
+    // `maxps` with the operands in this order), no branch.
+    let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E).round();
     // ln 2 in two parts (Cody–Waite): n · LN2_HI is exact in f32, so the reduction loses
     // nothing even for n near −126.
@@ -40,23 +44,45 @@ pub fn fast_exp(x: f32) -> f32 {
     p * scale
 }
 
-/// The largest value of `x` (−∞ for an empty slice), with eight independent lanes so that
-/// the reduction is not one long dependency chain.
+/// The largest value of `x`, −∞ for an empty slice, and NaN when any value is not finite,
+/// with eight independent lanes so that the reduction is not one long dependency chain.
+///
+/// Why NaN for a non-finite score: a softmax row shifted by a NaN maximum is NaN throughout
+/// (`fast_exp(NaN)` is NaN), so the poison reaches the output. Without it a NaN score would be
+/// skipped (`f32::max` and the comparison below ignore NaN), and a −∞ score (from an infinite
+/// query or key element, or a dot product that overflows) would become a silent weight of 0;
+/// a +∞ score gives NaN in plain maths anyway (`e^(∞ − ∞)`). `v · 0` is 0 for a finite `v` and NaN otherwise:
+/// summed in lanes of its own beside the maxima (a multiply and an add per value, no branch)
+/// and added to the result, it leaves a finite maximum exactly as it is.
 #[inline(always)]
 pub fn max_of(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut poison = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
-    let tail = chunks
+    let (tail, tail_poison) = chunks
         .remainder()
         .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
+        .fold((f32::NEG_INFINITY, 0.0f32), |(m, p), &v| {
+            (m.max(v), p + v * 0.0)
+        });
     for c in chunks {
         for i in 0..8 {
             lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            poison[i] += c[i] * 0.0;
         }
     }
-    lanes.iter().copied().fold(tail, f32::max)
+    lanes.iter().copied().fold(tail, f32::max) + (poison.iter().sum::<f32>() + tail_poison)
+}
+
+/// The larger of `a` and `b`, NaN when either is NaN (`f32::max` returns the other one): for
+/// running maxima that must keep a poisoned block's NaN from [`max_of`].
+#[inline]
+pub fn max_keeping_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 /// Replaces every `v` of `x` by `fast_exp(v − shift)` and returns their sum, accumulated in
@@ -333,6 +359,71 @@ mod tests {
                             "{label}: portable {} vs {want}",
                             portable[i]
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A non-finite value anywhere, in the eight lanes or the tail, makes the maximum NaN;
+    /// finite values keep their exact maximum, and an empty slice gives −∞.
+    #[test]
+    fn max_of_is_nan_when_any_value_is_not_finite() {
+        assert_eq!(max_of(&[]), f32::NEG_INFINITY);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 1..=20 {
+            let x = values(&mut state, len);
+            let exact = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max_of(&x), exact, "len {len}");
+            for at in 0..len {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut y = x.clone();
+                    y[at] = bad;
+                    assert!(max_of(&y).is_nan(), "len {len}, {bad} at {at}");
+                }
+            }
+        }
+    }
+
+    /// Both score paths carry a NaN or infinite query or key element into exactly the scores
+    /// it takes part in (the portable path is the only one the kernels' tests cannot reach on
+    /// a CPU with AVX2).
+    #[test]
+    fn few_row_scores_carry_non_finite_inputs() {
+        let mut state = 0x51_7cc1_b727_220au64;
+        let (n, d) = (11, 13);
+        for rows in 1..=FEW_ROWS_MAX {
+            for bad in [f32::NAN, f32::INFINITY] {
+                for poisoned_key in [false, true] {
+                    let mut key_data = values(&mut state, n * d);
+                    let mut queries = values(&mut state, rows * d);
+                    let (bad_key, bad_row) = (n / 2, rows / 2);
+                    if poisoned_key {
+                        key_data[bad_key * d + d - 1] = bad;
+                    } else {
+                        queries[bad_row * d + 3] = bad;
+                    }
+                    let keys = MatRef::from_row_major_slice(&key_data, n, d)
+                        .try_as_row_major()
+                        .unwrap();
+                    let mut fast = vec![0.0f32; rows * n];
+                    let mut portable = vec![0.0f32; rows * n];
+                    few_row_scores(keys, &queries, rows, 0.5, &mut fast);
+                    portable_scores(keys, &queries, rows, 0.5, &mut portable);
+                    for (path, out) in [("dispatched", &fast), ("portable", &portable)] {
+                        for (i, score) in out.iter().enumerate() {
+                            let (r, j) = (i / n, i % n);
+                            let reached = if poisoned_key {
+                                j == bad_key
+                            } else {
+                                r == bad_row
+                            };
+                            assert_eq!(
+                                !score.is_finite(),
+                                reached,
+                                "{path}: rows {rows}, {bad} in a key {poisoned_key}, score ({r}, {j}) = {score}"
+                            );
+                        }
                     }
                 }
             }

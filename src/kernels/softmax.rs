@@ -3,8 +3,10 @@
 
 use super::simd::{exp_shifted_sum, max_of};
 
-/// Replaces `row` with `softmax(row)`, subtracting the maximum first so that scores of any
-/// magnitude give finite results. An empty row is left empty.
+/// Replaces `row` with `softmax(row)`, subtracting the maximum first so that finite scores of
+/// any magnitude give finite results. A row holding a score that is not finite (NaN or ±∞)
+/// comes out all NaN, so the poison reaches the output (the maximum is then NaN, see
+/// `simd.rs`). An empty row is left empty.
 ///
 /// The exponentials are the branch-free [`fast_exp`](super::simd::fast_exp) in eight lanes,
 /// as in the tiled kernel, not libm's `expf`: one scalar libm call per score, right after

@@ -13,7 +13,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::layout::{AttentionOperands, HeadLayout};
-use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_of};
+use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_keeping_nan, max_of};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
 const TARGET_ROWS: usize = 64;
@@ -140,7 +140,9 @@ impl Task<'_> {
         } else {
             ranges.par_iter().map(|&r| self.attend(&q, r)).collect()
         };
-        // Merge by log-sum-exp and normalise: o = Σ e^(m_s − M) acc_s / Σ e^(m_s − M) l_s.
+        // Merge by log-sum-exp and normalise: o = Σ e^(m_s − M) acc_s / Σ e^(m_s − M) l_s. A
+        // range that saw a non-finite score has a NaN maximum and sum (`max_of`), so its
+        // weight and the total are NaN and the row comes out NaN.
         for r in 0..self.rows() {
             let top = partials
                 .iter()
@@ -225,7 +227,12 @@ impl Task<'_> {
             sum: vec![0.0; rows],
         };
         let mut scores = vec![0.0f32; rows * block_len];
-        let first = self.seq.first_query_position + self.q0;
+        // Keys after the tile's first query are hidden from some rows, which give them weight
+        // 0; but 0 · NaN (or 0 · ∞) is NaN, so a non-finite value among them would leak into
+        // rows that cannot see it. They are fewer than `tq` (none at decode): checked once
+        // here, they decide how `add_values` weighs the values.
+        let hidden = (self.seq.first_query_position + self.q0 + 1).clamp(start, end);
+        let hidden_finite = v.subrows(hidden, end - hidden).is_all_finite();
         for j0 in (start..end).step_by(block_len) {
             let nb = block_len.min(end - j0);
             let block = &mut scores[..rows * nb];
@@ -234,9 +241,9 @@ impl Task<'_> {
             {
                 few_row_scores(keys, packed, rows, self.layout.scale, block);
             } else {
-                // Written as `blockᵀ = K_block · qᵀ` (and below `accᵀ += V_blockᵀ · blockᵀ`):
-                // the long key dimension becomes faer's row dimension, which its kernels
-                // stream without repacking the keys for every few query rows.
+                // Written as `blockᵀ = K_block · qᵀ` (and `accᵀ += V_blockᵀ · blockᵀ` in
+                // `add_values`): the long key dimension becomes faer's row dimension, which
+                // its kernels stream without repacking the keys for every few query rows.
                 faer::linalg::matmul::matmul(
                     MatMut::from_column_major_slice_mut(block, nb, rows),
                     Accum::Replace,
@@ -247,9 +254,7 @@ impl Task<'_> {
                 );
             }
             for r in 0..rows {
-                // Row r is query q0 + i: it sees keys up to position first + i.
-                let i = r % self.tq;
-                let visible = (first + i + 1).saturating_sub(j0).min(nb);
+                let visible = self.visible(r, j0, nb);
                 let row = &mut block[r * nb..(r + 1) * nb];
                 let acc = &mut partial.acc[r * dv..(r + 1) * dv];
                 if visible == 0 {
@@ -257,7 +262,7 @@ impl Task<'_> {
                     continue;
                 }
                 let block_max = max_of(&row[..visible]);
-                let new_max = partial.max[r].max(block_max);
+                let new_max = max_keeping_nan(partial.max[r], block_max);
                 let rescale = if partial.max[r] == f32::NEG_INFINITY {
                     0.0
                 } else {
@@ -271,15 +276,57 @@ impl Task<'_> {
                     acc.iter_mut().for_each(|a| *a *= rescale);
                 }
             }
+            self.add_values(&mut partial.acc, block, (j0, nb), hidden_finite);
+        }
+        partial
+    }
+
+    /// Keys of the `nb` from `j0` that row `r` sees: row r is query `q0 + i`, `i = r mod tq`,
+    /// which sees keys up to position `first_query_position + q0 + i`.
+    #[inline(always)]
+    fn visible(&self, r: usize, j0: usize, nb: usize) -> usize {
+        (self.seq.first_query_position + self.q0 + r % self.tq + 1)
+            .saturating_sub(j0)
+            .min(nb)
+    }
+
+    /// `accᵀ += V_blockᵀ · weights`: `acc` column-major `(v_dim, rows)`, `weights` the
+    /// column-major `(nb, rows)` block of keys `j0..j0 + nb`, 0 where a row cannot see a key.
+    /// One product for the block when `hidden_finite` (the values of keys hidden from some row
+    /// are all finite, so their zero weights add exactly 0); otherwise one product per row
+    /// over its visible keys only, so that 0 · NaN never reaches a row that cannot see the
+    /// NaN (slower, and only taken when the run is failing anyway).
+    #[inline(always)]
+    fn add_values(
+        &self,
+        acc: &mut [f32],
+        weights: &[f32],
+        (j0, nb): (usize, usize),
+        hidden_finite: bool,
+    ) {
+        let (dv, rows) = (self.layout.v_dim, self.rows());
+        let v = self.seq.v[self.g];
+        if hidden_finite {
             faer::linalg::matmul::matmul(
-                MatMut::from_column_major_slice_mut(&mut partial.acc, dv, rows),
+                MatMut::from_column_major_slice_mut(acc, dv, rows),
                 Accum::Add,
                 v.subrows(j0, nb).transpose(),
-                MatRef::from_column_major_slice(block, nb, rows),
+                MatRef::from_column_major_slice(weights, nb, rows),
+                1.0f32,
+                Par::Seq,
+            );
+            return;
+        }
+        for r in 0..rows {
+            let visible = self.visible(r, j0, nb);
+            faer::linalg::matmul::matmul(
+                MatMut::from_row_major_slice_mut(&mut acc[r * dv..][..dv], 1, dv),
+                Accum::Add,
+                MatRef::from_row_major_slice(&weights[r * nb..][..visible], 1, visible),
+                v.subrows(j0, visible),
                 1.0f32,
                 Par::Seq,
             );
         }
-        partial
     }
 }

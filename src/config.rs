@@ -114,7 +114,7 @@ named_enum!(Kernel, "a kernel", {
     Tiled => "tiled",
 });
 
-/// What a step does (DESIGN §2).
+/// What a step does (docs/design.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {

@@ -1,4 +1,4 @@
-//! Export cases (DESIGN §4): one layer, its config, every weight, the inputs, the outputs and
+//! Export cases (docs/design.md §4): one layer, its config, every weight, the inputs, the outputs and
 //! the final cache, so that anyone can replay it in NumPy or PyTorch.
 
 use serde::Serialize;
@@ -40,7 +40,7 @@ fn tensor(m: &Matrix) -> Tensor<'_> {
     }
 }
 
-/// The config fields that apply to the variant, under their DESIGN names.
+/// The config fields that apply to the variant, under their names in docs/design.md §4.
 fn config_json(spec: &LayerSpec) -> Value {
     match spec {
         LayerSpec::Grouped { config, .. } => json!({

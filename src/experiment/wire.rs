@@ -1,4 +1,4 @@
-//! The experiment file as written: private wire structs, every key documented in the README,
+//! The experiment file as written: private wire structs, every key documented in docs/experiment-files.md,
 //! unknown keys refused. `mod.rs` turns them into a checked grid.
 
 use std::ops::Range;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use charts::{ChartSpec, plan as chart_plan};
+pub use charts::{ChartError, ChartSpec, plan as chart_plan};
 pub use comparison::comparison_markdown;
 pub use index::index;
 pub use tables::markdown;
@@ -35,14 +35,9 @@ pub enum ReportError {
         "{0}: no results.json there nor in any directory inside it (give a results directory, or the folder of several)"
     )]
     NoResults(PathBuf),
-    /// plotters refused to draw a chart.
-    #[error("{path}: cannot draw the chart: {message}")]
-    Chart {
-        /// The chart's file.
-        path: PathBuf,
-        /// plotters' complaint.
-        message: String,
-    },
+    /// plotters could not draw a chart.
+    #[error(transparent)]
+    Chart(#[from] ChartError),
 }
 
 /// One output file, its path relative to the results directory, and its contents.
@@ -79,12 +74,10 @@ pub fn render(results: &ResultsFile) -> Result<Vec<OutputFile>, ReportError> {
         },
     ];
     for spec in chart_plan(results) {
-        let path = Path::new(ResultsDir::CHARTS_DIR).join(&spec.file);
-        let text = charts::render(&spec, results).map_err(|message| ReportError::Chart {
-            path: path.clone(),
-            message,
-        })?;
-        files.push(OutputFile { path, text });
+        files.push(OutputFile {
+            path: spec.path(),
+            text: charts::render(&spec, results)?,
+        });
     }
     Ok(files)
 }

@@ -318,7 +318,7 @@ fn by_row(points: &[&PointResult], value: impl Fn(&PointResult) -> Option<f64>) 
 }
 
 /// One series per length (and varying setting) of one mode, x the point's KV heads: the
-/// KV-head sweep. Labelled as the tables' column headers, e.g. `decode ctx 2048`.
+/// KV-head sweep. Labelled by the mode and the tables' column header, e.g. `decode ctx 2048`.
 fn by_length(points: &[&PointResult], value: fn(&PointResult) -> Option<f64>) -> Vec<Series> {
     let varies = Varies::of(points);
     let mut lines: BTreeMap<(String, usize), Series> = BTreeMap::new();

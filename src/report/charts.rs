@@ -4,14 +4,19 @@
 //! and the SVG names a generic font family).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use thiserror::Error;
 
-use super::rows::{RowKey, Varies, length_name, of_mode};
+use super::rows::{MODES, RowKey, Varies, length_name, of_mode};
 use crate::config::{MlaPath, Mode, Variant};
-use crate::results::{PointResult, ResultsFile};
+use crate::results::{PointResult, ResultsDir, ResultsFile};
 
 /// One chart a results set supports: its file name (in
 /// [`ResultsDir::CHARTS_DIR`](crate::results::ResultsDir::CHARTS_DIR)) and title.
@@ -25,13 +30,124 @@ pub struct ChartSpec {
     pub title: String,
 }
 
+impl ChartSpec {
+    /// Its path relative to the results directory, e.g. `charts/decode_latency.svg`.
+    pub fn path(&self) -> PathBuf {
+        Path::new(ResultsDir::CHARTS_DIR).join(&self.file)
+    }
+}
+
+/// Why plotters could not draw a chart. Each names the chart by its path relative to the
+/// results directory (as [`ChartSpec::path`]); the words after the path are plotters' own.
+#[derive(Debug, Error)]
+pub enum ChartError {
+    /// The SVG backend failed to draw an element, or to size a label's text.
+    #[error("{}: cannot draw the chart", path.display())]
+    Backend {
+        /// The chart, e.g. `charts/decode_latency.svg`.
+        path: PathBuf,
+        /// plotters' complaint (its `BackendError`, holding the backend's own error).
+        #[source]
+        source: DrawingAreaErrorKind<io::Error>,
+    },
+    /// Two drawings held the canvas at once: a fault of the drawing code, not of the data.
+    #[error(
+        "{}: cannot draw the chart: Multiple backend operation in progress",
+        path.display()
+    )]
+    Sharing {
+        /// The chart.
+        path: PathBuf,
+    },
+    /// A panel was laid out in an area that cannot hold it.
+    #[error("{}: cannot draw the chart: Bad layout", path.display())]
+    Layout {
+        /// The chart.
+        path: PathBuf,
+    },
+}
+
+impl ChartError {
+    /// Names the chart at `path` that plotters failed to draw with `cause`.
+    fn new(path: PathBuf, cause: DrawingAreaErrorKind<io::Error>) -> Self {
+        match cause {
+            source @ DrawingAreaErrorKind::BackendError(_) => Self::Backend { path, source },
+            DrawingAreaErrorKind::SharingError => Self::Sharing { path },
+            DrawingAreaErrorKind::LayoutError => Self::Layout { path },
+        }
+    }
+}
+
+/// The charts there are, in the order `results.md` lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// Step latency against length, a line per table row.
     Latency(Mode),
+    /// Decode's KV-cache bytes against context, a line per table row.
     KvCache,
+    /// % of the roofline, step and core, a bar per row and length.
     Roofline(Mode),
+    /// MLA's two paths against length, a panel per mode that has both.
     MlaPaths,
+    /// GQA's latency and KV-cache bytes against KV heads, a line per mode and length (and
+    /// varying setting).
     KvHeads,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Latency(Mode::Prefill),
+        Kind::Latency(Mode::Decode),
+        Kind::KvCache,
+        Kind::Roofline(Mode::Prefill),
+        Kind::Roofline(Mode::Decode),
+        Kind::MlaPaths,
+        Kind::KvHeads,
+    ];
+
+    /// The file name without its extension.
+    fn stem(self) -> String {
+        match self {
+            Kind::Latency(mode) => format!("{mode}_latency"),
+            Kind::KvCache => "kv_cache".into(),
+            Kind::Roofline(mode) => format!("roofline_{mode}"),
+            Kind::MlaPaths => "mla_paths".into(),
+            Kind::KvHeads => "kv_heads".into(),
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Kind::Latency(Mode::Prefill) => "prefill latency against prefill length".into(),
+            Kind::Latency(Mode::Decode) => "decode latency against context".into(),
+            Kind::KvCache => "KV-cache memory against context".into(),
+            Kind::Roofline(mode) => {
+                format!("{mode}: % of this machine's roofline, step and attention core")
+            }
+            Kind::MlaPaths => "MLA naive against absorbed".into(),
+            Kind::KvHeads => "GQA: latency and KV-cache memory against KV heads".into(),
+        }
+    }
+
+    /// Whether `results` holds what the chart draws: a line needs two lengths (two KV-head
+    /// counts for [`KvHeads`](Kind::KvHeads)), a bar a roofline.
+    fn has_data(self, results: &ResultsFile) -> bool {
+        let spans_lengths = |points: &[&PointResult]| distinct(points, PointResult::length) > 1;
+        match self {
+            Kind::Latency(mode) => spans_lengths(&measured_of(results, mode)),
+            Kind::KvCache => {
+                let decode = measured_of(results, Mode::Decode);
+                spans_lengths(&decode) && decode.iter().any(|p| p.kv_cache_bytes.is_some())
+            }
+            Kind::Roofline(mode) => measured_of(results, mode)
+                .iter()
+                .any(|p| p.step.roofline_pct.is_some()),
+            Kind::MlaPaths => MODES.iter().any(|&m| !mla_points(results, m).is_empty()),
+            Kind::KvHeads => MODES
+                .iter()
+                .any(|&m| !kv_head_points(results, m).is_empty()),
+        }
+    }
 }
 
 /// A point with a timing (failed points are in the tables, not in the charts).
@@ -51,7 +167,8 @@ fn measured_of(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
         .collect()
 }
 
-/// MLA's points of `mode`, when both paths were measured at two lengths or more.
+/// MLA's points of `mode`, when both paths were measured and the points span two lengths or
+/// more.
 fn mla_points(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
     let points: Vec<&PointResult> = measured_of(results, mode)
         .into_iter()
@@ -80,136 +197,93 @@ fn kv_head_points(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
     }
 }
 
-/// The charts `results` has data for, in the order `results.md` shows them.
+/// The charts `results` has data for, in the order `results.md` shows them. The report
+/// computes this once per results set and hands it to the tables, the charts and the index.
 pub fn plan(results: &ResultsFile) -> Vec<ChartSpec> {
-    let mut specs = Vec::new();
-    let mut push = |kind, file: String, title: String| specs.push(ChartSpec { kind, file, title });
-    for mode in [Mode::Prefill, Mode::Decode] {
-        let points = measured_of(results, mode);
-        if distinct(&points, PointResult::length) > 1 {
-            let axis = match mode {
-                Mode::Prefill => "prefill length",
-                Mode::Decode => "context",
-            };
-            push(
-                Kind::Latency(mode),
-                format!("{mode}_latency.svg"),
-                format!("{mode} latency against {axis}"),
-            );
-        }
-    }
-    let decode = measured_of(results, Mode::Decode);
-    if distinct(&decode, PointResult::length) > 1
-        && decode.iter().any(|p| p.kv_cache_bytes.is_some())
-    {
-        push(
-            Kind::KvCache,
-            "kv_cache.svg".into(),
-            "KV-cache memory against context".into(),
-        );
-    }
-    for mode in [Mode::Prefill, Mode::Decode] {
-        if measured_of(results, mode)
-            .iter()
-            .any(|p| p.step.roofline_pct.is_some())
-        {
-            push(
-                Kind::Roofline(mode),
-                format!("roofline_{mode}.svg"),
-                format!("{mode}: % of this machine's roofline, step and attention core"),
-            );
-        }
-    }
-    if [Mode::Prefill, Mode::Decode]
-        .iter()
-        .any(|&m| !mla_points(results, m).is_empty())
-    {
-        push(
-            Kind::MlaPaths,
-            "mla_paths.svg".into(),
-            "MLA naive against absorbed".into(),
-        );
-    }
-    if [Mode::Prefill, Mode::Decode]
-        .iter()
-        .any(|&m| !kv_head_points(results, m).is_empty())
-    {
-        push(
-            Kind::KvHeads,
-            "kv_heads.svg".into(),
-            "GQA: latency and KV-cache memory against KV heads".into(),
-        );
-    }
-    specs
+    Kind::ALL
+        .into_iter()
+        .filter(|kind| kind.has_data(results))
+        .map(|kind| ChartSpec {
+            kind,
+            file: format!("{}.{}", kind.stem(), ResultsDir::CHART_EXTENSION),
+            title: kind.title(),
+        })
+        .collect()
 }
 
 /// Draws `spec`'s chart of `results` as SVG text.
-pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, String> {
+pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, ChartError> {
     let title = format!("{}: {}", results.experiment.name, spec.title);
-    match spec.kind {
-        Kind::Latency(mode) => {
-            let points = measured_of(results, mode);
-            let panel = Panel {
-                title: String::new(),
-                x_desc: length_desc(mode),
-                y_desc: "latency, ms (median)",
-                series: by_row(&points, |p| p.step.median_ns.map(|ns| ns / 1e6)),
-            };
-            line_chart(&title, &[panel])
-        }
-        Kind::KvCache => {
-            let points = measured_of(results, Mode::Decode);
-            let panel = Panel {
-                title: String::new(),
-                x_desc: length_desc(Mode::Decode),
-                y_desc: "KV cache, MiB (measured from the allocation)",
-                series: by_row(&points, |p| p.kv_cache_bytes.map(mib)),
-            };
-            line_chart(&title, &[panel])
-        }
-        Kind::MlaPaths => {
-            let panels: Vec<Panel> = [Mode::Prefill, Mode::Decode]
-                .into_iter()
-                .filter_map(|mode| {
-                    let points = mla_points(results, mode);
-                    (!points.is_empty()).then(|| Panel {
-                        title: format!("{mode}"),
-                        x_desc: length_desc(mode),
-                        y_desc: "latency, ms (median)",
-                        series: by_row(&points, |p| p.step.median_ns.map(|ns| ns / 1e6)),
-                    })
-                })
-                .collect();
-            line_chart(&title, &panels)
-        }
-        Kind::KvHeads => {
-            let panels = [
-                (
-                    "latency",
-                    "latency, ms (median)",
-                    (|p: &PointResult| p.step.median_ns.map(|ns| ns / 1e6)) as fn(&_) -> _,
-                ),
-                ("KV cache", "KV cache, MiB (measured)", |p: &PointResult| {
-                    p.kv_cache_bytes.map(mib)
-                }),
-            ]
-            .map(|(panel_title, y_desc, value)| Panel {
-                title: panel_title.to_string(),
-                x_desc: "KV heads (n_kv_heads)",
-                y_desc,
-                series: [Mode::Prefill, Mode::Decode]
-                    .into_iter()
-                    .flat_map(|mode| by_length(&kv_head_points(results, mode), value))
-                    .collect(),
-            });
-            line_chart(&title, &panels)
-        }
+    let drawn = match spec.kind {
+        Kind::Latency(mode) => line_chart(&title, &[latency_panel(results, mode)]),
+        Kind::KvCache => line_chart(&title, &[kv_cache_panel(results)]),
+        Kind::MlaPaths => line_chart(&title, &mla_path_panels(results)),
+        Kind::KvHeads => line_chart(&title, &kv_head_panels(results)),
         Kind::Roofline(mode) => roofline_chart(&title, &measured_of(results, mode)),
+    };
+    drawn.map_err(|cause| ChartError::new(spec.path(), cause))
+}
+
+/// A point's step latency, ms (median).
+fn latency_ms(p: &PointResult) -> Option<f64> {
+    p.step.median_ns.map(|ns| ns / 1e6)
+}
+
+/// A point's KV cache, MiB (measured).
+fn kv_cache_mib(p: &PointResult) -> Option<f64> {
+    p.kv_cache_bytes
+        .map(|bytes| bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn latency_panel(results: &ResultsFile, mode: Mode) -> Panel {
+    Panel {
+        title: String::new(),
+        x_desc: length_desc(mode),
+        y_desc: "latency, ms (median)",
+        series: by_row(&measured_of(results, mode), latency_ms),
     }
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 20) as f64
+fn kv_cache_panel(results: &ResultsFile) -> Panel {
+    Panel {
+        title: String::new(),
+        x_desc: length_desc(Mode::Decode),
+        y_desc: "KV cache, MiB (measured from the allocation)",
+        series: by_row(&measured_of(results, Mode::Decode), kv_cache_mib),
+    }
+}
+
+/// A latency panel per mode where MLA ran both paths.
+fn mla_path_panels(results: &ResultsFile) -> Vec<Panel> {
+    MODES
+        .into_iter()
+        .filter_map(|mode| {
+            let points = mla_points(results, mode);
+            (!points.is_empty()).then(|| Panel {
+                title: format!("{mode}"),
+                x_desc: length_desc(mode),
+                y_desc: "latency, ms (median)",
+                series: by_row(&points, latency_ms),
+            })
+        })
+        .collect()
+}
+
+/// Latency and KV cache against KV heads, each with a line per mode and length.
+fn kv_head_panels(results: &ResultsFile) -> [Panel; 2] {
+    [
+        ("latency", "latency, ms (median)", latency_ms as fn(&_) -> _),
+        ("KV cache", "KV cache, MiB (measured)", kv_cache_mib),
+    ]
+    .map(|(panel_title, y_desc, value)| Panel {
+        title: panel_title.to_string(),
+        x_desc: "KV heads (n_kv_heads)",
+        y_desc,
+        series: MODES
+            .into_iter()
+            .flat_map(|mode| by_length(&kv_head_points(results, mode), value))
+            .collect(),
+    })
 }
 
 fn length_desc(mode: Mode) -> &'static str {
@@ -244,7 +318,7 @@ fn by_row(points: &[&PointResult], value: impl Fn(&PointResult) -> Option<f64>) 
 }
 
 /// One series per length (and varying setting) of one mode, x the point's KV heads: the
-/// KV-head sweep. Labelled as the tables' column headers, e.g. `decode ctx 2048`.
+/// KV-head sweep. Labelled by the mode and the tables' column header, e.g. `decode ctx 2048`.
 fn by_length(points: &[&PointResult], value: fn(&PointResult) -> Option<f64>) -> Vec<Series> {
     let varies = Varies::of(points);
     let mut lines: BTreeMap<(String, usize), Series> = BTreeMap::new();
@@ -307,12 +381,13 @@ const TITLE_H: u32 = 36;
 /// Width per character of legend text (plotters' estimate for 14 px text is about 6.4 px).
 const LEGEND_CHAR_W: u32 = 8;
 
-/// What plotters' drawing calls return, whatever their error type.
-type DrawResult<T> = Result<T, Box<dyn std::error::Error>>;
+/// What plotters' drawing calls on the SVG backend return.
+type DrawResult<T> = Result<T, DrawingAreaErrorKind<io::Error>>;
 
-fn to_string(draw: impl FnOnce(&mut String) -> DrawResult<()>) -> Result<String, String> {
+/// The SVG text `draw` writes.
+fn to_string(draw: impl FnOnce(&mut String) -> DrawResult<()>) -> DrawResult<String> {
     let mut svg = String::new();
-    draw(&mut svg).map_err(|e| e.to_string())?;
+    draw(&mut svg)?;
     Ok(svg)
 }
 
@@ -354,7 +429,9 @@ fn frame<'a>(
     Ok(panels)
 }
 
-/// A marker: a filled circle, then triangles and squares when the colours repeat.
+/// The marker of series `index`: a filled circle for the first ten series (one per colour),
+/// a filled triangle for the next ten, an × (two diagonal strokes) for the ten after, then
+/// circles again.
 fn marker_at<DB: DrawingBackend, C>(
     at: C,
     colour: RGBColor,
@@ -377,7 +454,7 @@ fn legend_width(labels: impl Iterator<Item = usize>) -> u32 {
 }
 
 /// Panels side by side, log-log, one shared legend (a label keeps its colour in every panel).
-fn line_chart(title: &str, panels: &[Panel]) -> Result<String, String> {
+fn line_chart(title: &str, panels: &[Panel]) -> DrawResult<String> {
     let mut labels: Vec<String> = Vec::new();
     for s in panels.iter().flat_map(|p| &p.series) {
         if !labels.contains(&s.label) {
@@ -446,36 +523,54 @@ fn tick_label(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// A line panel's log axes: every x value (each labelled), the ranges, and the y ticks.
+struct LogAxes {
+    xs: Vec<f64>,
+    x: Range<f64>,
+    y: Range<f64>,
+    y_ticks: Vec<(f64, String)>,
+}
+
+impl LogAxes {
+    fn of(panel: &Panel) -> Self {
+        // Distinct lengths (or KV heads): whole numbers.
+        let xs: BTreeSet<u64> = panel
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0 as u64))
+            .collect();
+        let xs: Vec<f64> = xs.into_iter().map(|x| x as f64).collect();
+        let (x_lo, x_hi) = log_range(xs.iter().copied(), 1.15);
+        let (y_lo, y_hi) = log_range(
+            panel
+                .series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.1)),
+            1.25,
+        );
+        Self {
+            xs,
+            x: x_lo..x_hi,
+            y: y_lo..y_hi,
+            y_ticks: decade_ticks(y_lo, y_hi),
+        }
+    }
+}
+
 fn draw_panel(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     panel: &Panel,
     labels: &[String],
 ) -> DrawResult<()> {
-    let xs: BTreeSet<u64> = panel
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0 as u64))
-        .collect();
-    let (x_lo, x_hi) = log_range(xs.iter().map(|&x| x as f64), 1.15);
-    let (y_lo, y_hi) = log_range(
-        panel
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1)),
-        1.25,
-    );
-    let y_ticks = decade_ticks(y_lo, y_hi);
+    let LogAxes { xs, x, y, y_ticks } = LogAxes::of(panel);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 16))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(
-            (x_lo..x_hi)
-                .log_scale()
-                .with_key_points(xs.iter().map(|&x| x as f64).collect()),
-            (y_lo..y_hi)
-                .log_scale()
+            x.log_scale().with_key_points(xs),
+            y.log_scale()
                 .with_key_points(y_ticks.iter().map(|t| t.0).collect()),
         )?;
     chart
@@ -507,99 +602,218 @@ fn draw_panel(
     Ok(())
 }
 
+/// One bar of a roofline panel: its group (table row), its length's index, its % of the
+/// roofline.
+type Bar = (usize, usize, f64);
+
+/// The bars of a roofline chart: a group per table row, in table order, a bar per length.
+struct BarGroups {
+    /// The rows' labels, as the tables label them.
+    labels: Vec<String>,
+    /// The lengths, ascending; a bar takes its length's colour.
+    lengths: Vec<usize>,
+    /// The step's bars.
+    step: Vec<Bar>,
+    /// The attention core's bars.
+    core: Vec<Bar>,
+}
+
+impl BarGroups {
+    fn of(points: &[&PointResult]) -> Self {
+        let varies = Varies::of(points);
+        let mut rows: BTreeMap<RowKey, String> = BTreeMap::new();
+        for p in points {
+            rows.entry(RowKey::of(p)).or_insert_with(|| varies.label(p));
+        }
+        let lengths: Vec<usize> = points
+            .iter()
+            .map(|p| p.length())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let row_keys: Vec<&RowKey> = rows.keys().collect();
+        let bars = |value: fn(&PointResult) -> Option<f64>| -> Vec<Bar> {
+            points
+                .iter()
+                .filter_map(|p| {
+                    let row = row_keys.iter().position(|k| **k == RowKey::of(p))?;
+                    let length = lengths.iter().position(|&l| l == p.length())?;
+                    Some((row, length, value(p)?))
+                })
+                .collect()
+        };
+        let (step, core) = (bars(|p| p.step.roofline_pct), bars(|p| p.core.roofline_pct));
+        Self {
+            labels: rows.into_values().collect(),
+            lengths,
+            step,
+            core,
+        }
+    }
+
+    /// Vertical slots: one per bar, and one empty slot between groups.
+    fn slots(&self) -> usize {
+        self.labels.len() * (self.lengths.len() + 1)
+    }
+
+    /// The top of the bar of `row` and `length` (index), in slots from the bottom.
+    fn top(&self, row: usize, length: usize) -> f64 {
+        (self.slots() - row * (self.lengths.len() + 1) - length) as f64
+    }
+}
+
 /// Horizontal bars, one group per table row, one bar per length, for the step (left) and the
 /// attention core alone (right).
-fn roofline_chart(title: &str, points: &[&PointResult]) -> Result<String, String> {
-    let varies = Varies::of(points);
-    let mut rows: BTreeMap<RowKey, String> = BTreeMap::new();
-    for p in points {
-        rows.entry(RowKey::of(p)).or_insert_with(|| varies.label(p));
-    }
-    let lengths: Vec<usize> = points
-        .iter()
-        .map(|p| p.length())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+fn roofline_chart(title: &str, points: &[&PointResult]) -> DrawResult<String> {
+    let groups = BarGroups::of(points);
     let mode = points.first().map_or(Mode::Decode, |p| p.mode);
-    let legend: Vec<(String, RGBColor, usize)> = lengths
+    let legend: Vec<(String, RGBColor, usize)> = groups
+        .lengths
         .iter()
         .enumerate()
         .map(|(i, l)| (format!("{} {l}", length_name(mode)), colour(i), i))
         .collect();
     let legend_w = legend_width(legend.iter().map(|l| l.0.chars().count()));
-    // A slot per bar, and one empty slot between groups.
-    let slots = rows.len() * (lengths.len() + 1);
-    let label_w = 16 + 7 * rows.values().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
+    let label_w = 16
+        + 7 * groups
+            .labels
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0) as u32;
     let size = (
         2 * (PANEL_W + label_w) + legend_w,
-        TITLE_H + 110 + 12 * slots as u32,
+        TITLE_H + 110 + 12 * groups.slots() as u32,
     );
-    let row_keys: Vec<&RowKey> = rows.keys().collect();
-    let bars = |value: fn(&PointResult) -> Option<f64>| -> Vec<(usize, usize, f64)> {
-        points
-            .iter()
-            .filter_map(|p| {
-                let row = row_keys.iter().position(|k| **k == RowKey::of(p))?;
-                let length = lengths.iter().position(|&l| l == p.length())?;
-                Some((row, length, value(p)?))
-            })
-            .collect()
-    };
     let panels = [
-        ("step", bars(|p| p.step.roofline_pct)),
-        ("attention core alone", bars(|p| p.core.roofline_pct)),
+        ("step", &groups.step),
+        ("attention core alone", &groups.core),
     ];
-    let labels: Vec<&String> = rows.values().collect();
     to_string(|svg| {
         let root = SVGBackend::with_string(svg, size).into_drawing_area();
         let body = frame(&root, title, &legend, legend_w, true)?;
-        for (area, (panel_title, bars)) in body.split_evenly((1, 2)).iter().zip(&panels) {
-            let x_hi = bars.iter().fold(0.0f64, |m, b| m.max(b.2)).max(1.0) * 1.12;
-            let mut chart = ChartBuilder::on(area)
-                .caption(*panel_title, (FONT, 16))
-                .margin(12)
-                .x_label_area_size(44)
-                .y_label_area_size(label_w)
-                .build_cartesian_2d(0.0..x_hi, 0.0..slots as f64)?;
-            chart
-                .configure_mesh()
-                .x_desc("% of the roofline (ideal time / median)")
-                .disable_y_mesh()
-                .y_labels(0)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .label_style((FONT, 12))
-                .axis_desc_style((FONT, 13))
-                .light_line_style(WHITE)
-                .bold_line_style(RGBColor(225, 225, 225))
-                .draw()?;
-            let top =
-                |row: usize, length: usize| (slots - row * (lengths.len() + 1) - length) as f64;
-            chart.draw_series(bars.iter().map(|&(row, length, pct)| {
-                let y = top(row, length);
-                Rectangle::new([(0.0, y - 0.1), (pct, y - 0.9)], colour(length).filled())
-            }))?;
-            // The machine's limit, where it is in view.
-            if x_hi > 100.0 {
-                chart.draw_series(LineSeries::new(
-                    [(100.0, 0.0), (100.0, slots as f64)],
-                    BLACK.mix(0.6).stroke_width(1),
-                ))?;
-            }
-            for (row, label) in labels.iter().enumerate() {
-                let centre = top(row, 0) - lengths.len() as f64 / 2.0;
-                let (x, y) = chart.backend_coord(&(0.0, centre));
-                root.draw(&Text::new(
-                    (*label).clone(),
-                    (x - 8, y),
-                    (FONT, 12)
-                        .into_font()
-                        .color(&BLACK)
-                        .pos(Pos::new(HPos::Right, VPos::Center)),
-                ))?;
-            }
+        for (area, (panel_title, bars)) in body.split_evenly((1, 2)).iter().zip(panels) {
+            let panel = BarPanel {
+                title: panel_title,
+                bars,
+                label_w,
+            };
+            draw_bar_panel(&root, area, &panel, &groups)?;
         }
         root.present()?;
         Ok(())
     })
+}
+
+/// One panel of a roofline chart.
+struct BarPanel<'a> {
+    title: &'a str,
+    bars: &'a [Bar],
+    /// Width left of the axis for the row labels, px.
+    label_w: u32,
+}
+
+/// Draws `panel` in `area`; the row labels go on `root`, right-aligned against the axis.
+fn draw_bar_panel(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    panel: &BarPanel<'_>,
+    groups: &BarGroups,
+) -> DrawResult<()> {
+    let slots = groups.slots();
+    let x_hi = panel.bars.iter().fold(0.0f64, |m, b| m.max(b.2)).max(1.0) * 1.12;
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.title, (FONT, 16))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(panel.label_w)
+        .build_cartesian_2d(0.0..x_hi, 0.0..slots as f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("% of the roofline (ideal time / median)")
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 13))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()?;
+    chart.draw_series(panel.bars.iter().map(|&(row, length, pct)| {
+        let y = groups.top(row, length);
+        Rectangle::new([(0.0, y - 0.1), (pct, y - 0.9)], colour(length).filled())
+    }))?;
+    // The machine's limit, where it is in view.
+    if x_hi > 100.0 {
+        chart.draw_series(LineSeries::new(
+            [(100.0, 0.0), (100.0, slots as f64)],
+            BLACK.mix(0.6).stroke_width(1),
+        ))?;
+    }
+    for (row, label) in groups.labels.iter().enumerate() {
+        let centre = groups.top(row, 0) - groups.lengths.len() as f64 / 2.0;
+        let (x, y) = chart.backend_coord(&(0.0, centre));
+        root.draw(&Text::new(
+            label.clone(),
+            (x - 8, y),
+            (FONT, 12)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Right, VPos::Center)),
+        ))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SVG of one marker of series `index`.
+    fn marker_svg(index: usize) -> String {
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (40, 40)).into_drawing_area();
+            root.draw(&marker_at((20, 20), colour(index), index))
+                .unwrap();
+            root.present().unwrap();
+        }
+        svg
+    }
+
+    #[test]
+    fn markers_are_circles_then_triangles_then_crosses() {
+        let shapes = |svg: &str| {
+            ["<circle", "<polygon", "<line"].map(|element| svg.matches(element).count())
+        };
+        assert_eq!(shapes(&marker_svg(0)), [1, 0, 0]);
+        assert_eq!(shapes(&marker_svg(9)), [1, 0, 0]);
+        assert_eq!(shapes(&marker_svg(10)), [0, 1, 0]);
+        // A cross is two diagonal strokes: an ×, not a +.
+        let cross = marker_svg(20);
+        assert_eq!(shapes(&cross), [0, 0, 2]);
+        assert!(
+            cross.contains(r#"x1="16" y1="16" x2="24" y2="24""#),
+            "{cross}"
+        );
+        assert!(
+            cross.contains(r#"x1="16" y1="24" x2="24" y2="16""#),
+            "{cross}"
+        );
+        assert_eq!(shapes(&marker_svg(30)), [1, 0, 0]);
+    }
+
+    #[test]
+    fn chart_errors_name_the_chart_and_the_cause() {
+        let path = || PathBuf::from("charts/kv_cache.svg");
+        let layout = ChartError::new(path(), DrawingAreaErrorKind::LayoutError);
+        assert_eq!(
+            layout.to_string(),
+            "charts/kv_cache.svg: cannot draw the chart: Bad layout"
+        );
+        let sharing = ChartError::new(path(), DrawingAreaErrorKind::SharingError);
+        assert!(
+            matches!(sharing, ChartError::Sharing { path } if path == Path::new("charts/kv_cache.svg"))
+        );
+    }
 }

@@ -6,10 +6,13 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::compare::{Change, Comparison, Counts, Outcome, Verdict};
+use crate::compare::{
+    Change, CompareSettings, Comparison, Counts, Outcome, PointComparison, Verdict,
+};
 
-/// Milliseconds to four significant digits: the points of one comparison span microseconds
-/// to seconds, and a few percent must stay visible at either end.
+/// Milliseconds to four significant digits (whole milliseconds from 10 s up): the points of
+/// one comparison span microseconds to seconds, and a few percent must stay visible at
+/// either end.
 fn fmt_ms(ns: f64) -> String {
     let ms = ns / 1e6;
     let decimals = (3 - ms.log10().floor() as i32).clamp(0, 9) as usize;
@@ -55,13 +58,30 @@ fn counts_line(counts: &Counts) -> String {
 /// The comparison as Markdown: the table of matched points in A's order, the failed and
 /// unmatched points, and the counts of step (and core) verdicts.
 pub fn comparison_markdown(comparison: &Comparison) -> String {
-    let settings = &comparison.settings;
-    let mut out = String::new();
+    let mut out = intro(&comparison.settings);
+    let (table, failed) = matched_table(comparison);
+    if comparison.points.is_empty() {
+        // The usual cause: runs that differ on purpose in an axis the key carries (`_t1` against
+        // `_t2`).
+        let _ = writeln!(
+            out,
+            "No point matched. If the runs differ on purpose in threads or kernel, match with \
+             `--ignore threads` (or `kernel`)."
+        );
+    } else {
+        let _ = writeln!(out, "{table}");
+    }
+    write_not_compared(&mut out, comparison, &failed);
+    write_counts(&mut out, comparison);
+    out
+}
+
+/// What the numbers are and when a change counts.
+fn intro(settings: &CompareSettings) -> String {
     let ignored: Vec<&str> = settings.ignore.iter().map(|a| a.name()).collect();
-    let _ = writeln!(
-        out,
+    format!(
         "Times in ms (medians); B/A above 1 means B takes longer. A change counts when it is beyond \
-         ±noise ({} combined standard errors of the two medians) and beyond {}%.{}\n",
+         ±noise ({} combined standard errors of the two medians) and beyond {}%.{}\n\n",
         settings.noise_k,
         settings.min_change_pct,
         if ignored.is_empty() {
@@ -69,7 +89,11 @@ pub fn comparison_markdown(comparison: &Comparison) -> String {
         } else {
             format!(" Points matched ignoring {}.", ignored.join(", "))
         }
-    );
+    )
+}
+
+/// The Markdown table of the compared points, and the points that failed on either side.
+fn matched_table(comparison: &Comparison) -> (String, Vec<&PointComparison>) {
     let mut table = Builder::default();
     table.push_record([
         "point",
@@ -99,17 +123,11 @@ pub fn comparison_markdown(comparison: &Comparison) -> String {
         row.extend(change_cells(core.as_ref()));
         table.push_record(row);
     }
-    if comparison.points.is_empty() {
-        // The usual cause: runs that differ on purpose in an axis the key carries (`_t1` against
-        // `_t2`).
-        let _ = writeln!(
-            out,
-            "No point matched. If the runs differ on purpose in threads or kernel, match with \
-             `--ignore threads` (or `kernel`)."
-        );
-    } else {
-        let _ = writeln!(out, "{}", table.build().with(Style::markdown()));
-    }
+    (table.build().with(Style::markdown()).to_string(), failed)
+}
+
+/// A line per failed point and per point found on one side only.
+fn write_not_compared(out: &mut String, comparison: &Comparison, failed: &[&PointComparison]) {
     if !(failed.is_empty() && comparison.only_in_a.is_empty() && comparison.only_in_b.is_empty()) {
         out.push('\n');
     }
@@ -131,6 +149,10 @@ pub fn comparison_markdown(comparison: &Comparison) -> String {
     for key in &comparison.only_in_b {
         let _ = writeln!(out, "only in B: {key}");
     }
+}
+
+/// The counts of step verdicts, then of core verdicts.
+fn write_counts(out: &mut String, comparison: &Comparison) {
     let _ = writeln!(
         out,
         "\nstep: {} points: {}",
@@ -143,7 +165,6 @@ pub fn comparison_markdown(comparison: &Comparison) -> String {
         "core: {} faster, {} slower, {} within noise, {} not compared",
         core.faster, core.slower, core.within_noise, core.failed
     );
-    out
 }
 
 #[cfg(test)]

@@ -3,9 +3,21 @@
 
 use std::fmt::Write;
 
-use super::charts::plan as chart_plan;
+use super::charts::ChartSpec;
 use super::tables::peaks;
 use crate::results::{Machine, ResultsDir, ResultsFile, ResultsFolder};
+
+/// One experiment of the index.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexEntry<'a> {
+    /// Its directory's name in the folder.
+    pub name: &'a str,
+    /// Its results.
+    pub results: &'a ResultsFile,
+    /// Its charts: the [`chart_plan`](super::chart_plan) of `results`, computed once for
+    /// the report.
+    pub charts: &'a [ChartSpec],
+}
 
 /// A revision as people quote it: twelve hex digits, and `+dirty` if the sources had changes.
 fn short_revision(revision: &str) -> String {
@@ -13,9 +25,9 @@ fn short_revision(revision: &str) -> String {
     format!("{}{rest}", hash.chars().take(12).collect::<String>())
 }
 
-/// The index of `experiments` (directory name, results), in the given order, and of the
-/// folder's calibration when it has one.
-pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) -> String {
+/// The index of `experiments`, in the given order, and of the folder's calibration when it
+/// has one.
+pub fn index(experiments: &[IndexEntry<'_>], machine: Option<&Machine>) -> String {
     let mut out = String::new();
     out.push_str(
         "# Published results\n\n\
@@ -25,40 +37,9 @@ pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) ->
          tables, the charts and this index are generated from the JSON alone by \
          `attnbench report results/`, which measures nothing; nothing here is typed by hand.\n\n",
     );
-    out.push_str("| experiment | file | points | measured (UTC) | machine | attnbench at |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
-    let (markdown, charts_dir) = (ResultsDir::MARKDOWN_FILE, ResultsDir::CHARTS_DIR);
-    for (name, results) in experiments {
-        let env = &results.environment;
-        let failed = results.points.iter().filter(|p| p.error.is_some()).count();
-        let points = match failed {
-            0 => results.points.len().to_string(),
-            n => format!("{} ({n} failed)", results.points.len()),
-        };
-        let _ = writeln!(
-            out,
-            "| [{name}]({name}/{markdown}) | `{}` | {points} | {} | {}, {} cores | `{}` |",
-            results.experiment.file,
-            env.date,
-            env.cpu_model,
-            env.cores,
-            short_revision(&env.git_revision)
-        );
-    }
-    out.push('\n');
-    for (name, results) in experiments {
-        let _ = writeln!(out, "## [{name}]({name}/{markdown})\n");
-        let description = results.experiment.description.trim();
-        if !description.is_empty() {
-            let _ = writeln!(out, "{description}\n");
-        }
-        let charts: Vec<String> = chart_plan(results)
-            .iter()
-            .map(|c| format!("[{}]({name}/{charts_dir}/{})", c.title, c.file))
-            .collect();
-        if !charts.is_empty() {
-            let _ = writeln!(out, "Charts: {}.\n", charts.join(" · "));
-        }
+    write_listing(&mut out, experiments);
+    for entry in experiments {
+        write_section(&mut out, entry);
     }
     if let Some(m) = machine {
         let _ = writeln!(
@@ -72,4 +53,57 @@ pub fn index(experiments: &[(&str, &ResultsFile)], machine: Option<&Machine>) ->
         );
     }
     out
+}
+
+/// The table of experiments: a row each, linking its tables.
+fn write_listing(out: &mut String, experiments: &[IndexEntry<'_>]) {
+    out.push_str("| experiment | file | points | measured (UTC) | machine | attnbench at |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for IndexEntry { name, results, .. } in experiments {
+        let env = &results.environment;
+        let failed = results.points.iter().filter(|p| p.error.is_some()).count();
+        let points = match failed {
+            0 => results.points.len().to_string(),
+            n => format!("{} ({n} failed)", results.points.len()),
+        };
+        let _ = writeln!(
+            out,
+            "| [{name}]({name}/{markdown}) | `{}` | {points} | {} | {}, {} cores | `{}` |",
+            results.experiment.file,
+            env.date,
+            env.cpu_model,
+            env.cores,
+            short_revision(&env.git_revision),
+            markdown = ResultsDir::MARKDOWN_FILE,
+        );
+    }
+    out.push('\n');
+}
+
+/// An experiment's section: its description and links to its charts.
+fn write_section(out: &mut String, entry: &IndexEntry<'_>) {
+    let IndexEntry {
+        name,
+        results,
+        charts,
+    } = entry;
+    let _ = writeln!(out, "## [{name}]({name}/{})\n", ResultsDir::MARKDOWN_FILE);
+    let description = results.experiment.description.trim();
+    if !description.is_empty() {
+        let _ = writeln!(out, "{description}\n");
+    }
+    let links: Vec<String> = charts
+        .iter()
+        .map(|c| {
+            format!(
+                "[{}]({name}/{}/{})",
+                c.title,
+                ResultsDir::CHARTS_DIR,
+                c.file
+            )
+        })
+        .collect();
+    if !links.is_empty() {
+        let _ = writeln!(out, "Charts: {}.\n", links.join(" · "));
+    }
 }

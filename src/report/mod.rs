@@ -1,7 +1,7 @@
 //! Reports of a results set: Markdown tables (made with tabled), CSV and SVG charts
-//! (plotters). They are derived from `results.json` alone, and a run and `attnbench report`
-//! write them with the one function [`write_outputs`], so a report regenerates what the run
-//! wrote byte for byte.
+//! (plotters). They are derived from `results.json` alone: a run ([`write_outputs`]) and
+//! `attnbench report` ([`report`]) both draw them with [`render`] and write them the same
+//! way, so a report regenerates what the run wrote byte for byte.
 
 mod charts;
 mod comparison;
@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use charts::{ChartSpec, plan as chart_plan};
+pub use charts::{ChartError, ChartSpec, plan as chart_plan};
 pub use comparison::comparison_markdown;
-pub use index::index;
-pub use tables::markdown;
+pub use index::{IndexEntry, index};
 
 use crate::results::{ReadError, ResultsDir, ResultsFile, ResultsFolder, WriteError, write_file};
 
@@ -35,14 +34,9 @@ pub enum ReportError {
         "{0}: no results.json there nor in any directory inside it (give a results directory, or the folder of several)"
     )]
     NoResults(PathBuf),
-    /// plotters refused to draw a chart.
-    #[error("{path}: cannot draw the chart: {message}")]
-    Chart {
-        /// The chart's file.
-        path: PathBuf,
-        /// plotters' complaint.
-        message: String,
-    },
+    /// plotters could not draw a chart.
+    #[error(transparent)]
+    Chart(#[from] ChartError),
 }
 
 /// One output file, its path relative to the results directory, and its contents.
@@ -65,9 +59,23 @@ pub fn csv(results: &ResultsFile) -> String {
     String::from_utf8(writer.into_inner().expect("writing to memory")).expect("CSV is UTF-8")
 }
 
+/// `results.md` as text: the tables of `results` and the links to its charts.
+pub fn markdown(results: &ResultsFile) -> String {
+    tables::markdown(results, &chart_plan(results))
+}
+
 /// Every file derived from `results`: `results.csv`, `results.md` and the charts of
 /// [`chart_plan`] in `charts/`, in memory.
 pub fn render(results: &ResultsFile) -> Result<Vec<OutputFile>, ReportError> {
+    render_planned(results, &chart_plan(results))
+}
+
+/// [`render`] with the chart plan of `results` already made, so that the tables link
+/// exactly the charts drawn.
+fn render_planned(
+    results: &ResultsFile,
+    charts: &[ChartSpec],
+) -> Result<Vec<OutputFile>, ReportError> {
     let mut files = vec![
         OutputFile {
             path: ResultsDir::CSV_FILE.into(),
@@ -75,28 +83,27 @@ pub fn render(results: &ResultsFile) -> Result<Vec<OutputFile>, ReportError> {
         },
         OutputFile {
             path: ResultsDir::MARKDOWN_FILE.into(),
-            text: markdown(results),
+            text: tables::markdown(results, charts),
         },
     ];
-    for spec in chart_plan(results) {
-        let path = Path::new(ResultsDir::CHARTS_DIR).join(&spec.file);
-        let text = charts::render(&spec, results).map_err(|message| ReportError::Chart {
-            path: path.clone(),
-            message,
-        })?;
-        files.push(OutputFile { path, text });
+    for spec in charts {
+        files.push(OutputFile {
+            path: spec.path(),
+            text: charts::render(spec, results)?,
+        });
     }
     Ok(files)
 }
 
 /// Writes every file derived from `results` into `dir`, each atomically, and removes charts
-/// the data no longer supports. Both `attnbench run` (after `results.json`) and `attnbench
-/// report` write through here. Returns the files written.
+/// the data no longer supports: what `attnbench run` does after writing `results.json`
+/// ([`report`] does the same for results already on disk). Returns the files written.
 pub fn write_outputs(dir: &Path, results: &ResultsFile) -> Result<Vec<PathBuf>, ReportError> {
     let files = render(results)?;
     write_rendered(&ResultsDir::new(dir), &files)
 }
 
+/// Writes `files` into `dir`, first removing the charts there that are not among them.
 fn write_rendered(dir: &ResultsDir, files: &[OutputFile]) -> Result<Vec<PathBuf>, ReportError> {
     for path in dir.chart_files() {
         if !files.iter().any(|f| dir.path().join(&f.path) == path) {
@@ -137,26 +144,48 @@ pub fn report(dir: &Path) -> Result<Regenerated, ReportError> {
             index: None,
         });
     }
-    let folder = ResultsFolder::new(dir);
+    report_folder(&ResultsFolder::new(dir))
+}
+
+/// One experiment of a folder, read and drawn, not yet written.
+struct Drawn {
+    name: String,
+    results: ResultsFile,
+    charts: Vec<ChartSpec>,
+    files: Vec<OutputFile>,
+}
+
+/// [`report`] of a folder of results directories.
+fn report_folder(folder: &ResultsFolder) -> Result<Regenerated, ReportError> {
     let names = folder.experiments()?;
     if names.is_empty() {
-        return Err(ReportError::NoResults(dir.to_path_buf()));
+        return Err(ReportError::NoResults(folder.path().to_path_buf()));
     }
     let mut experiments = Vec::with_capacity(names.len());
     for name in names {
         let results = folder.dir(&name).read_results()?;
-        let files = render(&results)?;
-        experiments.push((name, results, files));
+        let charts = chart_plan(&results);
+        let files = render_planned(&results, &charts)?;
+        experiments.push(Drawn {
+            name,
+            results,
+            charts,
+            files,
+        });
     }
     let machine = folder.read_machine()?;
-    let listed: Vec<(&str, &ResultsFile)> = experiments
+    let entries: Vec<IndexEntry<'_>> = experiments
         .iter()
-        .map(|(name, results, _)| (name.as_str(), results))
+        .map(|e| IndexEntry {
+            name: &e.name,
+            results: &e.results,
+            charts: &e.charts,
+        })
         .collect();
-    let index_text = index(&listed, machine.as_ref());
+    let index_text = index(&entries, machine.as_ref());
 
     let mut dirs = Vec::with_capacity(experiments.len());
-    for (name, _, files) in &experiments {
+    for Drawn { name, files, .. } in &experiments {
         let sub = folder.dir(name);
         let written = write_rendered(&sub, files)?;
         dirs.push((sub.path().to_path_buf(), written));

@@ -7,7 +7,9 @@ use std::fmt::Write;
 use crate::config::{Kernel, Mode, Variant};
 use crate::results::PointResult;
 
-/// Everything that identifies a point except its length and its variant's shape.
+/// What tells points of one mode apart besides their variant (with GQA's KV heads) and
+/// their length: query heads, batch, threads, the cache a prefill starts from (decode's
+/// context is its length), and the kernel.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Setting {
     n_heads: usize,
@@ -122,6 +124,9 @@ impl Varies {
     }
 }
 
+/// The modes, in the order the tables and charts show them.
+pub(super) const MODES: [Mode; 2] = [Mode::Prefill, Mode::Decode];
+
 /// The short name of a mode's length axis, as in the table headers: `seq` or `ctx`.
 pub(super) fn length_name(mode: Mode) -> &'static str {
     match mode {
@@ -135,7 +140,8 @@ pub(super) fn of_mode(points: &[PointResult], mode: Mode) -> Vec<&PointResult> {
     points.iter().filter(|p| p.mode == mode).collect()
 }
 
-/// Nanoseconds as milliseconds with three or four significant digits.
+/// Nanoseconds as milliseconds: three significant digits from 0.1 ms to 1 s, three decimals
+/// below, whole milliseconds above.
 pub(super) fn fmt_ms(ns: f64) -> String {
     let ms = ns / 1e6;
     if ms >= 100.0 {
@@ -149,7 +155,7 @@ pub(super) fn fmt_ms(ns: f64) -> String {
     }
 }
 
-/// Bytes as MiB with two to four significant digits.
+/// Bytes as MiB: three decimals below 1 MiB, one decimal below 100 MiB, whole MiB above.
 pub(super) fn fmt_mib(bytes: u64) -> String {
     let mib = bytes as f64 / (1u64 << 20) as f64;
     if mib >= 100.0 {

@@ -1,5 +1,6 @@
-//! The Markdown tables a person reads at a glance: per mode, latency and KV memory by
-//! configuration × length, and speed-up and memory ratio against MHA; then links to the charts.
+//! `results.md`, the tables a person reads at a glance: a header naming the experiment and
+//! the machine; per mode, the tables of [`TABLES`], each a row per configuration and a column
+//! per length; then links to the charts, the failed points and the skipped combinations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -7,13 +8,129 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use super::charts::plan as chart_plan;
-use super::rows::{RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
+use super::charts::ChartSpec;
+use super::rows::{MODES, RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
 use crate::config::{Mode, Variant};
+use crate::experiment::Skipped;
 use crate::results::{Machine, PointResult, ResultsDir, ResultsFile};
 
+/// One table of a mode's section, as data: every one of [`TABLES`] is written the same way.
+struct TableDef {
+    /// The heading, after `### {mode}: `.
+    heading: &'static str,
+    /// The paragraph under the heading, when the heading does not say it all.
+    note: Option<&'static str>,
+    /// Whether the points of the mode call for the table.
+    shown: fn(&[&PointResult]) -> bool,
+    /// The cell of a point, given every point of its mode (where the speed-up finds its
+    /// baseline); empty when the point has no value.
+    cell: fn(&[&PointResult], &PointResult) -> String,
+}
+
+/// The tables of each mode, in the order they are shown.
+const TABLES: [TableDef; 5] = [
+    TableDef {
+        heading: "latency, ms (median ± MAD)",
+        note: None,
+        shown: always,
+        cell: latency_cell,
+    },
+    TableDef {
+        heading: "KV cache, MiB (measured from the allocation)",
+        note: None,
+        shown: always,
+        cell: kv_cache_cell,
+    },
+    TableDef {
+        heading: "attention core alone, ms (share of the step)",
+        note: None,
+        shown: always,
+        cell: core_cell,
+    },
+    TableDef {
+        heading: "roofline, % of this machine's ideal time (step / core)",
+        note: Some(
+            "Ideal = max(FLOPs / peak matmul FLOP/s, bytes / read bandwidth), from `attnbench calibrate`.",
+        ),
+        shown: any_roofline,
+        cell: roofline_cell,
+    },
+    TableDef {
+        heading: "against MHA (speed-up ×, KV memory ratio)",
+        note: Some(
+            "MHA's median time over the variant's, and the variant's KV bytes over MHA's, at the same setting and length.",
+        ),
+        shown: any_baseline,
+        cell: against_mha_cell,
+    },
+];
+
+fn always(_: &[&PointResult]) -> bool {
+    true
+}
+
+/// Some point has a roofline (the run had a calibration).
+fn any_roofline(points: &[&PointResult]) -> bool {
+    points.iter().any(|p| p.step.roofline_pct.is_some())
+}
+
+/// Some point has a baseline other than itself.
+fn any_baseline(points: &[&PointResult]) -> bool {
+    points
+        .iter()
+        .any(|p| baseline(points, p).is_some_and(|b| b.key != p.key))
+}
+
+/// `median ± MAD`, or `error` for a failed point.
+fn latency_cell(_: &[&PointResult], p: &PointResult) -> String {
+    match (p.step.median_ns, p.step.mad_ns, &p.error) {
+        (_, _, Some(_)) => "error".to_string(),
+        (Some(m), Some(d), None) => format!("{} ± {}", fmt_ms(m), fmt_ms(d)),
+        _ => String::new(),
+    }
+}
+
+fn kv_cache_cell(_: &[&PointResult], p: &PointResult) -> String {
+    p.kv_cache_bytes.map(fmt_mib).unwrap_or_default()
+}
+
+/// `core median (share%)`.
+fn core_cell(_: &[&PointResult], p: &PointResult) -> String {
+    match (p.core.median_ns, p.core_share_pct) {
+        (Some(c), Some(share)) => format!("{} ({share:.0}%)", fmt_ms(c)),
+        _ => String::new(),
+    }
+}
+
+/// `step% / core%`, or the step's alone when the core has none.
+fn roofline_cell(_: &[&PointResult], p: &PointResult) -> String {
+    match (p.step.roofline_pct, p.core.roofline_pct) {
+        (Some(l), Some(c)) => format!("{l:.0}% / {c:.0}%"),
+        (Some(l), None) => format!("{l:.0}%"),
+        _ => String::new(),
+    }
+}
+
+/// `speed-up× / KV ratio` against the point's baseline.
+fn against_mha_cell(points: &[&PointResult], p: &PointResult) -> String {
+    let Some(b) = baseline(points, p) else {
+        return String::new();
+    };
+    match (
+        p.step.median_ns,
+        p.kv_cache_bytes,
+        b.step.median_ns,
+        b.kv_cache_bytes,
+    ) {
+        (Some(m), Some(kv), Some(bm), Some(bkv)) => {
+            format!("{:.2}× / {:.3}", bm / m, kv as f64 / bkv as f64)
+        }
+        _ => String::new(),
+    }
+}
+
 /// The baseline of a point: MHA (or GQA with as many KV heads as query heads) at the same
-/// setting and length.
+/// setting and length, that did not fail.
 fn baseline<'a>(points: &[&'a PointResult], p: &PointResult) -> Option<&'a PointResult> {
     points.iter().copied().find(|b| {
         let is_mha = b.variant == Variant::Mha
@@ -26,7 +143,6 @@ fn baseline<'a>(points: &[&'a PointResult], p: &PointResult) -> Option<&'a Point
 fn table(
     points: &[&PointResult],
     varies: &Varies,
-    first_header: &str,
     length_name: &str,
     cell: &dyn Fn(&PointResult) -> String,
 ) -> String {
@@ -39,7 +155,7 @@ fn table(
         entry.1.insert(p.length(), cell(p));
     }
     let mut builder = Builder::default();
-    let mut header = vec![first_header.to_string()];
+    let mut header = vec!["variant".to_string()];
     header.extend(lengths.iter().map(|l| format!("{length_name} {l}")));
     builder.push_record(header);
     for (name, cells) in rows.values() {
@@ -69,9 +185,26 @@ pub(super) fn peaks(m: &Machine) -> String {
     peaks.join("; ")
 }
 
-/// All tables of a results set, as Markdown, with a short header naming the experiment and
-/// the machine.
-pub fn markdown(results: &ResultsFile) -> String {
+/// All tables of `results`, as Markdown: the header, each mode's tables, the links to
+/// `charts` (the results' [`plan`](super::charts::plan)), the failed points and the skipped
+/// combinations.
+pub(super) fn markdown(results: &ResultsFile, charts: &[ChartSpec]) -> String {
+    let mut out = header(results);
+    for mode in MODES {
+        let points = of_mode(&results.points, mode);
+        if !points.is_empty() {
+            write_mode(&mut out, mode, &points);
+        }
+    }
+    write_charts(&mut out, charts);
+    write_failed(&mut out, &results.points);
+    write_skipped(&mut out, &results.skipped);
+    out
+}
+
+/// The experiment's name and description, where and how it was measured, and the
+/// calibration.
+fn header(results: &ResultsFile) -> String {
     let env = &results.environment;
     let exp = &results.experiment;
     let mut out = String::new();
@@ -97,134 +230,67 @@ pub fn markdown(results: &ResultsFile) -> String {
     if let Some(m) = &results.machine {
         let _ = writeln!(out, "Calibration ({}): {}.\n", m.environment.date, peaks(m));
     }
-
-    for mode in [Mode::Prefill, Mode::Decode] {
-        let points = of_mode(&results.points, mode);
-        if points.is_empty() {
-            continue;
-        }
-        let varies = Varies::of(&points);
-        let length_name = length_name(mode);
-        let what = match mode {
-            Mode::Prefill => "new tokens per sequence",
-            Mode::Decode => "tokens already in the cache",
-        };
-        let _ = writeln!(out, "## {mode}\n");
-        let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
-        let _ = writeln!(out, "### {mode}: latency, ms (median ± MAD)\n");
-        let latency = |p: &PointResult| match (p.step.median_ns, p.step.mad_ns, &p.error) {
-            (_, _, Some(_)) => "error".to_string(),
-            (Some(m), Some(d), None) => format!("{} ± {}", fmt_ms(m), fmt_ms(d)),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "{}\n",
-            table(&points, &varies, "variant", length_name, &latency)
-        );
-        let _ = writeln!(
-            out,
-            "### {mode}: KV cache, MiB (measured from the allocation)\n"
-        );
-        let kv = |p: &PointResult| p.kv_cache_bytes.map(fmt_mib).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{}\n",
-            table(&points, &varies, "variant", length_name, &kv)
-        );
-        let _ = writeln!(
-            out,
-            "### {mode}: attention core alone, ms (share of the step)\n"
-        );
-        let core = |p: &PointResult| match (p.core.median_ns, p.core_share_pct) {
-            (Some(c), Some(share)) => format!("{} ({share:.0}%)", fmt_ms(c)),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "{}\n",
-            table(&points, &varies, "variant", length_name, &core)
-        );
-        if points.iter().any(|p| p.step.roofline_pct.is_some()) {
-            let _ = writeln!(
-                out,
-                "### {mode}: roofline, % of this machine's ideal time (step / core)\n\nIdeal = max(FLOPs / peak matmul FLOP/s, bytes / read bandwidth), from `attnbench calibrate`.\n"
-            );
-            let roof = |p: &PointResult| match (p.step.roofline_pct, p.core.roofline_pct) {
-                (Some(l), Some(c)) => format!("{l:.0}% / {c:.0}%"),
-                (Some(l), None) => format!("{l:.0}%"),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "{}\n",
-                table(&points, &varies, "variant", length_name, &roof)
-            );
-        }
-        if points
-            .iter()
-            .any(|p| baseline(&points, p).is_some_and(|b| b.key != p.key))
-        {
-            let _ = writeln!(
-                out,
-                "### {mode}: against MHA (speed-up ×, KV memory ratio)\n\nMHA's median time over the variant's, and the variant's KV bytes over MHA's, at the same setting and length.\n"
-            );
-            let ratio = |p: &PointResult| match (
-                baseline(&points, p),
-                p.step.median_ns,
-                p.kv_cache_bytes,
-            ) {
-                (Some(b), Some(m), Some(kv)) => match (b.step.median_ns, b.kv_cache_bytes) {
-                    (Some(bm), Some(bkv)) => {
-                        format!("{:.2}× / {:.3}", bm / m, kv as f64 / bkv as f64)
-                    }
-                    _ => String::new(),
-                },
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "{}\n",
-                table(&points, &varies, "variant", length_name, &ratio)
-            );
-        }
-    }
-    let charts = chart_plan(results);
-    if !charts.is_empty() {
-        let _ = writeln!(out, "## Charts\n");
-        for chart in charts {
-            let _ = writeln!(
-                out,
-                "![{title}]({charts}/{file})\n",
-                charts = ResultsDir::CHARTS_DIR,
-                title = chart.title,
-                file = chart.file
-            );
-        }
-    }
-    let failed: Vec<&PointResult> = results
-        .points
-        .iter()
-        .filter(|p| p.error.is_some())
-        .collect();
-    if !failed.is_empty() {
-        let _ = writeln!(out, "## Failed points\n");
-        for p in failed {
-            let _ = writeln!(
-                out,
-                "- `{}`: {}",
-                p.key,
-                p.error.as_deref().unwrap_or_default()
-            );
-        }
-        out.push('\n');
-    }
-    if !results.skipped.is_empty() {
-        let _ = writeln!(out, "## Skipped combinations\n");
-        for s in &results.skipped {
-            let _ = writeln!(out, "- {}: {}", s.what, s.reason);
-        }
-        out.push('\n');
-    }
     out
+}
+
+/// A mode's section: what its columns are, then each of [`TABLES`] it calls for.
+fn write_mode(out: &mut String, mode: Mode, points: &[&PointResult]) {
+    let varies = Varies::of(points);
+    let length_name = length_name(mode);
+    let what = match mode {
+        Mode::Prefill => "new tokens per sequence",
+        Mode::Decode => "tokens already in the cache",
+    };
+    let _ = writeln!(out, "## {mode}\n");
+    let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
+    for def in TABLES.iter().filter(|def| (def.shown)(points)) {
+        let _ = writeln!(out, "### {mode}: {}\n", def.heading);
+        if let Some(note) = def.note {
+            let _ = writeln!(out, "{note}\n");
+        }
+        let cell = |p: &PointResult| (def.cell)(points, p);
+        let _ = writeln!(out, "{}\n", table(points, &varies, length_name, &cell));
+    }
+}
+
+fn write_charts(out: &mut String, charts: &[ChartSpec]) {
+    if charts.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Charts\n");
+    for chart in charts {
+        let _ = writeln!(
+            out,
+            "![{title}]({charts}/{file})\n",
+            charts = ResultsDir::CHARTS_DIR,
+            title = chart.title,
+            file = chart.file
+        );
+    }
+}
+
+fn write_failed(out: &mut String, points: &[PointResult]) {
+    let failed: Vec<(&str, &str)> = points
+        .iter()
+        .filter_map(|p| Some((p.key.as_str(), p.error.as_deref()?)))
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Failed points\n");
+    for (key, error) in failed {
+        let _ = writeln!(out, "- `{key}`: {error}");
+    }
+    out.push('\n');
+}
+
+fn write_skipped(out: &mut String, skipped: &[Skipped]) {
+    if skipped.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Skipped combinations\n");
+    for s in skipped {
+        let _ = writeln!(out, "- {}: {}", s.what, s.reason);
+    }
+    out.push('\n');
 }

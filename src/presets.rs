@@ -1,12 +1,12 @@
 //! Presets of real models (`variants/presets.toml`, compiled in), and the one resolver of
 //! "preset + overrides → layer shape" that experiment files, `kv` and `export` share.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{
     DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MlaConfig, MlaPath,
-    ModelField, Variant,
+    ModelField, Variant, named_enum,
 };
 
 /// The preset file, compiled into the binary so the tool runs from any directory.
@@ -32,12 +32,16 @@ pub struct Preset {
     pub head_dim: usize,
     /// Decoder layers.
     pub n_layers: usize,
-    /// Context the model was configured for.
+    /// Positions the model was trained for (Hugging Face's `max_position_embeddings`): the
+    /// planner warns beyond it and caps its largest context at it.
     pub max_position_embeddings: Option<usize>,
     /// RoPE base, where the model uses RoPE and it is known.
     pub rope_theta: Option<f64>,
-    /// Sliding-window span, where the model has one.
+    /// Sliding-window span in tokens, where the model has one: a windowed layer attends to,
+    /// and its rolling cache holds, at most this many tokens.
     pub sliding_window: Option<usize>,
+    /// Which layers keep the window (see [`Preset::window`]).
+    pub sliding_window_layers: Option<WindowLayers>,
     /// MLA: query latent width (absent: no query compression).
     pub q_lora_rank: Option<usize>,
     /// MLA: key/value latent width.
@@ -53,8 +57,58 @@ pub struct Preset {
     pub params: Option<u64>,
     /// The verified cache width per token and layer.
     pub kv_values_per_token_per_layer: usize,
-    /// Caveats.
+    /// Caveats, shown with every plan of the model.
     pub notes: Option<String>,
+}
+
+impl Preset {
+    /// The model's sliding window: `sliding_window` tokens on the layers
+    /// `sliding_window_layers` names; without a pattern, every layer (what `sliding_window`
+    /// means in a Hugging Face config unless the architecture says otherwise). `None` without
+    /// a span. Every preset in `variants/presets.toml` names its pattern (a test checks).
+    pub fn window(&self) -> Option<SlidingWindow> {
+        self.sliding_window.map(|tokens| SlidingWindow {
+            tokens,
+            layers: self.sliding_window_layers.unwrap_or(WindowLayers::All),
+        })
+    }
+}
+
+/// Which layers of a model attend through a sliding window (and keep a rolling cache of at
+/// most the window's tokens); the others attend to, and cache, the whole context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowLayers {
+    /// Every layer (Mistral 7B v0.1).
+    All,
+    /// Every other layer, starting with the first: layers 0, 2, 4, … windowed ("local"),
+    /// 1, 3, 5, … global (Gemma 2).
+    Alternate,
+}
+
+named_enum!(WindowLayers, "a window pattern", {
+    All => "all",
+    Alternate => "alternate",
+});
+
+impl WindowLayers {
+    /// How many of `n_layers` layers are windowed: all, or the even-numbered ones
+    /// (`⌈n_layers / 2⌉`).
+    pub fn windowed(self, n_layers: usize) -> usize {
+        match self {
+            WindowLayers::All => n_layers,
+            WindowLayers::Alternate => n_layers.div_ceil(2),
+        }
+    }
+}
+
+/// A sliding window and the layers that keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SlidingWindow {
+    /// Tokens a windowed layer attends to and caches at most (its rolling cache's size).
+    pub tokens: usize,
+    /// Which layers are windowed.
+    pub layers: WindowLayers,
 }
 
 #[derive(Deserialize)]

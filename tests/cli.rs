@@ -180,7 +180,9 @@ fn kv_json_has_exact_bytes_and_the_documented_fields() {
     assert_eq!(bf16["bytes_per_token"], 131072);
     assert_eq!(bf16["cache_bytes"], 1u64 << 30);
     assert_eq!(bf16["max_batch"], 9);
-    assert!(bf16["max_context"].as_u64().unwrap() > 8192);
+    assert_eq!(bf16["max_context"], 8192);
+    assert_eq!(bf16["max_context_bound"], "trained_maximum");
+    assert!(bf16["max_context_by_budget"].as_u64().unwrap() > 8192);
     assert_eq!(rows[3]["own"], false);
     assert_eq!(rows[3]["cache"]["kind"], "latent");
     assert!(

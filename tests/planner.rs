@@ -4,8 +4,9 @@
 use attnbench::experiment::{preset, presets};
 use attnbench::kv_cache::{KvCache, PlaneSpec};
 use attnbench::planner::{
-    Alternatives, CacheShape, Dtype, ModelShape, Plan, PlanRequest, VariantPlan, plan,
+    Alternatives, CacheShape, ContextBound, Dtype, ModelShape, Plan, PlanRequest, VariantPlan, plan,
 };
+use attnbench::presets::{SlidingWindow, WindowLayers};
 use attnbench::{Error, LayerSpec, Variant, build_layer};
 
 fn request(name: &str, context: usize, batch: usize, dtypes: &[Dtype]) -> PlanRequest {
@@ -33,6 +34,158 @@ fn llama_3_8b_at_8192_tokens_in_bf16_is_one_gib() {
     assert_eq!(bf16.bytes_per_token, 32 * 2 * 8 * 128 * 2);
     assert_eq!(bf16.cache_bytes, 32 * 2 * 8 * 128 * 2 * 8192);
     assert_eq!(bf16.cache_bytes, 1 << 30);
+    // No window: every layer caches every token, and nothing to warn about at its maximum.
+    assert_eq!(plan.window, None);
+    assert_eq!(bf16.bytes_per_token_past_window, None);
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+}
+
+/// Mistral 7B v0.1's rolling cache holds 4096 tokens in each of its 32 layers: at 32768
+/// tokens in bf16, 32 × 4096 × (2 · 8 · 128) × 2 bytes = 512 MiB, not 4 GiB.
+#[test]
+fn mistral_7b_v0_1_at_32768_tokens_in_bf16_holds_its_window_512_mib() {
+    let mut req = request("mistral-7b-v0.1", 32768, 1, &[Dtype::Bf16]);
+    req.budget_gib = Some(24.0);
+    let plan = plan(&req).unwrap();
+    let window = plan.window.as_ref().unwrap();
+    assert_eq!((window.tokens, window.layers), (4096, WindowLayers::All));
+    assert_eq!((window.windowed_layers, window.global_layers), (32, 0));
+    assert_eq!(window.windowed_layer_tokens, 4096);
+    let gqa = row(&plan, Variant::Gqa);
+    let bf16 = &gqa.dtypes[0];
+    assert_eq!(bf16.cache_bytes, 32 * 4096 * (2 * 8 * 128) * 2);
+    assert_eq!(bf16.cache_bytes, 512 << 20);
+    assert_eq!(bf16.bytes_per_token, 32 * 2 * 8 * 128 * 2);
+    assert_eq!(bf16.bytes_per_token_past_window, Some(0));
+    // The parameter count is unknown: the whole 24 GiB holds 48 caches of 512 MiB.
+    assert_eq!(bf16.max_batch, Some(48));
+    // The cache stops growing at 4096 tokens: only the trained maximum bounds the context.
+    assert_eq!(bf16.max_context, Some(32768));
+    assert_eq!(bf16.max_context_bound, Some(ContextBound::TrainedMaximum));
+    assert_eq!(bf16.max_context_by_budget, None);
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    // The hypothetical rows keep the window, and say so.
+    let mha = row(&plan, Variant::Mha);
+    assert_eq!(mha.dtypes[0].cache_bytes, 32 * 4096 * (2 * 32 * 128) * 2);
+    for r in &plan.rows {
+        let said = if r.own {
+            "sliding window: all 32 layers cache at most 4096 tokens"
+        } else {
+            "keeps the model's sliding window: all 32 layers cache at most 4096 tokens"
+        };
+        assert!(r.derivation.ends_with(said), "{}", r.derivation);
+    }
+}
+
+/// Gemma 2 9B: 21 local layers hold min(context, 4096) tokens and 21 global layers the whole
+/// context, each token 2 · 8 · 256 values of 2 bytes.
+#[test]
+fn gemma_2_9b_alternates_local_and_global_layers() {
+    for (context, bytes, shown) in [
+        (8192, 21 * (4096 + 8192) * 8192, "2016 MiB (1.97 GiB)"),
+        (32768, 21 * (4096 + 32768) * 8192, "6048 MiB (5.91 GiB)"),
+    ] {
+        let plan = plan(&request("gemma-2-9b", context, 1, &[Dtype::Bf16])).unwrap();
+        let window = plan.window.as_ref().unwrap();
+        assert_eq!(
+            (window.tokens, window.layers),
+            (4096, WindowLayers::Alternate)
+        );
+        assert_eq!((window.windowed_layers, window.global_layers), (21, 21));
+        let bf16 = &row(&plan, Variant::Gqa).dtypes[0];
+        assert_eq!(bf16.cache_bytes, bytes, "{context}");
+        assert_eq!(attnbench::planner::human_bytes(bf16.cache_bytes), shown);
+        assert_eq!(bf16.bytes_per_token_past_window, Some(21 * 8192));
+    }
+    assert_eq!(21u64 * (4096 + 8192) * 8192, 2_113_929_216);
+    assert_eq!(21u64 * (4096 + 32768) * 8192, 6_341_787_648);
+}
+
+/// Past the window the budget's largest context grows by the global layers only, and is then
+/// capped at Gemma 2's trained maximum of 8192.
+#[test]
+fn a_windowed_budget_counts_the_window_and_caps_at_the_maximum() {
+    let mut req = request("gemma-2-9b", 8192, 2, &[Dtype::Bf16]);
+    req.budget_gib = Some(24.0);
+    let gemma = plan(&req).unwrap();
+    let bf16 = &row(&gemma, Variant::Gqa).dtypes[0];
+    let budget = 24u64 << 30;
+    let held = |c: u64| 21 * c.min(4096) + 21 * c;
+    let c = bf16.max_context_by_budget.unwrap();
+    assert!(2 * held(c) * 8192 <= budget && 2 * held(c + 1) * 8192 > budget);
+    assert_eq!(c, ((budget / (2 * 8192)) - 21 * 4096) / 21);
+    assert_eq!(bf16.max_context, Some(8192));
+    assert_eq!(bf16.max_context_bound, Some(ContextBound::TrainedMaximum));
+    assert_eq!(bf16.max_batch, Some(budget / (held(8192) * 8192)));
+
+    // A model whose every layer is windowed, with no known maximum: nothing bounds it.
+    let mut model = ModelShape::from_preset(&preset("mistral-7b-v0.1").unwrap()).unwrap();
+    model.max_position_embeddings = None;
+    let mut req = request("mistral-7b-v0.1", 100_000, 1, &[Dtype::Bf16]);
+    req.model = model;
+    req.budget_gib = Some(1.0);
+    let mistral = plan(&req).unwrap();
+    let bf16 = &row(&mistral, Variant::Gqa).dtypes[0];
+    assert_eq!(bf16.max_context, None);
+    assert_eq!(bf16.max_context_bound, Some(ContextBound::Unbounded));
+    assert_eq!(bf16.max_batch, Some(2));
+    // The same window on a quarter of the budget: the window no longer fits.
+    req.budget_gib = Some(0.25);
+    let mistral = plan(&req).unwrap();
+    let bf16 = &row(&mistral, Variant::Gqa).dtypes[0];
+    assert_eq!(bf16.max_context, Some(2048));
+    assert_eq!(bf16.max_context_bound, Some(ContextBound::Budget));
+}
+
+#[test]
+fn a_context_beyond_the_trained_maximum_is_planned_with_a_warning() {
+    let beyond = plan(&request("llama-2-70b", 32768, 1, &[Dtype::Bf16])).unwrap();
+    assert_eq!(beyond.max_position_embeddings, Some(4096));
+    assert_eq!(
+        beyond.warnings,
+        [
+            "context 32768 exceeds llama-2-70b's trained maximum of 4096 positions (max_position_embeddings)"
+        ]
+    );
+    assert_eq!(
+        row(&beyond, Variant::Gqa).dtypes[0].cache_bytes,
+        80 * 2048 * 2 * 32768
+    );
+    let at_maximum = plan(&request("llama-2-70b", 4096, 1, &[Dtype::Bf16])).unwrap();
+    assert!(at_maximum.warnings.is_empty());
+}
+
+#[test]
+fn a_presets_notes_are_in_the_plan() {
+    let bert = plan(&request("bert-base-uncased", 512, 1, &[Dtype::Bf16])).unwrap();
+    let json = serde_json::to_value(&bert).unwrap();
+    let notes = bert.notes.unwrap();
+    assert!(notes.contains("no autoregressive KV cache"), "{notes}");
+    assert_eq!(json["notes"], notes.as_str());
+    // A modified preset keeps them; a custom shape has none.
+    let p = preset("bert-base-uncased").unwrap();
+    let fewer = attnbench::presets::ModelFields {
+        n_layers: Some(6),
+        ..Default::default()
+    };
+    let modified = ModelShape::resolve(Some(&p), Variant::Mha, &fewer).unwrap();
+    assert_eq!(modified.notes.as_deref(), Some(notes.as_str()));
+}
+
+#[test]
+fn an_explicit_window_of_zero_tokens_is_refused() {
+    let mut req = request("llama-3-8b", 8, 1, &[Dtype::Bf16]);
+    req.model.window = Some(SlidingWindow {
+        tokens: 0,
+        layers: WindowLayers::All,
+    });
+    assert!(matches!(
+        plan(&req),
+        Err(Error::InvalidConfig {
+            field: "sliding_window",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -203,12 +356,21 @@ fn largest_batch_and_context_fit_and_one_more_does_not() {
                     weights as u128 + batch as u128 * context as u128 * d.bytes_per_token as u128
                         <= budget as u128
                 };
-                let (b, c) = (d.max_batch.unwrap(), d.max_context.unwrap());
+                let (b, c) = (d.max_batch.unwrap(), d.max_context_by_budget.unwrap());
                 let label = format!("{name} {} {}", r.variant, d.dtype);
                 assert!(b == 0 || fits(b, 4096), "{label}: batch {b} does not fit");
                 assert!(!fits(b + 1, 4096), "{label}: batch {} fits too", b + 1);
                 assert!(c == 0 || fits(3, c), "{label}: context {c} does not fit");
                 assert!(!fits(3, c + 1), "{label}: context {} fits too", c + 1);
+                // The answer is the budget's, capped at the trained maximum.
+                let maximum = plan.max_position_embeddings.unwrap() as u64;
+                assert_eq!(d.max_context, Some(c.min(maximum)), "{label}");
+                let bound = if c > maximum {
+                    ContextBound::TrainedMaximum
+                } else {
+                    ContextBound::Budget
+                };
+                assert_eq!(d.max_context_bound, Some(bound), "{label}");
             }
         }
     }

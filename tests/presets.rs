@@ -91,3 +91,40 @@ fn experiment_kv_and_export_resolve_a_preset_to_the_same_layer() {
     );
     assert_eq!(config.rope_theta, 500000.0);
 }
+
+/// Every window comes with the layers that keep it: Mistral 7B v0.1 windows every layer,
+/// Gemma 2 every other one; Mixtral attends densely.
+#[test]
+fn every_sliding_window_names_its_layers() {
+    use attnbench::presets::{SlidingWindow, WindowLayers};
+    for p in presets() {
+        assert_eq!(
+            p.sliding_window.is_some(),
+            p.sliding_window_layers.is_some(),
+            "{}: sliding_window and sliding_window_layers go together",
+            p.name
+        );
+        if p.window().is_some() {
+            assert!(p.max_position_embeddings.is_some(), "{}", p.name);
+        }
+    }
+    let window = |name: &str| preset(name).unwrap().window();
+    let tokens = 4096;
+    assert_eq!(
+        window("mistral-7b-v0.1"),
+        Some(SlidingWindow {
+            tokens,
+            layers: WindowLayers::All
+        })
+    );
+    assert_eq!(
+        window("gemma-2-9b"),
+        Some(SlidingWindow {
+            tokens,
+            layers: WindowLayers::Alternate
+        })
+    );
+    assert_eq!(window("mixtral-8x7b-v0.1"), None);
+    assert_eq!(WindowLayers::Alternate.windowed(42), 21);
+    assert_eq!(WindowLayers::Alternate.windowed(5), 3);
+}

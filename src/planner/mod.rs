@@ -10,9 +10,16 @@
 //! shape [`GroupedConfig`](crate::GroupedConfig) does not describe), count
 //! `n_kv_heads · (k_head_dim + v_head_dim)` themselves.
 //!
+//! A model with a sliding window ([`ModelShape::window`]) caches at most the window's tokens in
+//! each windowed layer: the figures at a context, and the budget's answers, count
+//! `Σ_layers min(context, window of the layer)` tokens per sequence, for every row (the
+//! hypothetical rows keep the model's window pattern). The largest context is capped at the
+//! model's trained maximum where one is known; a context beyond it is planned with a warning.
+//!
 //! Everything is computed in exact bytes; nothing here rounds except [`human_bytes`].
 
 mod rows;
+mod window;
 
 use std::fmt;
 
@@ -23,8 +30,10 @@ use crate::config::{
     gib_to_bytes, named_enum,
 };
 use crate::error::{Error, Result};
-use crate::presets::{MissingField, ModelFields, Preset};
+use crate::presets::{MissingField, ModelFields, Preset, SlidingWindow};
 use rows::{RowShape, variant_shapes};
+use window::LayerTokens;
+pub use window::WindowFigures;
 
 /// Format tag of the planner's JSON.
 pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
@@ -78,25 +87,43 @@ pub struct ModelShape {
     /// Parameters of the whole model (all experts of a mixture), when known: the weights the
     /// budget must hold besides the cache.
     pub params: Option<u64>,
+    /// The sliding window and the layers that keep it; `None`: every layer caches the whole
+    /// context.
+    pub window: Option<SlidingWindow>,
+    /// Positions the model was trained for, when known: a longer context is planned with a
+    /// warning, and the largest context is capped at it.
+    pub max_position_embeddings: Option<usize>,
+    /// The preset's caveats, carried into the plan.
+    pub notes: Option<String>,
 }
 
 impl ModelShape {
-    /// The model of a preset.
+    /// The model of a preset, with its window, trained maximum and notes.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] if an MLA preset lacks one of its latent widths.
     pub fn from_preset(p: &Preset) -> Result<Self> {
-        Self::from_fields(p.name.clone(), p.variant, &ModelFields::of_preset(p)).map_err(
-            |MissingField(field)| Error::InvalidConfig {
+        Self::from_fields(p.name.clone(), p.variant, &ModelFields::of_preset(p))
+            .map(|model| model.with_preset_extras(p))
+            .map_err(|MissingField(field)| Error::InvalidConfig {
                 field: field.name(),
                 value: "absent".into(),
                 reason: format!("preset `{}` is MLA and needs it", p.name),
-            },
-        )
+            })
     }
 
-    /// A model of `variant` called `name` from its fields; an MLA layer takes the absorbed
-    /// path (the path does not change the cache).
+    /// What a preset says besides the shape: its window, trained maximum and notes.
+    fn with_preset_extras(self, p: &Preset) -> Self {
+        Self {
+            window: p.window(),
+            max_position_embeddings: p.max_position_embeddings,
+            notes: p.notes.clone(),
+            ..self
+        }
+    }
+
+    /// A model of `variant` called `name` from its fields, without a window, trained maximum
+    /// or notes; an MLA layer takes the absorbed path (the path does not change the cache).
     ///
     /// # Errors
     /// [`MissingField`]: `n_layers`, then whatever [`ModelFields::layer`] misses.
@@ -110,13 +137,17 @@ impl ModelShape {
             n_layers: fields.n_layers.ok_or(MissingField(ModelField::NLayers))?,
             layer: fields.layer(variant, MlaPath::Absorbed)?,
             params: fields.params,
+            window: None,
+            max_position_embeddings: None,
+            notes: None,
         })
     }
 
     /// The model `kv` plans: the preset's fields (if any) with `overrides` over them, as a
     /// model of `variant` (a preset's own). An MHA or MQA model's `n_kv_heads` follows from
     /// `n_heads` unless overridden. Named after the preset, `NAME (modified)` when the
-    /// overrides change its layer or its layer count, `custom` without a preset.
+    /// overrides change its layer or its layer count, `custom` without a preset. The preset's
+    /// window pattern, trained maximum and notes stay with a modified model.
     ///
     /// # Errors
     /// [`ModelError::Missing`] for `n_layers` or `n_heads`, then
@@ -147,6 +178,9 @@ impl ModelShape {
         }
         let mut model = Self::from_fields(String::new(), variant, &fields)
             .map_err(|MissingField(field)| ModelError::Missing(field))?;
+        if let Some(p) = preset {
+            model = model.with_preset_extras(p);
+        }
         model.name = match preset {
             Some(p)
                 if Self::from_preset(p)
@@ -198,7 +232,7 @@ pub struct PlanRequest {
     pub model: ModelShape,
     /// How the hypothetical rows are shaped.
     pub alternatives: Alternatives,
-    /// Tokens cached per sequence.
+    /// Tokens per sequence (a global layer caches them all, a windowed one at most its window).
     pub context: usize,
     /// Sequences.
     pub batch: usize,
@@ -253,17 +287,49 @@ pub struct DtypeFigures {
     pub dtype: Dtype,
     /// Cache bytes of one token in one layer.
     pub bytes_per_token_per_layer: u64,
-    /// Cache bytes of one token over all `n_layers` layers.
+    /// Cache bytes of one token held in every one of the `n_layers` layers: what each token
+    /// adds while the context is within the sliding window (always, without one).
     pub bytes_per_token: u64,
-    /// Cache bytes of `batch` sequences of `context` tokens over all layers.
+    /// Cache bytes of `batch` sequences of `context` tokens over all layers, a windowed layer
+    /// holding `min(context, window)` tokens.
     pub cache_bytes: u64,
     /// Most sequences of `context` tokens whose cache fits the budget beside the weights
     /// (0: not even one); `None` without a budget.
     pub max_batch: Option<u64>,
-    /// Most tokens per sequence for `batch` sequences that fit the budget beside the weights
-    /// (0: not even one); `None` without a budget.
+    /// Most tokens per sequence for `batch` sequences whose cache fits the budget beside the
+    /// weights, capped at the model's trained maximum (0: not even one); `None` without a
+    /// budget, or when nothing bounds it (`max_context_bound` is
+    /// [`ContextBound::Unbounded`]).
     pub max_context: Option<u64>,
+    /// Cache bytes each token adds once the context is past the window: one token in each
+    /// global layer (0 when every layer is windowed); `None` without a window.
+    pub bytes_per_token_past_window: Option<u64>,
+    /// What stops `max_context`; `None` without a budget.
+    pub max_context_bound: Option<ContextBound>,
+    /// The budget's own largest context, before the cap at the trained maximum; `None`
+    /// without a budget, or when the cache stops growing within the budget (every layer
+    /// windowed and the whole window fits).
+    pub max_context_by_budget: Option<u64>,
 }
+
+/// What stops the largest context that fits a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextBound {
+    /// The budget: one token more does not fit.
+    Budget,
+    /// The model's trained maximum (`max_position_embeddings`): the budget holds more.
+    TrainedMaximum,
+    /// Nothing: every layer is windowed, the whole window fits, and no trained maximum is
+    /// known, so the cache stops growing below the budget at any context.
+    Unbounded,
+}
+
+named_enum!(ContextBound, "a context bound", {
+    Budget => "budget",
+    TrainedMaximum => "trained_maximum",
+    Unbounded => "unbounded",
+});
 
 /// One variant at the model's shape.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -317,7 +383,7 @@ pub struct Plan {
     pub variant: Variant,
     /// Decoder layers.
     pub n_layers: usize,
-    /// Tokens cached per sequence.
+    /// Tokens per sequence (a global layer caches them all, a windowed one at most its window).
     pub context: usize,
     /// Sequences.
     pub batch: usize,
@@ -333,6 +399,16 @@ pub struct Plan {
     pub rows: Vec<VariantPlan>,
     /// Variants with no row, and why.
     pub omitted: Vec<Omitted>,
+    /// Positions the model was trained for; `None`: unknown.
+    pub max_position_embeddings: Option<usize>,
+    /// The sliding window at `context`; `None`: every layer caches the whole context.
+    pub window: Option<WindowFigures>,
+    /// What a reader must know before trusting the figures: a context beyond the trained
+    /// maximum. Empty when there is nothing.
+    pub warnings: Vec<String>,
+    /// The preset's caveats (e.g. that an encoder keeps no autoregressive cache); `None`
+    /// without any.
+    pub notes: Option<String>,
 }
 
 /// The default KV-head count of a hypothetical GQA row: the largest divisor of `n_heads` that
@@ -345,35 +421,10 @@ pub fn default_gqa_kv_heads(n_heads: usize) -> Option<usize> {
         .find(|&g| g < n_heads && n_heads.is_multiple_of(g))
 }
 
-/// Most sequences of `context` tokens whose cache (`bytes_per_token` over all layers) fits in
-/// `available_bytes`.
-///
-/// # Panics
-/// If `context` or `bytes_per_token` is 0 ([`plan`] refuses both before calling it).
-pub fn largest_batch(available_bytes: u64, context: usize, bytes_per_token: u64) -> u64 {
-    largest_count(
-        available_bytes,
-        (context as u64).saturating_mul(bytes_per_token),
-    )
-}
-
-/// Most tokens per sequence for `batch` sequences whose cache (`bytes_per_token` over all
-/// layers) fits in `available_bytes`.
-///
-/// # Panics
-/// If `batch` or `bytes_per_token` is 0 ([`plan`] refuses both before calling it).
-pub fn largest_context(available_bytes: u64, batch: usize, bytes_per_token: u64) -> u64 {
-    largest_count(
-        available_bytes,
-        (batch as u64).saturating_mul(bytes_per_token),
-    )
-}
-
-/// Whole units of `unit_bytes` in `available_bytes` (a unit that saturated at `u64::MAX` fits
-/// at most once, which is right for any real budget).
-fn largest_count(available_bytes: u64, unit_bytes: u64) -> u64 {
+/// Whole units of `unit_bytes` in `available_bytes` (a unit past 2^64 bytes fits none).
+fn largest_count(available_bytes: u64, unit_bytes: u128) -> u64 {
     assert!(unit_bytes > 0, "a cache unit has at least one byte");
-    available_bytes / unit_bytes
+    (available_bytes as u128 / unit_bytes) as u64
 }
 
 /// Bytes for a reader: `N B` below 1 KiB, then KiB and MiB with one decimal, and from 1 GiB
@@ -399,19 +450,28 @@ pub fn human_bytes(bytes: u64) -> String {
 /// storage type, at `context × batch`, and against the budget.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] naming the field and value when: `context`, `batch`, `n_layers`
-/// or `params` is 0; `dtypes` is empty; the model's layer is invalid; a hypothetical row's
-/// explicit width is invalid; the budget is not a positive finite number or the weights fill
-/// it in every requested storage type; a cache size does not fit in 64 bits.
+/// [`Error::InvalidConfig`] naming the field and value when: `context`, `batch`, `n_layers`,
+/// `params`, the window or the trained maximum is 0; `dtypes` is empty; the model's layer is
+/// invalid; a hypothetical row's explicit width is invalid; the budget is not a positive finite
+/// number or the weights fill it in every requested storage type; a cache size does not fit in
+/// 64 bits. A context beyond the trained maximum is planned, with a warning.
 pub fn plan(request: &PlanRequest) -> Result<Plan> {
     let model = &request.model;
     check_request(request)?;
     let budget_bytes = request.budget_gib.map(budget_bytes).transpose()?;
     let weights = weight_figures(request, budget_bytes)?;
+    let window = model
+        .window
+        .map(|w| WindowFigures::new(w, model.n_layers, request.context));
     let (shapes, omitted) = variant_shapes(model, &request.alternatives)?;
     let rows = shapes
         .into_iter()
-        .map(|shape| row_figures(shape, request, budget_bytes, &weights))
+        .map(|mut shape| {
+            if let Some(w) = &window {
+                shape.derivation += &w.derivation_note(shape.variant == model.layer.variant());
+            }
+            row_figures(shape, request, budget_bytes, &weights)
+        })
         .collect::<Result<_>>()?;
     Ok(Plan {
         format: PLAN_FORMAT,
@@ -425,7 +485,27 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
         weights,
         rows,
         omitted,
+        max_position_embeddings: model.max_position_embeddings,
+        window,
+        warnings: warnings(request),
+        notes: model.notes.clone(),
     })
+}
+
+/// What the figures do not say by themselves: a context beyond the trained maximum.
+fn warnings(request: &PlanRequest) -> Vec<String> {
+    let model = &request.model;
+    model
+        .max_position_embeddings
+        .filter(|&maximum| request.context > maximum)
+        .map(|maximum| {
+            format!(
+                "context {} exceeds {}'s trained maximum of {maximum} positions (max_position_embeddings)",
+                request.context, model.name
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 /// Refuses a request with nothing to plan: a zero count, too many layers, no storage type, an
@@ -435,6 +515,12 @@ fn check_request(request: &PlanRequest) -> Result<()> {
     positive("context", request.context)?;
     positive("batch", request.batch)?;
     positive("n_layers", model.n_layers)?;
+    if let Some(window) = model.window {
+        positive("sliding_window", window.tokens)?;
+    }
+    if let Some(maximum) = model.max_position_embeddings {
+        positive("max_position_embeddings", maximum)?;
+    }
     if model.n_layers > MAX_DIMENSION {
         return Err(invalid(
             "n_layers",
@@ -527,20 +613,73 @@ fn dtype_figures(
     dtype: Dtype,
     available: Option<u64>,
 ) -> Result<DtypeFigures> {
-    let n_layers = request.model.n_layers;
+    let model = &request.model;
+    let n_layers = model.n_layers;
+    let tokens = LayerTokens::new(n_layers, model.window);
     let per_layer = values * dtype.bytes();
     let per_token = checked(per_layer, n_layers as u64, "n_layers", n_layers)?;
     let (context, batch) = (request.context, request.batch);
-    let per_sequence = checked(per_token, context as u64, "context", context)?;
+    let held = tokens
+        .at(context as u64)
+        .ok_or_else(|| too_large("context", context))?;
+    let per_sequence = checked(per_layer, held, "context", context)?;
     let cache_bytes = checked(per_sequence, batch as u64, "batch", batch)?;
+    let budget = available.map(|available| {
+        let largest_context =
+            tokens.largest_context(largest_count(available, per_layer as u128 * batch as u128));
+        Budget {
+            max_batch: largest_count(available, per_sequence.into()),
+            largest_context,
+            maximum: model.max_position_embeddings.map(|m| m as u64),
+        }
+    });
+    let (max_context, max_context_bound) = match budget {
+        Some(b) => (b.max_context(), Some(b.bound())),
+        None => (None, None),
+    };
     Ok(DtypeFigures {
         dtype,
         bytes_per_token_per_layer: per_layer,
         bytes_per_token: per_token,
         cache_bytes,
-        max_batch: available.map(|a| largest_batch(a, context, per_token)),
-        max_context: available.map(|a| largest_context(a, batch, per_token)),
+        max_batch: budget.map(|b| b.max_batch),
+        max_context,
+        // At most `per_token`, so it fits.
+        bytes_per_token_past_window: model.window.map(|_| per_layer * tokens.global()),
+        max_context_bound,
+        max_context_by_budget: budget.and_then(|b| b.largest_context),
     })
+}
+
+/// What a budget holds for one row in one storage type.
+#[derive(Clone, Copy)]
+struct Budget {
+    /// Sequences of the request's context.
+    max_batch: u64,
+    /// Tokens per sequence for the request's batch; `None`: the cache stops growing within it.
+    largest_context: Option<u64>,
+    /// The model's trained maximum, when known.
+    maximum: Option<u64>,
+}
+
+impl Budget {
+    /// The largest context, capped at the trained maximum; `None` when nothing bounds it.
+    fn max_context(self) -> Option<u64> {
+        match (self.largest_context, self.maximum) {
+            (Some(c), Some(m)) => Some(c.min(m)),
+            (c, m) => c.or(m),
+        }
+    }
+
+    /// What stops [`Budget::max_context`].
+    fn bound(self) -> ContextBound {
+        match (self.largest_context, self.maximum) {
+            (Some(c), Some(m)) if c > m => ContextBound::TrainedMaximum,
+            (Some(_), _) => ContextBound::Budget,
+            (None, Some(_)) => ContextBound::TrainedMaximum,
+            (None, None) => ContextBound::Unbounded,
+        }
+    }
 }
 
 fn budget_bytes(gib: f64) -> Result<u64> {
@@ -548,13 +687,15 @@ fn budget_bytes(gib: f64) -> Result<u64> {
 }
 
 fn checked(a: u64, b: u64, field: &'static str, value: usize) -> Result<u64> {
-    a.checked_mul(b).ok_or_else(|| {
-        invalid(
-            field,
-            value,
-            "the cache at this size exceeds 2^64 bytes (16 EiB)".into(),
-        )
-    })
+    a.checked_mul(b).ok_or_else(|| too_large(field, value))
+}
+
+fn too_large(field: &'static str, value: usize) -> Error {
+    invalid(
+        field,
+        value,
+        "the cache at this size exceeds 2^64 bytes (16 EiB)".into(),
+    )
 }
 
 fn positive(field: &'static str, value: usize) -> Result<()> {
@@ -584,6 +725,20 @@ mod tests {
         assert_eq!(default_gqa_kv_heads(71), None);
         assert_eq!(default_gqa_kv_heads(2), None);
         assert_eq!(default_gqa_kv_heads(1), None);
+    }
+
+    /// The JSON names are the table names `Display` prints.
+    #[test]
+    fn context_bound_and_window_layer_names_are_their_json_names() {
+        use crate::presets::WindowLayers;
+        for bound in ContextBound::ALL {
+            let json = serde_json::to_string(&bound).unwrap();
+            assert_eq!(json, format!("\"{bound}\""));
+        }
+        for layers in WindowLayers::ALL {
+            let json = serde_json::to_string(&layers).unwrap();
+            assert_eq!(json, format!("\"{layers}\""));
+        }
     }
 
     #[test]

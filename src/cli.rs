@@ -9,8 +9,8 @@ use attnbench::compare::{
     Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
     compare, load_results,
 };
-use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError, gib_to_bytes};
-use attnbench::experiment::{MAX_THREADS, load_experiment};
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GibError};
+use attnbench::experiment::{experiment_files, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::harness::{Existing, Progress, run_experiment};
@@ -19,8 +19,8 @@ use attnbench::planner::{
 };
 use attnbench::presets::{MissingField, ModelFields, preset, preset_names};
 use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
-use attnbench::results::{CalibrationSize, Machine, ResultsDir, ResultsFile, total_memory_bytes};
-use attnbench::roofline::default_calibration_threads;
+use attnbench::results::{CalibrationSize, Machine, ResultsDir, ResultsFile, memory_limit_bytes};
+use attnbench::roofline::calibration_threads;
 use attnbench::{LayerSpec, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -391,14 +391,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 CalibrationSize::FULL
             };
-            let threads = if threads.is_empty() {
-                default_calibration_threads()
-            } else {
-                threads
-            };
-            if let Some(&bad) = threads.iter().find(|&&t| t == 0 || t > MAX_THREADS) {
-                bail!("--threads {bad}: must be between 1 and {MAX_THREADS}");
-            }
+            let threads =
+                calibration_threads(threads).map_err(|e| anyhow!("--threads {}: {e}", e.0))?;
             let machine =
                 Machine::calibrate_and_save(&out, &threads, size, &mut |e| eprintln!("{e}"))?;
             outln!("{}", serde_json::to_string_pretty(&machine)?);
@@ -529,13 +523,7 @@ impl KvArgs {
                 flag(field.name())
             ),
         })?;
-        // A model that is not MLA takes the latent widths for its hypothetical MLA row.
-        let not_mla = variant != Variant::Mla;
-        let alternatives = Alternatives {
-            gqa_kv_heads: self.gqa_kv_heads,
-            kv_lora_rank: self.kv_lora_rank.filter(|_| not_mla),
-            qk_rope_head_dim: self.qk_rope_head_dim.filter(|_| not_mla),
-        };
+        let alternatives = Alternatives::from_overrides(variant, &overrides, self.gqa_kv_heads);
         Ok((model, alternatives))
     }
 }
@@ -690,16 +678,17 @@ fn export(args: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// The memory limit: the flag, else half of this machine's memory (8 GiB if unknown).
+/// The memory limit per point of `--memory-limit-gib` ([`memory_limit_bytes`]), its errors
+/// naming the flag.
 fn memory_limit(flag_gib: Option<f64>) -> Result<u64> {
-    match flag_gib.map(|gib| (gib, gib_to_bytes(gib))) {
-        Some((_, Ok(bytes))) => Ok(bytes),
-        Some((gib, Err(GibError::NotPositive))) => {
-            bail!("--memory-limit-gib {gib} is not a positive number")
+    memory_limit_bytes(flag_gib).map_err(|e| {
+        // Only a given size is refused, never the default.
+        let gib = flag_gib.unwrap_or_default();
+        match e {
+            GibError::NotPositive => anyhow!("--memory-limit-gib {gib} is not a positive number"),
+            e => anyhow!("--memory-limit-gib {gib}: {e}"),
         }
-        Some((gib, Err(e))) => bail!("--memory-limit-gib {gib}: {e}"),
-        None => Ok(total_memory_bytes().map_or(8 << 30, |m| m / 2)),
-    }
+    })
 }
 
 fn validate(file: &Path, memory_limit_gib: Option<f64>) -> Result<()> {
@@ -882,15 +871,8 @@ fn list(dir: &Path) -> Result<()> {
     outln!("Presets (use as `preset = \"NAME\"` in an experiment's [model]):\n");
     outln!("{}\n", Table::new(presets).with(Style::markdown()));
 
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list experiments in {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "toml")
-                && p.file_name().is_some_and(|n| n != "presets.toml")
-        })
-        .collect();
-    files.sort();
+    let files = experiment_files(dir)
+        .with_context(|| format!("cannot list experiments in {}", dir.display()))?;
     let limit = memory_limit(None)?;
     let experiments: Vec<ExperimentRow> = files
         .iter()

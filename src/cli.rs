@@ -14,17 +14,14 @@ use attnbench::experiment::{experiment_files, load_experiment};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::harness::{Existing, Progress, run_experiment};
-use attnbench::planner::{
-    self, Alternatives, Dtype, ModelError, ModelShape, Plan, PlanRequest, human_bytes,
-};
+use attnbench::planner::{self, Alternatives, Dtype, ModelError, ModelShape, PlanRequest};
 use attnbench::presets::{MissingField, ModelFields, preset, preset_names};
-use attnbench::report::{comparison_markdown, markdown, report, write_outputs};
+use attnbench::report::{comparison_markdown, kv_plan_markdown, markdown, report, write_outputs};
 use attnbench::results::{CalibrationSize, Machine, ResultsDir, ResultsFile, memory_limit_bytes};
 use attnbench::roofline::calibration_threads;
 use attnbench::{LayerSpec, MlaPath, Variant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tabled::builder::Builder;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
@@ -554,110 +551,9 @@ fn kv(args: &KvArgs) -> Result<()> {
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
-        outln!("{}", plan_table(&plan));
+        outln!("{}", kv_plan_markdown(&plan));
     }
     Ok(())
-}
-
-/// The plan as a Markdown table with a heading and notes on how the rows were derived.
-fn plan_table(plan: &Plan) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "KV cache of {} ({}, {} layers) at context {} × batch {}\n",
-        plan.model, plan.variant, plan.n_layers, plan.context, plan.batch
-    );
-    let mut builder = Builder::default();
-    let mut header = vec![
-        "variant".to_string(),
-        "row".into(),
-        "cached per token and layer".into(),
-        "values".into(),
-        "dtype".into(),
-        "bytes/token/layer".into(),
-        format!("per token, {} layers", plan.n_layers),
-        format!("context {} × batch {}", plan.context, plan.batch),
-    ];
-    if plan.budget_bytes.is_some() {
-        header.push(format!("max batch at context {}", plan.context));
-        header.push(format!("max context at batch {}", plan.batch));
-    }
-    builder.push_record(header);
-    for row in &plan.rows {
-        for d in &row.dtypes {
-            let mut record = vec![
-                row.variant.to_string(),
-                if row.own {
-                    "own".into()
-                } else {
-                    "hypothetical".into()
-                },
-                row.cache.to_string(),
-                row.values_per_token_per_layer.to_string(),
-                d.dtype.to_string(),
-                d.bytes_per_token_per_layer.to_string(),
-                human_bytes(d.bytes_per_token),
-                human_bytes(d.cache_bytes),
-            ];
-            if let (Some(b), Some(c)) = (d.max_batch, d.max_context) {
-                record.push(b.to_string());
-                record.push(c.to_string());
-            }
-            builder.push_record(record);
-        }
-    }
-    let _ = writeln!(out, "{}\n", builder.build().with(Style::markdown()));
-    let _ = writeln!(out, "How each row's shape follows from the model's:");
-    for row in &plan.rows {
-        let _ = writeln!(out, "- {}: {}", row.variant, row.derivation);
-    }
-    for o in &plan.omitted {
-        let _ = writeln!(out, "- {}: no row: {}", o.variant, o.reason);
-    }
-    let budget = plan.budget_bytes.map(human_bytes);
-    match (plan.params, &budget) {
-        (None, Some(budget)) => {
-            let _ = writeln!(
-                out,
-                "\nWeights not counted (parameter count unknown; give --params N): the whole budget of {budget} goes to the cache."
-            );
-        }
-        (None, None) => {}
-        (Some(params), _) => {
-            let within = budget.map_or(String::new(), |b| format!(" in a budget of {b}"));
-            let _ = writeln!(
-                out,
-                "\nWeights: {params} params (the model's own count, used for every row){within}:"
-            );
-            for w in &plan.weights {
-                let share = match w.budget_share_pct {
-                    Some(pct) if pct >= 100.0 => {
-                        format!(", {pct:.1}% of the budget: no cache fits")
-                    }
-                    Some(pct) => format!(", {pct:.1}% of the budget"),
-                    None => String::new(),
-                };
-                let _ = writeln!(
-                    out,
-                    "- {}: {}{share}",
-                    w.dtype,
-                    human_bytes(w.weights_bytes)
-                );
-            }
-        }
-    }
-    if plan
-        .rows
-        .iter()
-        .any(|r| r.dtypes.iter().any(|d| d.dtype == Dtype::Int8))
-    {
-        let _ = writeln!(
-            out,
-            "\nint8: one byte per value; quantisation scales are not counted."
-        );
-    }
-    out.trim_end().to_string()
 }
 
 fn export(args: &ExportArgs) -> Result<()> {

@@ -1,7 +1,8 @@
 //! This machine's limits, measured by the tool itself, and the roofline of every point:
 //! `ideal = max(flops / peak_flops, bytes / read_bandwidth)` for the point's thread count.
 //! The calibration's record and its file are the results store's ([`Machine`]); measuring
-//! it, deciding when a saved one can be reused, and what it implies for a point are here.
+//! it (and on which thread counts), deciding when a saved one can be reused, and what it
+//! implies for a point are here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use faer::{Accum, Mat, Par};
 
+use crate::experiment::MAX_THREADS;
 use crate::results::{
     CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult, WriteError, read_machine,
     write_machine,
@@ -47,6 +49,27 @@ impl fmt::Display for CalibrationEvent<'_> {
 pub fn default_calibration_threads() -> Vec<usize> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores == 1 { vec![1] } else { vec![1, cores] }
+}
+
+/// A thread count no calibration runs on: 0, or more than [`MAX_THREADS`] (no point may ask
+/// for more, so no run needs them calibrated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("must be between 1 and {MAX_THREADS}")]
+pub struct ThreadCountError(pub usize);
+
+/// The thread counts `attnbench calibrate` measures: `requested`, or
+/// [`default_calibration_threads`] when it is empty.
+///
+/// # Errors
+/// [`ThreadCountError`] with the first requested count that is 0 or above [`MAX_THREADS`].
+pub fn calibration_threads(requested: Vec<usize>) -> Result<Vec<usize>, ThreadCountError> {
+    if requested.is_empty() {
+        return Ok(default_calibration_threads());
+    }
+    match requested.iter().find(|&&t| t == 0 || t > MAX_THREADS) {
+        Some(&bad) => Err(ThreadCountError(bad)),
+        None => Ok(requested),
+    }
 }
 
 impl Machine {
@@ -214,6 +237,23 @@ fn sum_interleaved(part: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_threads_default_to_one_and_all_cores_and_refuse_impossible_counts() {
+        assert_eq!(
+            calibration_threads(vec![]),
+            Ok(default_calibration_threads())
+        );
+        assert_eq!(calibration_threads(vec![3, 1]), Ok(vec![3, 1]));
+        assert_eq!(calibration_threads(vec![2, 0]), Err(ThreadCountError(0)));
+        let too_many = MAX_THREADS + 1;
+        assert_eq!(
+            calibration_threads(vec![too_many]),
+            Err(ThreadCountError(too_many))
+        );
+    }
+
     #[test]
     fn interleaved_sum_counts_every_value_once() {
         for len in [0, 1, 63, 64, 65, 1000, 4099] {

@@ -285,3 +285,35 @@ fn kv_refuses_bad_input_naming_the_flag_and_value() {
         &["--variant"],
     );
 }
+
+#[test]
+fn memory_limit_and_calibration_threads_are_refused_naming_the_flag() {
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/variants/smoke.toml");
+    assert_refused(
+        &["validate", smoke, "--memory-limit-gib", "0"],
+        &["--memory-limit-gib 0 is not a positive number"],
+    );
+    assert_refused(
+        &["validate", smoke, "--memory-limit-gib", "1e30"],
+        &["--memory-limit-gib", "must be below 2^64 bytes"],
+    );
+    let out =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli_refused_machine.json");
+    for (threads, bad) in [("0", "0"), ("1,2000", "2000")] {
+        assert_refused(
+            &[
+                "calibrate",
+                "--threads",
+                threads,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[&format!("--threads {bad}: must be between 1 and 1024")],
+        );
+    }
+    assert!(
+        !out.exists(),
+        "a refused calibration wrote {}",
+        out.display()
+    );
+}

@@ -7,7 +7,7 @@ mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -159,6 +159,23 @@ pub fn load_experiment(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     parse_experiment(&text, &file, &stem, memory_limit_default)
+}
+
+/// The experiment files in `dir`, sorted: its `*.toml` files except `presets.toml`, which
+/// holds presets, not an experiment. Entries that cannot be read are left out.
+///
+/// # Errors
+/// When `dir` cannot be listed.
+pub fn experiment_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && p.file_name().is_some_and(|n| n != "presets.toml")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Checks an experiment given as text; `file` names it in errors, `default_name` is used when
@@ -821,6 +838,19 @@ mod tests {
         parse_experiment(text, "f.toml", "f", u64::MAX / 2)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn experiment_files_are_the_sorted_toml_files_but_the_presets() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("variants");
+        let files = experiment_files(&dir).unwrap();
+        let names: Vec<&str> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert!(names.contains(&"smoke.toml"), "{names:?}");
+        assert!(!names.contains(&"presets.toml"), "{names:?}");
+        assert!(names.is_sorted(), "{names:?}");
     }
 
     #[test]

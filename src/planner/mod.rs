@@ -225,6 +225,25 @@ pub struct Alternatives {
     pub qk_rope_head_dim: Option<usize>,
 }
 
+impl Alternatives {
+    /// The choices when one set of fields describes both the model and its hypothetical rows,
+    /// as `attnbench kv`'s flags do: `kv_lora_rank` and `qk_rope_head_dim` of `overrides` are
+    /// an MLA model's own widths (taken by [`ModelShape::resolve`]) and, for a model of any
+    /// other `variant`, the hypothetical MLA row's.
+    pub fn from_overrides(
+        variant: Variant,
+        overrides: &ModelFields,
+        gqa_kv_heads: Option<usize>,
+    ) -> Self {
+        let not_mla = variant != Variant::Mla;
+        Self {
+            gqa_kv_heads,
+            kv_lora_rank: overrides.kv_lora_rank.filter(|_| not_mla),
+            qk_rope_head_dim: overrides.qk_rope_head_dim.filter(|_| not_mla),
+        }
+    }
+}
+
 /// What to plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanRequest {
@@ -739,6 +758,26 @@ mod tests {
             let json = serde_json::to_string(&layers).unwrap();
             assert_eq!(json, format!("\"{layers}\""));
         }
+    }
+
+    #[test]
+    fn latent_overrides_shape_the_hypothetical_mla_row_only_of_a_model_that_is_not_mla() {
+        let overrides = ModelFields {
+            kv_lora_rank: Some(256),
+            qk_rope_head_dim: Some(32),
+            ..ModelFields::default()
+        };
+        let gqa = Alternatives::from_overrides(Variant::Gqa, &overrides, Some(4));
+        assert_eq!(
+            gqa,
+            Alternatives {
+                gqa_kv_heads: Some(4),
+                kv_lora_rank: Some(256),
+                qk_rope_head_dim: Some(32),
+            }
+        );
+        let mla = Alternatives::from_overrides(Variant::Mla, &overrides, None);
+        assert_eq!(mla, Alternatives::default());
     }
 
     #[test]

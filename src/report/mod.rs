@@ -6,6 +6,7 @@
 mod charts;
 mod comparison;
 mod index;
+mod kv_plan;
 mod rows;
 mod tables;
 
@@ -17,6 +18,7 @@ use thiserror::Error;
 pub use charts::{ChartError, ChartSpec, plan as chart_plan};
 pub use comparison::comparison_markdown;
 pub use index::{IndexEntry, index};
+pub use kv_plan::kv_plan_markdown;
 
 use crate::results::{ReadError, ResultsDir, ResultsFile, ResultsFolder, WriteError, write_file};
 

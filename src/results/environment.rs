@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{GibError, gib_to_bytes};
+
 /// Where and how a result set was measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
@@ -66,6 +68,23 @@ pub fn total_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The memory limit per point when nobody gives one and this machine's memory is unknown.
+const FALLBACK_MEMORY_LIMIT_BYTES: u64 = 8 << 30;
+
+/// The memory limit per point, in bytes, that an experiment gets when its file sets no
+/// `measure.memory_limit_gib` (the `memory_limit_default` of
+/// [`load_experiment`](crate::experiment::load_experiment)): `limit_gib` GiB when given, else
+/// half of this machine's memory, 8 GiB when that is unknown.
+///
+/// # Errors
+/// [`GibError`] when `limit_gib` is not a positive finite size below 2^64 bytes.
+pub fn memory_limit_bytes(limit_gib: Option<f64>) -> Result<u64, GibError> {
+    match limit_gib {
+        Some(gib) => gib_to_bytes(gib),
+        None => Ok(total_memory_bytes().map_or(FALLBACK_MEMORY_LIMIT_BYTES, |m| m / 2)),
+    }
+}
+
 /// Now, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_now_iso8601() -> String {
     let secs = std::time::SystemTime::now()
@@ -88,4 +107,17 @@ pub fn utc_now_iso8601() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limit_is_the_given_size_else_half_the_machine() {
+        assert_eq!(memory_limit_bytes(Some(1.5)), Ok(3 << 29));
+        assert_eq!(memory_limit_bytes(Some(0.0)), Err(GibError::NotPositive));
+        let expected = total_memory_bytes().map_or(FALLBACK_MEMORY_LIMIT_BYTES, |m| m / 2);
+        assert_eq!(memory_limit_bytes(None), Ok(expected));
+    }
 }

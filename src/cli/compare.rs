@@ -1,0 +1,113 @@
+//! `attnbench compare`: two result sets point by point, and the CI gate on regressions.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use attnbench::compare::{
+    Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
+    compare, load_results,
+};
+use attnbench::report::comparison_markdown;
+use attnbench::results::ResultsFile;
+use clap::Args;
+
+use super::outln;
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Baseline: a results directory or its results.json.
+    a: PathBuf,
+    /// Candidate: a results directory or its results.json.
+    b: PathBuf,
+    /// Match points ignoring these axes, comma-separated (threads, kernel): e.g. a 1-thread
+    /// run against a 2-thread run. Two points of one side that then look alike are an error.
+    #[arg(long, value_delimiter = ',', value_parser = parse_axis)]
+    ignore: Vec<Axis>,
+    /// A change counts only beyond this many combined standard errors of the two medians.
+    #[arg(long, default_value_t = DEFAULT_NOISE_K)]
+    noise_k: f64,
+    /// A change counts only beyond this many percent, however tight the samples.
+    #[arg(long, default_value_t = DEFAULT_MIN_CHANGE_PCT)]
+    min_change_pct: f64,
+    /// CI gate: exit with status 1 when a point's step time is "slower" by more than this
+    /// many percent. The core's verdict is shown but not gated.
+    #[arg(long)]
+    fail_above_pct: Option<f64>,
+    /// Print the comparison as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_axis(name: &str) -> Result<Axis, UnknownAxis> {
+    name.parse()
+}
+
+/// One line on a result set: where it came from and how it ran.
+fn describe(label: &str, path: &Path, results: &ResultsFile) -> String {
+    let env = &results.environment;
+    format!(
+        "{label}: {} (experiment `{}`, {} points, {}, {} at {}, threads {:?})",
+        path.display(),
+        results.experiment.name,
+        results.points.len(),
+        env.date,
+        env.cpu_model,
+        env.git_revision,
+        env.threads
+    )
+}
+
+pub fn run(args: &CompareArgs) -> Result<ExitCode> {
+    if let Some(pct) = args.fail_above_pct {
+        check_setting("fail_above_pct", pct)?;
+    }
+    let settings = CompareSettings {
+        noise_k: args.noise_k,
+        min_change_pct: args.min_change_pct,
+        ignore: args.ignore.clone(),
+    };
+    settings.validate()?;
+    let a = load_results(&args.a)?;
+    let b = load_results(&args.b)?;
+    let comparison = compare(&a.points, &b.points, &settings)?;
+    let regressions = args
+        .fail_above_pct
+        .map(|pct| comparison.regressions(pct))
+        .unwrap_or_default();
+    if args.json {
+        let regressed: Vec<&str> = regressions.iter().map(|p| p.key_a.as_str()).collect();
+        let json = serde_json::json!({
+            "a": args.a,
+            "b": args.b,
+            "counts": comparison.counts(),
+            "core_counts": comparison.core_counts(),
+            "fail_above_pct": args.fail_above_pct,
+            "regressions": regressed,
+            "comparison": comparison,
+        });
+        outln!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        outln!("{}", describe("A", &args.a, &a));
+        outln!("{}\n", describe("B", &args.b, &b));
+        outln!("{}", comparison_markdown(&comparison));
+    }
+    match (args.fail_above_pct, regressions.as_slice()) {
+        (Some(pct), [_, ..]) => {
+            let list: Vec<String> = regressions
+                .iter()
+                .filter_map(|p| {
+                    p.step()
+                        .map(|c| format!("{} (+{:.1}%)", p.key_a, c.change_pct()))
+                })
+                .collect();
+            eprintln!(
+                "regression: {} point(s) slower by more than {pct}%: {}",
+                regressions.len(),
+                list.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,115 @@
+//! `attnbench export`: write one layer's export case as JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
+use attnbench::export::{CaseRequest, export_case};
+use attnbench::fsutil::write_atomic;
+use attnbench::presets::{MissingField, ModelFields};
+use attnbench::{LayerSpec, MlaPath, Variant};
+use clap::Args;
+
+use super::{flag, outln};
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Attention variant.
+    #[arg(long, value_enum)]
+    variant: Variant,
+    /// MLA execution path (MLA only).
+    #[arg(long, value_enum, default_value = "absorbed")]
+    mla_path: MlaPath,
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 4)]
+    n_heads: usize,
+    /// Key/value heads: defaults to n_heads for MHA and 1 for MQA; required for GQA.
+    #[arg(long)]
+    n_kv_heads: Option<usize>,
+    /// Width of one head (MHA/MQA/GQA).
+    #[arg(long, default_value_t = 16)]
+    head_dim: usize,
+    /// RoPE base.
+    #[arg(long, default_value_t = DEFAULT_ROPE_THETA)]
+    rope_theta: f64,
+    /// MLA: width of the cached latent c_kv.
+    #[arg(long, default_value_t = 32)]
+    kv_lora_rank: usize,
+    /// MLA: width of the query latent; leave out for no query compression.
+    #[arg(long)]
+    q_lora_rank: Option<usize>,
+    /// MLA: per-head query/key width without RoPE.
+    #[arg(long, default_value_t = 16)]
+    qk_nope_head_dim: usize,
+    /// MLA: per-head query/key width with RoPE (the shared rope key's width).
+    #[arg(long, default_value_t = 8)]
+    qk_rope_head_dim: usize,
+    /// MLA: per-head value width.
+    #[arg(long, default_value_t = 16)]
+    v_head_dim: usize,
+    /// MLA: RMSNorm epsilon.
+    #[arg(long, default_value_t = DEFAULT_RMS_NORM_EPS)]
+    rms_norm_eps: f64,
+    /// Tokens of the prefill step.
+    #[arg(long, default_value_t = 8)]
+    seq_len: usize,
+    /// Single-token decode steps after the prefill.
+    #[arg(long, default_value_t = 2)]
+    decode_steps: usize,
+    /// Seed of the weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file; standard output when left out.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    fn spec(&self) -> Result<LayerSpec> {
+        let fields = ModelFields {
+            d_model: Some(self.d_model),
+            n_heads: Some(self.n_heads),
+            n_kv_heads: self.n_kv_heads,
+            head_dim: Some(self.head_dim),
+            rope_theta: Some(self.rope_theta),
+            kv_lora_rank: Some(self.kv_lora_rank),
+            q_lora_rank: self.q_lora_rank,
+            qk_nope_head_dim: Some(self.qk_nope_head_dim),
+            qk_rope_head_dim: Some(self.qk_rope_head_dim),
+            v_head_dim: Some(self.v_head_dim),
+            rms_norm_eps: Some(self.rms_norm_eps),
+            ..ModelFields::default()
+        };
+        // Every other field has a default: only GQA's n_kv_heads can be missing.
+        fields
+            .layer(self.variant, self.mla_path)
+            .map_err(|MissingField(field)| {
+                anyhow!(
+                    "--{} is required for --variant {}",
+                    flag(field.name()),
+                    self.variant
+                )
+            })
+    }
+}
+
+pub fn run(args: &ExportArgs) -> Result<()> {
+    let request = CaseRequest {
+        spec: args.spec()?,
+        seq_len: args.seq_len,
+        decode_steps: args.decode_steps,
+        seed: args.seed,
+    };
+    request.spec.validate()?;
+    let case = export_case(&request)?;
+    let text = serde_json::to_string(&case)?;
+    match &args.out {
+        Some(path) => write_atomic(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => outln!("{text}"),
+    }
+    Ok(())
+}

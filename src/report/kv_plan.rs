@@ -1,0 +1,174 @@
+//! The KV-cache plan of `attnbench kv` as a person reads it: one table row per variant and
+//! storage type, how each row's shape follows from the model's, and the weights beside the
+//! budget. Sizes are binary and rounded ([`human_bytes`]); the plan's JSON has them exact.
+
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use crate::planner::{Dtype, DtypeFigures, Plan, VariantPlan, WeightFigures, human_bytes};
+
+/// The plan as Markdown: a heading, the table, the derivation of each row (and why a variant
+/// has none), the weights in each storage type when the parameter count is known, and a note
+/// on int8 when int8 is shown. No trailing newline.
+pub fn kv_plan_markdown(plan: &Plan) -> String {
+    let mut out = format!(
+        "KV cache of {} ({}, {} layers) at context {} × batch {}\n\n",
+        plan.model, plan.variant, plan.n_layers, plan.context, plan.batch
+    );
+    out.push_str(&format!("{}\n\n", table(plan)));
+    out.push_str(&derivations(plan));
+    out.push_str(&weights(plan));
+    if shows_int8(plan) {
+        out.push_str("\nint8: one byte per value; quantisation scales are not counted.\n");
+    }
+    out.trim_end().to_string()
+}
+
+/// One row per variant and storage type; the last two columns only with a budget.
+fn table(plan: &Plan) -> String {
+    let mut builder = Builder::default();
+    builder.push_record(header(plan));
+    for row in &plan.rows {
+        for figures in &row.dtypes {
+            builder.push_record(record(row, figures));
+        }
+    }
+    builder.build().with(Style::markdown()).to_string()
+}
+
+fn header(plan: &Plan) -> Vec<String> {
+    let mut header = vec![
+        "variant".to_string(),
+        "row".into(),
+        "cached per token and layer".into(),
+        "values".into(),
+        "dtype".into(),
+        "bytes/token/layer".into(),
+        format!("per token, {} layers", plan.n_layers),
+        format!("context {} × batch {}", plan.context, plan.batch),
+    ];
+    if plan.budget_bytes.is_some() {
+        header.push(format!("max batch at context {}", plan.context));
+        header.push(format!("max context at batch {}", plan.batch));
+    }
+    header
+}
+
+fn record(row: &VariantPlan, figures: &DtypeFigures) -> Vec<String> {
+    let mut record = vec![
+        row.variant.to_string(),
+        if row.own { "own" } else { "hypothetical" }.into(),
+        row.cache.to_string(),
+        row.values_per_token_per_layer.to_string(),
+        figures.dtype.to_string(),
+        figures.bytes_per_token_per_layer.to_string(),
+        human_bytes(figures.bytes_per_token),
+        human_bytes(figures.cache_bytes),
+    ];
+    if let (Some(batch), Some(context)) = (figures.max_batch, figures.max_context) {
+        record.push(batch.to_string());
+        record.push(context.to_string());
+    }
+    record
+}
+
+/// How each row's shape follows from the model's, then each variant left out and why.
+fn derivations(plan: &Plan) -> String {
+    let mut out = "How each row's shape follows from the model's:\n".to_string();
+    for row in &plan.rows {
+        out.push_str(&format!("- {}: {}\n", row.variant, row.derivation));
+    }
+    for omitted in &plan.omitted {
+        out.push_str(&format!(
+            "- {}: no row: {}\n",
+            omitted.variant, omitted.reason
+        ));
+    }
+    out
+}
+
+/// The weights per storage type and their share of the budget; without a parameter count,
+/// that they are not counted (said only when there is a budget they would take from).
+fn weights(plan: &Plan) -> String {
+    let budget = plan.budget_bytes.map(human_bytes);
+    let Some(params) = plan.params else {
+        return budget.map_or(String::new(), |budget| {
+            format!(
+                "\nWeights not counted (parameter count unknown; give --params N): the whole budget of {budget} goes to the cache.\n"
+            )
+        });
+    };
+    let within = budget.map_or(String::new(), |b| format!(" in a budget of {b}"));
+    let mut out = format!(
+        "\nWeights: {params} params (the model's own count, used for every row){within}:\n"
+    );
+    for figures in &plan.weights {
+        out.push_str(&format!(
+            "- {}: {}{}\n",
+            figures.dtype,
+            human_bytes(figures.weights_bytes),
+            budget_share(figures)
+        ));
+    }
+    out
+}
+
+fn budget_share(figures: &WeightFigures) -> String {
+    match figures.budget_share_pct {
+        Some(pct) if pct >= 100.0 => format!(", {pct:.1}% of the budget: no cache fits"),
+        Some(pct) => format!(", {pct:.1}% of the budget"),
+        None => String::new(),
+    }
+}
+
+fn shows_int8(plan: &Plan) -> bool {
+    plan.rows
+        .iter()
+        .any(|row| row.dtypes.iter().any(|d| d.dtype == Dtype::Int8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::{Alternatives, ModelShape, PlanRequest, plan};
+    use crate::presets::preset;
+
+    fn llama(budget_gib: Option<f64>, params: Option<u64>) -> String {
+        let mut model = ModelShape::from_preset(&preset("llama-3-8b").unwrap()).unwrap();
+        model.params = params;
+        let plan = plan(&PlanRequest {
+            model,
+            alternatives: Alternatives::default(),
+            context: 8192,
+            batch: 1,
+            dtypes: vec![Dtype::Bf16],
+            budget_gib,
+        })
+        .unwrap();
+        kv_plan_markdown(&plan)
+    }
+
+    fn columns(text: &str) -> usize {
+        let header = text.lines().find(|l| l.starts_with("| variant")).unwrap();
+        header.matches('|').count() - 1
+    }
+
+    #[test]
+    fn budget_columns_and_weight_lines_follow_the_plan() {
+        let plain = llama(None, None);
+        assert_eq!(columns(&plain), 8, "{plain}");
+        assert!(!plain.contains("Weights"), "{plain}");
+        assert!(!plain.contains("int8:"), "{plain}");
+
+        let uncounted = llama(Some(24.0), None);
+        assert_eq!(columns(&uncounted), 10, "{uncounted}");
+        assert!(uncounted.contains("Weights not counted"), "{uncounted}");
+
+        let counted = llama(Some(24.0), Some(8_030_261_248));
+        assert!(
+            counted.contains("- bf16: 15317 MiB (14.96 GiB), 62.3% of the budget"),
+            "{counted}"
+        );
+        assert!(!counted.ends_with('\n'), "{counted}");
+    }
+}

@@ -5,23 +5,71 @@
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::planner::{Dtype, DtypeFigures, Plan, VariantPlan, WeightFigures, human_bytes};
+use crate::planner::{
+    ContextBound, Dtype, DtypeFigures, Plan, VariantPlan, WeightFigures, human_bytes,
+};
+use crate::presets::WindowLayers;
 
-/// The plan as Markdown: a heading, the table, the derivation of each row (and why a variant
-/// has none), the weights in each storage type when the parameter count is known, and a note
-/// on int8 when int8 is shown. No trailing newline.
+/// The plan as Markdown: a heading, the warnings, the table, the sliding window and the cap
+/// on the largest context, the derivation of each row (and why a variant has none), the
+/// weights in each storage type when the parameter count is known, a note on int8 when int8
+/// is shown, and the preset's notes. No trailing newline.
 pub fn kv_plan_markdown(plan: &Plan) -> String {
     let mut out = format!(
         "KV cache of {} ({}, {} layers) at context {} × batch {}\n\n",
         plan.model, plan.variant, plan.n_layers, plan.context, plan.batch
     );
+    for warning in &plan.warnings {
+        out.push_str(&format!("Warning: {warning}\n\n"));
+    }
     out.push_str(&format!("{}\n\n", table(plan)));
+    out.push_str(&window(plan));
+    out.push_str(&context_cap(plan));
     out.push_str(&derivations(plan));
     out.push_str(&weights(plan));
     if shows_int8(plan) {
         out.push_str("\nint8: one byte per value; quantisation scales are not counted.\n");
     }
+    if let Some(notes) = &plan.notes {
+        out.push_str(&format!("\nNotes on {}: {notes}\n", plan.model));
+    }
     out.trim_end().to_string()
+}
+
+/// What a sliding window does to the figures, when the model has one.
+fn window(plan: &Plan) -> String {
+    let Some(w) = &plan.window else {
+        return String::new();
+    };
+    let which = match w.layers {
+        WindowLayers::All => format!(
+            "all {} layers cache at most {} tokens (rolling cache)",
+            w.windowed_layers, w.tokens
+        ),
+        WindowLayers::Alternate => format!(
+            "{} of {} layers (every other one, from the first) cache at most {} tokens, the other {} the whole context",
+            w.windowed_layers, plan.n_layers, w.tokens, w.global_layers
+        ),
+    };
+    format!(
+        "Sliding window: {which}; at context {} each windowed layer holds {} tokens. \"Per token\" counts a token in every layer: the growth while the context is within {} tokens.\n\n",
+        plan.context, w.windowed_layer_tokens, w.tokens
+    )
+}
+
+/// Says where the largest context is the model's trained maximum rather than the budget's.
+fn context_cap(plan: &Plan) -> String {
+    let capped = plan.rows.iter().any(|row| {
+        row.dtypes
+            .iter()
+            .any(|d| d.max_context_bound == Some(ContextBound::TrainedMaximum))
+    });
+    match (capped, plan.max_position_embeddings) {
+        (true, Some(max)) => format!(
+            "Max context is capped at the model's trained maximum of {max} positions where marked; the budget alone holds more (max_context_by_budget in --json).\n\n"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// One row per variant and storage type; the last two columns only with a budget.
@@ -65,11 +113,20 @@ fn record(row: &VariantPlan, figures: &DtypeFigures) -> Vec<String> {
         human_bytes(figures.bytes_per_token),
         human_bytes(figures.cache_bytes),
     ];
-    if let (Some(batch), Some(context)) = (figures.max_batch, figures.max_context) {
+    if let Some(batch) = figures.max_batch {
         record.push(batch.to_string());
-        record.push(context.to_string());
+        record.push(max_context(figures));
     }
     record
+}
+
+/// The largest context and what bounds it.
+fn max_context(figures: &DtypeFigures) -> String {
+    match (figures.max_context, figures.max_context_bound) {
+        (Some(c), Some(ContextBound::TrainedMaximum)) => format!("{c} (trained maximum)"),
+        (Some(c), _) => c.to_string(),
+        (None, _) => "unbounded".into(),
+    }
 }
 
 /// How each row's shape follows from the model's, then each variant left out and why.
@@ -134,12 +191,21 @@ mod tests {
     use crate::presets::preset;
 
     fn llama(budget_gib: Option<f64>, params: Option<u64>) -> String {
-        let mut model = ModelShape::from_preset(&preset("llama-3-8b").unwrap()).unwrap();
+        markdown_of("llama-3-8b", 8192, budget_gib, params)
+    }
+
+    fn markdown_of(
+        name: &str,
+        context: usize,
+        budget_gib: Option<f64>,
+        params: Option<u64>,
+    ) -> String {
+        let mut model = ModelShape::from_preset(&preset(name).unwrap()).unwrap();
         model.params = params;
         let plan = plan(&PlanRequest {
             model,
             alternatives: Alternatives::default(),
-            context: 8192,
+            context,
             batch: 1,
             dtypes: vec![Dtype::Bf16],
             budget_gib,
@@ -170,5 +236,41 @@ mod tests {
             "{counted}"
         );
         assert!(!counted.ends_with('\n'), "{counted}");
+    }
+
+    #[test]
+    fn windows_warnings_caps_and_notes_are_shown() {
+        let mistral = markdown_of("mistral-7b-v0.1", 32768, Some(24.0), None);
+        assert!(
+            mistral.contains("Sliding window: all 32 layers cache at most 4096 tokens"),
+            "{mistral}"
+        );
+        assert!(mistral.contains("| 512.0 MiB "), "{mistral}");
+        assert!(mistral.contains("32768 (trained maximum)"), "{mistral}");
+        assert!(
+            mistral.contains("capped at the model's trained maximum of 32768"),
+            "{mistral}"
+        );
+
+        let gemma = markdown_of("gemma-2-9b", 32768, None, None);
+        assert!(
+            gemma.contains("Warning: context 32768 exceeds gemma-2-9b's trained maximum of 8192"),
+            "{gemma}"
+        );
+        assert!(
+            gemma.contains("21 of 42 layers (every other one"),
+            "{gemma}"
+        );
+        assert!(gemma.contains("6048 MiB (5.91 GiB)"), "{gemma}");
+
+        let bert = markdown_of("bert-base-uncased", 512, None, None);
+        assert!(
+            bert.contains("Notes on bert-base-uncased: bidirectional encoder"),
+            "{bert}"
+        );
+        assert!(
+            !bert.contains("Sliding window") && !bert.contains("Warning"),
+            "{bert}"
+        );
     }
 }

@@ -24,6 +24,22 @@ pub struct LayerInfo {
     pub kv_bytes_per_token: usize,
 }
 
+impl LayerInfo {
+    /// The record of a layer of shape `spec` holding `weights`: the variant and path from the
+    /// shape, the parameters counted from the matrices, the cache width by formula.
+    pub fn of(spec: LayerSpec, weights: &[(&'static str, &Matrix)]) -> Self {
+        let kv_values_per_token = spec.kv_values_per_token();
+        Self {
+            variant: spec.variant(),
+            mla_path: spec.mla_path(),
+            params: weights.iter().map(|(_, w)| w.len()).sum(),
+            kv_values_per_token,
+            kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
+            spec,
+        }
+    }
+}
+
 /// A full attention layer: projections, RoPE, causal attention over a KV cache, output
 /// projection (docs/design.md §1).
 ///

@@ -80,18 +80,11 @@ impl GroupedAttention {
 
 impl AttentionLayer for GroupedAttention {
     fn info(&self) -> LayerInfo {
-        let kv_values_per_token = self.config.kv_values_per_token();
-        LayerInfo {
+        let spec = LayerSpec::Grouped {
             variant: self.variant,
-            mla_path: None,
-            spec: LayerSpec::Grouped {
-                variant: self.variant,
-                config: self.config.clone(),
-            },
-            params: self.weights().iter().map(|(_, w)| w.len()).sum(),
-            kv_values_per_token,
-            kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
-        }
+            config: self.config.clone(),
+        };
+        LayerInfo::of(spec, &self.weights())
     }
 
     fn d_model(&self) -> usize {

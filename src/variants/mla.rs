@@ -3,7 +3,7 @@
 use faer::{MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Variant};
+use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath};
 use crate::error::Result;
 use crate::kernels::{
     AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, matmul, matmul_threads,
@@ -256,18 +256,11 @@ impl MultiHeadLatentAttention {
 
 impl AttentionLayer for MultiHeadLatentAttention {
     fn info(&self) -> LayerInfo {
-        let kv_values_per_token = self.config.kv_values_per_token();
-        LayerInfo {
-            variant: Variant::Mla,
-            mla_path: Some(self.path),
-            spec: LayerSpec::Mla {
-                config: self.config.clone(),
-                path: self.path,
-            },
-            params: self.weights().iter().map(|(_, w)| w.len()).sum(),
-            kv_values_per_token,
-            kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
-        }
+        let spec = LayerSpec::Mla {
+            config: self.config.clone(),
+            path: self.path,
+        };
+        LayerInfo::of(spec, &self.weights())
     }
 
     fn d_model(&self) -> usize {

@@ -3,6 +3,8 @@
 //! The calibration's record and its file are the results store's ([`Machine`]); measuring
 //! it, deciding when a saved one can be reused, and what it implies for a point are here.
 
+mod reuse;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -10,14 +12,23 @@ use std::time::Instant;
 
 use faer::{Accum, Mat, Par};
 
+pub use reuse::{Difference, Mismatch};
+
 use crate::results::{
-    CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult, WriteError, read_machine,
-    write_machine,
+    CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult, ReadError, WriteError,
+    read_machine, write_machine,
 };
 
 /// What a calibration reports as it goes; its `Display` is the line to show a user.
 #[derive(Clone, Copy, Debug)]
 pub enum CalibrationEvent<'a> {
+    /// The calibration file at `path` is not used, for the reason given: a new one is made.
+    Stale {
+        /// The file.
+        path: &'a Path,
+        /// Why it is not used.
+        why: &'a Mismatch,
+    },
     /// About to measure `size` on `threads` (sorted, each once): seconds to minutes.
     Start {
         /// The calibration's size.
@@ -32,6 +43,10 @@ pub enum CalibrationEvent<'a> {
 impl fmt::Display for CalibrationEvent<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Stale { path, why } => match why {
+                Mismatch::Missing => write!(f, "{} {why}", path.display()),
+                _ => write!(f, "{} {why}; calibrating again", path.display()),
+            },
             Self::Start { size, threads } => write!(
                 f,
                 "calibrating: f32 matmul {n}×{n} and a {} MiB read, threads {threads:?} ...",
@@ -50,20 +65,27 @@ pub fn default_calibration_threads() -> Vec<usize> {
 }
 
 impl Machine {
-    /// The calibration at `path` if it describes this machine and covers `threads`
-    /// ([`matches`](Self::matches)); otherwise a new full one, covering `threads`, 1 and all
-    /// cores, saved at `path`. A missing or unreadable file is calibrated over, not an error.
+    /// The calibration at `path` if it was measured on this machine by this build and covers
+    /// `threads` ([`mismatch`](Self::mismatch)); otherwise, after reporting why
+    /// ([`CalibrationEvent::Stale`]), a new full one, covering `threads`, 1 and all cores,
+    /// saved at `path`. A missing or unreadable file is calibrated over, not an error.
     pub fn load_or_calibrate(
         path: &Path,
         threads: &[usize],
         report: &mut dyn FnMut(CalibrationEvent<'_>),
     ) -> Result<Machine, WriteError> {
         let now = Environment::capture(threads.to_vec());
-        if let Ok(machine) = read_machine(path)
-            && machine.matches(&now, threads)
-        {
-            return Ok(machine);
-        }
+        let why = match read_machine(path) {
+            Ok(machine) => match machine.mismatch(&now, threads) {
+                None => return Ok(machine),
+                Some(why) => why,
+            },
+            Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Mismatch::Missing
+            }
+            Err(e) => Mismatch::Unreadable(e.to_string()),
+        };
+        report(CalibrationEvent::Stale { path, why: &why });
         let mut wanted = default_calibration_threads();
         wanted.extend_from_slice(threads);
         Self::calibrate_and_save(path, &wanted, CalibrationSize::FULL, report)
@@ -87,17 +109,6 @@ impl Machine {
         write_machine(path, &machine)?;
         report(CalibrationEvent::Saved(path));
         Ok(machine)
-    }
-
-    /// True when this file describes the machine running now (same CPU model and core
-    /// count) and covers every thread count in `threads`.
-    pub fn matches(&self, now: &Environment, threads: &[usize]) -> bool {
-        self.format == MACHINE_FORMAT
-            && self.environment.cpu_model == now.cpu_model
-            && self.environment.cores == now.cores
-            && threads
-                .iter()
-                .all(|t| self.matmul_gflops.contains_key(t) && self.read_gbps.contains_key(t))
     }
 
     /// The ideal time of a step in ns, on `threads` threads; `None` without calibration for

@@ -18,7 +18,9 @@ mod summary;
 mod wire;
 
 pub use dir::{PointLog, ResultsDir, ResultsFolder, read_log};
-pub use environment::{Environment, total_memory_bytes, utc_now_iso8601};
+pub use environment::{
+    Environment, cache_bytes, cpu_features, total_memory_bytes, utc_now_iso8601,
+};
 pub use error::{ReadError, WriteError};
 pub use file::{ExperimentRecord, RESULTS_FORMAT, ResultsFile, read_results};
 pub use json::write_file;

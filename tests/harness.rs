@@ -529,6 +529,14 @@ fn a_calibration_is_reused_only_on_the_machine_it_was_measured_on() {
         "M does not record the CPU features and cache sizes of the machine it was measured on (an older file); calibrating again"
     );
 
+    // The same machine, but an older calibration (one read pattern, one matmul size).
+    let mut older = saved.clone();
+    older.format = "attnbench-machine/1".into();
+    assert_eq!(
+        older.mismatch(&here, &[1]),
+        Some(Mismatch::OtherFormat("attnbench-machine/1".into()))
+    );
+
     // The same machine, but a thread count the file does not cover.
     assert_eq!(
         saved.mismatch(&here, &[3, 1, 3]),
@@ -578,4 +586,27 @@ fn an_older_calibration_file_still_reads() {
         old.mismatch(&here, &[1]),
         Some(Mismatch::Unrecorded(vec!["CPU features", "cache sizes"]))
     );
+}
+
+#[test]
+fn a_calibration_records_the_patterns_that_reached_its_ceilings() {
+    use attnbench::results::{MACHINE_FORMAT, VectorLoads, read_machine};
+    let saved = read_machine(Path::new(machine())).unwrap();
+    assert_eq!(saved.format, MACHINE_FORMAT);
+    for t in [1, 2] {
+        assert!(saved.matmul_gflops[&t] > 0.0 && saved.read_gbps[&t] > 0.0);
+        let read = saved.read_pattern[&t];
+        assert!((1..=16).contains(&read.streams_per_thread), "{read}");
+        let matmul = saved.matmul_pattern[&t];
+        assert!(matmul.m * matmul.k * matmul.n > 0, "{matmul}");
+    }
+    // The record says what won in words a reader can check against the kernels.
+    let text = std::fs::read_to_string(machine()).unwrap();
+    assert!(text.contains("\"read_pattern\"") && text.contains("\"streams_per_thread\""));
+    assert!(text.contains("\"matmul_pattern\"") && text.contains("\"parallel\""));
+    let loads = saved.read_pattern[&1].loads;
+    assert!(matches!(
+        loads,
+        VectorLoads::Avx512 | VectorLoads::Avx2 | VectorLoads::Portable
+    ));
 }

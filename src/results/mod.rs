@@ -24,6 +24,9 @@ pub use environment::{
 pub use error::{ReadError, WriteError};
 pub use file::{ExperimentRecord, RESULTS_FORMAT, ResultsFile, read_results};
 pub use json::write_file;
-pub use machine::{CalibrationSize, MACHINE_FORMAT, Machine, read_machine, write_machine};
+pub use machine::{
+    CalibrationSize, Layout, MACHINE_FORMAT, Machine, MatmulParallel, MatmulPattern, ReadPattern,
+    VectorLoads, read_machine, write_machine,
+};
 pub use point::PointResult;
 pub use summary::{SampleStats, Summary};

@@ -23,7 +23,7 @@ pub enum Mismatch {
     /// these were recorded): what it leaves out, e.g. `cache sizes`.
     Unrecorded(Vec<&'static str>),
     /// It was made by another version of the calibration: its `format`.
-    OlderFormat(String),
+    OtherFormat(String),
     /// It has no calibration for these thread counts.
     MissingThreads(Vec<usize>),
 }
@@ -42,7 +42,7 @@ impl fmt::Display for Mismatch {
                 "does not record the {} of the machine it was measured on (an older file)",
                 what.join(" and ")
             ),
-            Self::OlderFormat(format) => write!(
+            Self::OtherFormat(format) => write!(
                 f,
                 "was made by another version of the calibration (`{format}`; this attnbench \
                  makes `{MACHINE_FORMAT}`)"
@@ -174,7 +174,7 @@ impl Machine {
             return Some(Mismatch::Unrecorded(unrecorded));
         }
         if self.format != MACHINE_FORMAT {
-            return Some(Mismatch::OlderFormat(self.format.clone()));
+            return Some(Mismatch::OtherFormat(self.format.clone()));
         }
         let missing: Vec<usize> = threads
             .iter()

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
-use attnbench::results::{ResultsDir, ResultsFile, read_log};
+use attnbench::results::{ResultsDir, ResultsFile, SampleStats, read_log};
 
 /// A quick calibration shared by the tests.
 fn machine() -> &'static str {
@@ -148,8 +148,23 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             p.key
         );
         assert!(p.core.roofline_pct.unwrap() > 0.0, "{}", p.key);
+        // Every sample is kept, and the statistics recompute from them.
+        for (summary, what) in [(&p.step, "step"), (&p.core, "core")] {
+            assert_eq!(
+                summary.samples_ns.len(),
+                summary.samples.unwrap(),
+                "{}: {what}",
+                p.key
+            );
+            let stats = SampleStats::from_samples(&summary.samples_ns);
+            assert_eq!(Some(stats.median_ns), summary.median_ns, "{}", p.key);
+            assert_eq!(Some(stats.mad_ns), summary.mad_ns, "{}", p.key);
+        }
     }
     assert!(r.machine.is_some());
+    // They survive the log too: a resumed run keeps a logged point's samples.
+    let logged = read_log(&out.join("points.jsonl")).unwrap();
+    assert_eq!(logged, r.points);
     let csv = fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 21);
     assert!(csv.starts_with("key,variant,mla_path,mode,seq_len,context"));

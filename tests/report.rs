@@ -214,9 +214,8 @@ fn committed_results_files_read_and_write_back_byte_for_byte() {
     for name in committed_results() {
         let committed = results.dir(&name);
         let written = ResultsDir::new(copy.join(&name));
-        written
-            .write_results(&committed.read_results().unwrap())
-            .unwrap();
+        let read = committed.read_results().unwrap();
+        written.write_results(&read).unwrap();
         assert!(
             fs::read(written.json()).unwrap() == fs::read(committed.json()).unwrap(),
             "results/{name}/results.json does not write back as it was"
@@ -302,4 +301,57 @@ fn bad_directories_are_refused_naming_the_file_and_touch_nothing() {
 
     let empty = scratch("empty");
     assert_refused(&empty, &empty, &["no results.json"]);
+}
+
+#[test]
+fn every_sample_round_trips_and_a_file_without_samples_still_loads() {
+    let dir = scratch("samples");
+    let file = dir.join("tiny.toml");
+    fs::write(&file, TINY.replace("seq_len = [4, 9]", "seq_len = [4]")).unwrap();
+    let run_dir = ResultsDir::new(dir.join("run"));
+    assert_success(&attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        run_dir.path().to_str().unwrap(),
+        "--machine",
+        quick_machine(),
+        "--quiet",
+    ]));
+    let results = run_dir.read_results().unwrap();
+    for p in &results.points {
+        assert!(!p.step.samples_ns.is_empty() && !p.core.samples_ns.is_empty());
+    }
+    let again = ResultsDir::new(dir.join("again"));
+    again.write_results(&results).unwrap();
+    assert_eq!(again.read_results().unwrap(), results);
+    assert!(
+        fs::read(again.json()).unwrap() == fs::read(run_dir.json()).unwrap(),
+        "not written back byte for byte"
+    );
+    // The CSV has no column for them.
+    let csv = fs::read_to_string(run_dir.path().join("results.csv")).unwrap();
+    assert!(
+        !csv.contains("samples_ns"),
+        "{}",
+        csv.lines().next().unwrap()
+    );
+
+    // A file from before samples were kept: the same without them, and it loads.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&fs::read(run_dir.json()).unwrap()).unwrap();
+    for point in json["points"].as_array_mut().unwrap() {
+        let point = point.as_object_mut().unwrap();
+        assert!(point.remove("samples_ns").is_some() && point.remove("core_samples_ns").is_some());
+    }
+    let old = ResultsDir::new(dir.join("old"));
+    fs::create_dir_all(old.path()).unwrap();
+    fs::write(old.json(), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let loaded = old.read_results().unwrap();
+    for (p, q) in loaded.points.iter().zip(&results.points) {
+        assert!(p.step.samples_ns.is_empty() && p.core.samples_ns.is_empty());
+        assert_eq!(p.step.median_ns, q.step.median_ns);
+        assert_eq!(p.core.median_ns, q.core.median_ns);
+    }
+    assert_success(&attnbench(&["report", old.path().to_str().unwrap()]));
 }

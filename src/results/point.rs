@@ -179,6 +179,17 @@ impl PointResult {
         self.core_share_pct = self.step.median_ns.map(|m| 100.0 * stats.median_ns / m);
     }
 
+    /// Which of the step and the core ran above 100% of the calibrated ceiling
+    /// ([`Summary::above_ceiling`]), by the names `results.json` lists them under
+    /// `above_ceiling`: `step`, `core`.
+    pub fn above_ceiling(&self) -> Vec<&'static str> {
+        [("step", &self.step), ("core", &self.core)]
+            .into_iter()
+            .filter(|(_, summary)| summary.above_ceiling())
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// The point as one CSV record: the fields of its JSON record but the samples, in the
     /// same order (`results.csv`'s columns).
     pub fn csv_record(&self) -> impl Serialize {

@@ -93,6 +93,13 @@ impl Summary {
         }
     }
 
+    /// True when the median beat the ideal time: above 100% of the calibrated ceiling, which a
+    /// ceiling should not allow (the calibration was noisy, or missed a pattern the kernel
+    /// found): calibrate again before reading the figure.
+    pub fn above_ceiling(&self) -> bool {
+        self.roofline_pct.is_some_and(|pct| pct > 100.0)
+    }
+
     /// Sets the ideal time (ns) and the percentage of it the median reaches.
     pub fn set_ideal(&mut self, ideal_ns: Option<f64>) {
         self.ideal_ns = ideal_ns;

@@ -1,6 +1,6 @@
 //! A point's record as it is on disk: the flat `attnbench-results/1` row, the step's fields
-//! unprefixed, the core's prefixed `core_` (and without min and max), then every sample's
-//! time. Field names and order are the format (JSON keys; the row's are also the CSV
+//! unprefixed, the core's prefixed `core_` (and without min and max), then which of them ran
+//! above the calibrated ceiling, then every sample's time. Field names and order are the format (JSON keys; the row's are also the CSV
 //! columns); the meaning of each is documented on [`PointResult`] and [`Summary`].
 //! [`PointResult`] converts through [`PointWire`] (`#[serde(from, into)]`), so the nested
 //! record writes exactly these fields.
@@ -11,13 +11,19 @@ use super::point::PointResult;
 use super::summary::Summary;
 use crate::config::{Kernel, MlaPath, Mode, Variant};
 
-/// A point in `results.json` and the log: the flat row, then the samples. The samples are left
-/// out when there are none (a file from before they were kept reads with none, and writes back
-/// as it was).
+/// A point in `results.json` and the log: the flat row, the flag of a point above its
+/// ceiling, then the samples. The flag and the samples are left out when there are none (a
+/// file from before they were kept reads with no samples, and writes back as it was unless a
+/// point is above its ceiling).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct PointWire {
     #[serde(flatten)]
     row: PointRow,
+    /// Which of `step` and `core` ran above 100% of the calibrated ceiling, left out when
+    /// neither did. Derived from the roofline percentages on writing, so that it cannot
+    /// disagree with them, and not read back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    above_ceiling: Vec<String>,
     /// Every timed sample of the step, ns, in the order taken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     samples_ns: Vec<f64>,
@@ -86,6 +92,7 @@ impl From<PointWire> for PointResult {
     fn from(wire: PointWire) -> Self {
         let PointWire {
             row: w,
+            above_ceiling: _,
             samples_ns,
             core_samples_ns,
         } = wire;
@@ -157,6 +164,7 @@ impl From<PointResult> for PointWire {
     fn from(p: PointResult) -> Self {
         Self {
             row: PointRow::from(&p),
+            above_ceiling: p.above_ceiling().into_iter().map(String::from).collect(),
             samples_ns: p.step.samples_ns,
             core_samples_ns: p.core.samples_ns,
         }

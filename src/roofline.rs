@@ -165,9 +165,10 @@ impl Machine {
 }
 
 /// Measures the ceilings for each thread count in `threads`, in a rayon pool of that many
-/// threads: the best matmul rate of faer over the products of [`matmul::patterns`] and the best
-/// read bandwidth over the access patterns of [`read::patterns`], reporting each
-/// ([`CalibrationEvent::Measured`]) and recording which pattern won.
+/// threads: the best matmul rate of faer over several products (shapes, layouts, thread
+/// splits) and the best read bandwidth over several access patterns (streams per thread,
+/// vector loads, prefetch), reporting each ([`CalibrationEvent::Measured`]) and recording
+/// which pattern won.
 pub fn calibrate(
     threads: &[usize],
     size: CalibrationSize,

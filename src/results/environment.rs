@@ -72,7 +72,9 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The features of [`FEATURES`] this CPU has, detected at run time, in that order.
+/// The CPU features this CPU has, detected at run time, of a fixed list: the vector
+/// instruction sets the kernels, faer and the calibration choose code by (`avx2`, `fma`,
+/// `avx512f`, ... on x86-64; `neon`, `sve`, ... on AArch64; none elsewhere), in its order.
 pub fn cpu_features() -> Vec<String> {
     FEATURES
         .iter()

@@ -32,13 +32,15 @@ pub struct CalibrationSize {
 }
 
 impl CalibrationSize {
-    /// The real calibration: 2048² matmuls, a 1 GiB stream.
+    /// The real calibration: products up to 2048 (squares of 1024 and 2048, attention's at
+    /// 2048 tokens, a tall-skinny one of 8192 rows), a 1 GiB stream.
     pub const FULL: Self = Self {
         matmul_n: 2048,
         read_bytes: 1 << 30,
         repeats: 5,
     };
-    /// A quick one for tests: numbers too low to publish.
+    /// A quick one for tests, not to publish: products up to 256, and a 16 MiB stream that a
+    /// last-level cache may hold (so its bandwidth may be the cache's, not the memory's).
     pub const QUICK: Self = Self {
         matmul_n: 256,
         read_bytes: 16 << 20,

@@ -3,29 +3,57 @@
 //! The calibration's record and its file are the results store's ([`Machine`]); measuring
 //! it (and on which thread counts), deciding when a saved one can be reused, and what it
 //! implies for a point are here.
+//!
+//! A ceiling is only one if nothing the tool runs beats it, so each is the best of several
+//! ways of doing the work: the read bandwidth over access patterns (`read`), the matmul rate
+//! over faer products of several shapes, layouts and thread splits (`matmul`). Which one won
+//! is recorded per thread count. When a saved calibration may be reused is `reuse`'s rule.
+
+mod matmul;
+mod read;
+mod reuse;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::time::Instant;
 
-use faer::{Accum, Mat, Par};
+pub use reuse::{Difference, Mismatch};
 
 use crate::experiment::MAX_THREADS;
 use crate::results::{
-    CalibrationSize, Environment, MACHINE_FORMAT, Machine, PointResult, WriteError, read_machine,
-    write_machine,
+    CalibrationSize, Environment, MACHINE_FORMAT, Machine, MatmulPattern, PointResult, ReadError,
+    ReadPattern, WriteError, read_machine, write_machine,
 };
 
 /// What a calibration reports as it goes; its `Display` is the line to show a user.
 #[derive(Clone, Copy, Debug)]
 pub enum CalibrationEvent<'a> {
+    /// The calibration file at `path` is not used, for the reason given: a new one is made.
+    Stale {
+        /// The file.
+        path: &'a Path,
+        /// Why it is not used.
+        why: &'a Mismatch,
+    },
     /// About to measure `size` on `threads` (sorted, each once): seconds to minutes.
     Start {
         /// The calibration's size.
         size: CalibrationSize,
         /// The thread counts.
         threads: &'a [usize],
+    },
+    /// The ceilings of one thread count, and the patterns that reached them.
+    Measured {
+        /// The thread count.
+        threads: usize,
+        /// The best matmul rate, GFLOP/s.
+        matmul_gflops: f64,
+        /// The product that reached it.
+        matmul: &'a MatmulPattern,
+        /// The best read bandwidth, GB/s.
+        read_gbps: f64,
+        /// The read that reached it.
+        read: &'a ReadPattern,
     },
     /// The calibration was saved at this path.
     Saved(&'a Path),
@@ -34,11 +62,27 @@ pub enum CalibrationEvent<'a> {
 impl fmt::Display for CalibrationEvent<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Stale { path, why } => match why {
+                Mismatch::Missing => write!(f, "{} {why}", path.display()),
+                _ => write!(f, "{} {why}; calibrating again", path.display()),
+            },
             Self::Start { size, threads } => write!(
                 f,
-                "calibrating: f32 matmul {n}×{n} and a {} MiB read, threads {threads:?} ...",
+                "calibrating: f32 matmuls of several shapes up to {n}×{n} and reads of {} MiB in \
+                 several patterns, threads {threads:?} ...",
                 size.read_bytes >> 20,
                 n = size.matmul_n
+            ),
+            Self::Measured {
+                threads,
+                matmul_gflops,
+                matmul,
+                read_gbps,
+                read,
+            } => write!(
+                f,
+                "{threads} thread(s): {matmul_gflops:.1} GFLOP/s by {matmul}; \
+                 {read_gbps:.1} GB/s by {read}"
             ),
             Self::Saved(path) => write!(f, "saved {}", path.display()),
         }
@@ -73,20 +117,27 @@ pub fn calibration_threads(requested: Vec<usize>) -> Result<Vec<usize>, ThreadCo
 }
 
 impl Machine {
-    /// The calibration at `path` if it describes this machine and covers `threads`
-    /// ([`matches`](Self::matches)); otherwise a new full one, covering `threads`, 1 and all
-    /// cores, saved at `path`. A missing or unreadable file is calibrated over, not an error.
+    /// The calibration at `path` if it was measured on this machine by this build and covers
+    /// `threads` ([`mismatch`](Self::mismatch)); otherwise, after reporting why
+    /// ([`CalibrationEvent::Stale`]), a new full one, covering `threads`, 1 and all cores,
+    /// saved at `path`. A missing or unreadable file is calibrated over, not an error.
     pub fn load_or_calibrate(
         path: &Path,
         threads: &[usize],
         report: &mut dyn FnMut(CalibrationEvent<'_>),
     ) -> Result<Machine, WriteError> {
         let now = Environment::capture(threads.to_vec());
-        if let Ok(machine) = read_machine(path)
-            && machine.matches(&now, threads)
-        {
-            return Ok(machine);
-        }
+        let why = match read_machine(path) {
+            Ok(machine) => match machine.mismatch(&now, threads) {
+                None => return Ok(machine),
+                Some(why) => why,
+            },
+            Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Mismatch::Missing
+            }
+            Err(e) => Mismatch::Unreadable(e.to_string()),
+        };
+        report(CalibrationEvent::Stale { path, why: &why });
         let mut wanted = default_calibration_threads();
         wanted.extend_from_slice(threads);
         Self::calibrate_and_save(path, &wanted, CalibrationSize::FULL, report)
@@ -106,21 +157,15 @@ impl Machine {
             size,
             threads: &threads,
         });
-        let machine = calibrate(&threads, size, Environment::capture(threads.clone()));
+        let machine = calibrate(
+            &threads,
+            size,
+            Environment::capture(threads.clone()),
+            report,
+        );
         write_machine(path, &machine)?;
         report(CalibrationEvent::Saved(path));
         Ok(machine)
-    }
-
-    /// True when this file describes the machine running now (same CPU model and core
-    /// count) and covers every thread count in `threads`.
-    pub fn matches(&self, now: &Environment, threads: &[usize]) -> bool {
-        self.format == MACHINE_FORMAT
-            && self.environment.cpu_model == now.cpu_model
-            && self.environment.cores == now.cores
-            && threads
-                .iter()
-                .all(|t| self.matmul_gflops.contains_key(t) && self.read_gbps.contains_key(t))
     }
 
     /// The ideal time of a step in ns, on `threads` threads; `None` without calibration for
@@ -142,97 +187,55 @@ impl Machine {
     }
 }
 
-/// Measures the peaks for each thread count in `threads`.
-pub fn calibrate(threads: &[usize], size: CalibrationSize, environment: Environment) -> Machine {
-    let mut matmul_gflops = BTreeMap::new();
-    let mut read_gbps = BTreeMap::new();
+/// Measures the ceilings for each thread count in `threads`, in a rayon pool of that many
+/// threads: the best matmul rate of faer over several products (shapes, layouts, thread
+/// splits) and the best read bandwidth over several access patterns (streams per thread,
+/// vector loads, prefetch), reporting each ([`CalibrationEvent::Measured`]) and recording
+/// which pattern won.
+pub fn calibrate(
+    threads: &[usize],
+    size: CalibrationSize,
+    environment: Environment,
+    report: &mut dyn FnMut(CalibrationEvent<'_>),
+) -> Machine {
+    let mut machine = Machine {
+        format: MACHINE_FORMAT.to_string(),
+        environment,
+        size,
+        matmul_gflops: BTreeMap::new(),
+        matmul_pattern: BTreeMap::new(),
+        read_gbps: BTreeMap::new(),
+        read_pattern: BTreeMap::new(),
+    };
     let values = size.read_bytes / size_of::<f32>();
     // Written, not just reserved, so that the pages are real before the first pass.
     let stream: Vec<f32> = (0..values).map(|i| (i % 7) as f32).collect();
+    let read_patterns = read::patterns();
     for &t in threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build()
             .expect("thread pool");
-        pool.install(|| {
-            matmul_gflops.insert(t, matmul_peak_gflops(size, t));
-            read_gbps.insert(t, read_bandwidth_gbps(&stream, size.repeats));
+        let ((gflops, matmul), (gbps, read)) = pool.install(|| {
+            let matmul_patterns = matmul::patterns(size.matmul_n, t);
+            (
+                matmul::matmul_ceiling(&matmul_patterns, t, size.repeats),
+                read::read_ceiling(&stream, &read_patterns, size.repeats),
+            )
         });
+        report(CalibrationEvent::Measured {
+            threads: t,
+            matmul_gflops: gflops,
+            matmul: &matmul,
+            read_gbps: gbps,
+            read: &read,
+        });
+        machine.matmul_gflops.insert(t, gflops);
+        machine.matmul_pattern.insert(t, matmul);
+        machine.read_gbps.insert(t, gbps);
+        machine.read_pattern.insert(t, read);
     }
-    Machine {
-        format: MACHINE_FORMAT.to_string(),
-        environment,
-        size,
-        matmul_gflops,
-        read_gbps,
-    }
-}
-
-fn matmul_peak_gflops(size: CalibrationSize, threads: usize) -> f64 {
-    let n = size.matmul_n;
-    let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 3 + j) % 5) as f32 * 0.1);
-    let b = Mat::<f32>::from_fn(n, n, |i, j| ((i + 2 * j) % 7) as f32 * 0.1);
-    let mut c = Mat::<f32>::zeros(n, n);
-    let par = if threads == 1 {
-        Par::Seq
-    } else {
-        Par::rayon(threads)
-    };
-    let mut best = f64::INFINITY;
-    for _ in 0..=size.repeats {
-        let start = Instant::now();
-        faer::linalg::matmul::matmul(
-            c.as_mut(),
-            Accum::Replace,
-            a.as_ref(),
-            b.as_ref(),
-            1.0f32,
-            par,
-        );
-        best = best.min(start.elapsed().as_secs_f64());
-        std::hint::black_box(&c);
-    }
-    2.0 * (n as f64).powi(3) / best / 1e9
-}
-
-/// Interleaved streams each thread reads at once: one sequential stream per core is limited by
-/// the line fills a core keeps in flight (here 16.7 GB/s on 2 threads against 25.6 GB/s with
-/// four), and a kernel reading keys and values does better than one stream, so a peak must too.
-const STREAMS_PER_THREAD: usize = 4;
-
-/// Sums `stream` split over the current pool's threads, each reading its part as
-/// [`STREAMS_PER_THREAD`] interleaved streams; sixteen independent accumulators per stream let
-/// the compiler vectorise, so the loop is limited by memory, not by adds.
-fn read_bandwidth_gbps(stream: &[f32], repeats: usize) -> f64 {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
-    let chunk = stream.len().div_ceil(threads);
-    let mut best = f64::INFINITY;
-    for _ in 0..=repeats {
-        let start = Instant::now();
-        let total: f32 = stream.par_chunks(chunk).map(sum_interleaved).sum();
-        best = best.min(start.elapsed().as_secs_f64());
-        std::hint::black_box(total);
-    }
-    std::mem::size_of_val(stream) as f64 / best / 1e9
-}
-
-/// The sum of `part`, read as [`STREAMS_PER_THREAD`] streams advancing side by side.
-fn sum_interleaved(part: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let per = part.len() / STREAMS_PER_THREAD / LANES * LANES;
-    let streams: [&[f32]; STREAMS_PER_THREAD] =
-        std::array::from_fn(|s| &part[s * per..(s + 1) * per]);
-    let mut acc = [[0.0f32; LANES]; STREAMS_PER_THREAD];
-    for i in (0..per).step_by(LANES) {
-        for (acc_s, stream) in acc.iter_mut().zip(&streams) {
-            for (a, v) in acc_s.iter_mut().zip(&stream[i..i + LANES]) {
-                *a += v;
-            }
-        }
-    }
-    let rest: f32 = part[STREAMS_PER_THREAD * per..].iter().sum();
-    acc.iter().flatten().sum::<f32>() + rest
+    machine
 }
 
 #[cfg(test)]
@@ -252,14 +255,5 @@ mod tests {
             calibration_threads(vec![too_many]),
             Err(ThreadCountError(too_many))
         );
-    }
-
-    #[test]
-    fn interleaved_sum_counts_every_value_once() {
-        for len in [0, 1, 63, 64, 65, 1000, 4099] {
-            let part: Vec<f32> = (0..len).map(|i| (i % 5) as f32).collect();
-            let exact: f32 = part.iter().sum();
-            assert_eq!(super::sum_interleaved(&part), exact, "len {len}");
-        }
     }
 }

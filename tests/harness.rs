@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
-use attnbench::results::{ResultsDir, ResultsFile, read_log};
+use attnbench::results::{ResultsDir, ResultsFile, SampleStats, read_log};
 
 /// A quick calibration shared by the tests.
 fn machine() -> &'static str {
@@ -148,8 +148,23 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
             p.key
         );
         assert!(p.core.roofline_pct.unwrap() > 0.0, "{}", p.key);
+        // Every sample is kept, and the statistics recompute from them.
+        for (summary, what) in [(&p.step, "step"), (&p.core, "core")] {
+            assert_eq!(
+                summary.samples_ns.len(),
+                summary.samples.unwrap(),
+                "{}: {what}",
+                p.key
+            );
+            let stats = SampleStats::from_samples(&summary.samples_ns);
+            assert_eq!(Some(stats.median_ns), summary.median_ns, "{}", p.key);
+            assert_eq!(Some(stats.mad_ns), summary.mad_ns, "{}", p.key);
+        }
     }
     assert!(r.machine.is_some());
+    // They survive the log too: a resumed run keeps a logged point's samples.
+    let logged = read_log(&out.join("points.jsonl")).unwrap();
+    assert_eq!(logged, r.points);
     let csv = fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 21);
     assert!(csv.starts_with("key,variant,mla_path,mode,seq_len,context"));
@@ -466,4 +481,147 @@ fn a_run_that_evicts_the_caches_says_so_in_its_tables() {
     assert!(results(&out).experiment.measure.flush_caches);
     let md = fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("evicted before every sample"), "{md}");
+}
+
+#[test]
+fn a_calibration_is_reused_only_on_the_machine_it_was_measured_on() {
+    use attnbench::results::{Environment, read_machine};
+    use attnbench::roofline::{CalibrationEvent, Difference, Mismatch};
+    let path = Path::new(machine());
+    let saved = read_machine(path).unwrap();
+    let here = Environment::capture(vec![1]);
+    assert_eq!(saved.mismatch(&here, &[1, 2]), None, "just measured here");
+    let stale = |edit: &dyn Fn(&mut Environment)| {
+        let mut other = saved.clone();
+        edit(&mut other.environment);
+        other
+            .mismatch(&here, &[1])
+            .expect("reused on another machine")
+    };
+    let says = |why: &Mismatch| {
+        CalibrationEvent::Stale { path, why }
+            .to_string()
+            .replace(machine(), "M")
+    };
+
+    // Another machine with the same CPU name and core count: its caches differ.
+    let why = stale(&|e| {
+        e.cache_bytes.as_mut().unwrap().insert("L3".into(), 1 << 40);
+    });
+    assert!(
+        matches!(&why, Mismatch::OtherMachine(d) if matches!(d[..], [Difference::CacheSizes { .. }]))
+    );
+    assert!(
+        says(&why).starts_with(
+            "M was measured on another machine (cache sizes differ: L3 1048576 MiB there, "
+        ) && says(&why).ends_with("here); calibrating again"),
+        "{}",
+        says(&why)
+    );
+
+    // Its features differ (a host without AVX-512, or a VM that hides it).
+    let why = stale(&|e| e.cpu_features.as_mut().unwrap().push("amx".into()));
+    assert_eq!(
+        says(&why),
+        "M was measured on another machine (CPU features differ: amx only there, none only here); calibrating again"
+    );
+
+    // Its memory differs.
+    let why = stale(&|e| e.memory_bytes = Some(e.memory_bytes.unwrap_or(0) + 1));
+    assert!(
+        says(&why).contains("(memory sizes differ: "),
+        "{}",
+        says(&why)
+    );
+
+    // An older file that records neither features nor caches is not taken on trust.
+    let why = stale(&|e| {
+        e.cpu_features = None;
+        e.cache_bytes = None;
+    });
+    assert_eq!(
+        says(&why),
+        "M does not record the CPU features and cache sizes of the machine it was measured on (an older file); calibrating again"
+    );
+
+    // The same machine, but an older calibration (one read pattern, one matmul size).
+    let mut older = saved.clone();
+    older.format = "attnbench-machine/1".into();
+    assert_eq!(
+        older.mismatch(&here, &[1]),
+        Some(Mismatch::OtherFormat("attnbench-machine/1".into()))
+    );
+
+    // The same machine, but a thread count the file does not cover.
+    assert_eq!(
+        saved.mismatch(&here, &[3, 1, 3]),
+        Some(Mismatch::MissingThreads(vec![3]))
+    );
+}
+
+#[test]
+fn an_older_calibration_file_still_reads() {
+    // A format 1 file, as committed before CPU features, cache sizes and patterns were
+    // recorded: it reads, and is not reused.
+    use attnbench::results::{Environment, read_machine};
+    use attnbench::roofline::Mismatch;
+    let dir = scratch("old_machine");
+    let path = dir.join("machine.json");
+    fs::write(
+        &path,
+        r#"{
+  "format": "attnbench-machine/1",
+  "environment": {
+    "cpu_model": "Intel(R) Xeon(R) Processor",
+    "cores": 2,
+    "threads": [1, 2],
+    "memory_bytes": 25276510208,
+    "os": "linux/x86_64",
+    "rustc": "rustc 1.95.0 (59807616e 2026-04-14)",
+    "crate_version": "0.1.0",
+    "git_revision": "993537f98dabb5efbca9f149f08cd251d7598a68",
+    "date": "2026-11-24T01:05:28Z",
+    "command_line": "./target/release/attnbench calibrate"
+  },
+  "size": { "matmul_n": 2048, "read_bytes": 1073741824, "repeats": 5 },
+  "matmul_gflops": { "1": 160.5, "2": 260.7 },
+  "read_gbps": { "1": 14.2, "2": 27.9 }
+}
+"#,
+    )
+    .unwrap();
+    let old = read_machine(&path).unwrap();
+    assert_eq!(old.read_gbps[&2], 27.9);
+    assert_eq!(old.environment.cache_bytes, None);
+    let mut here = Environment::capture(vec![1]);
+    here.cpu_model = old.environment.cpu_model.clone();
+    here.cores = 2;
+    here.memory_bytes = old.environment.memory_bytes;
+    assert_eq!(
+        old.mismatch(&here, &[1]),
+        Some(Mismatch::Unrecorded(vec!["CPU features", "cache sizes"]))
+    );
+}
+
+#[test]
+fn a_calibration_records_the_patterns_that_reached_its_ceilings() {
+    use attnbench::results::{MACHINE_FORMAT, VectorLoads, read_machine};
+    let saved = read_machine(Path::new(machine())).unwrap();
+    assert_eq!(saved.format, MACHINE_FORMAT);
+    for t in [1, 2] {
+        assert!(saved.matmul_gflops[&t] > 0.0 && saved.read_gbps[&t] > 0.0);
+        let read = saved.read_pattern[&t];
+        assert!((1..=16).contains(&read.streams_per_thread), "{read}");
+        let matmul = saved.matmul_pattern[&t];
+        assert!(matmul.m * matmul.k * matmul.n > 0, "{matmul}");
+    }
+    // The record says what won in words a reader can check against the kernels.
+    let text = std::fs::read_to_string(machine()).unwrap();
+    assert!(text.contains("\"read_pattern\"") && text.contains("\"streams_per_thread\""));
+    assert!(text.contains("\"matmul_pattern\"") && text.contains("\"parallel\""));
+    let loads = saved.read_pattern[&1].loads;
+    assert!(matches!(
+        loads,
+        VectorLoads::Avx512 | VectorLoads::Avx2 | VectorLoads::Portable
+    ));
 }

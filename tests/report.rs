@@ -205,21 +205,63 @@ fn committed_tables_charts_and_index_regenerate_from_their_json() {
     );
 }
 
+/// `text` without the `above_ceiling` lists that begin with `start` (through their `]`).
+fn without_ceiling_flags(text: &str, start: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(start) {
+        out.push_str(&rest[..at]);
+        let end = at + rest[at..].find(']').unwrap() + 1;
+        rest = &rest[end..];
+    }
+    out + rest
+}
+
+/// `written` is `committed` written back: the same bytes, or, for a file from before points
+/// above their ceiling were flagged, the same once the flags (one per such point) are taken
+/// out.
+fn assert_written_back(written: &str, committed: &str, flagged: usize, start: &str, what: &str) {
+    if written == committed {
+        return;
+    }
+    assert!(
+        !committed.contains("above_ceiling"),
+        "{what} does not write back as it was"
+    );
+    assert_eq!(
+        written.matches("above_ceiling").count(),
+        flagged,
+        "{what}: not one flag per point above its ceiling"
+    );
+    assert!(
+        without_ceiling_flags(written, start) == committed,
+        "{what} does not write back as it was, but for its flags"
+    );
+}
+
 #[test]
 fn committed_results_files_read_and_write_back_byte_for_byte() {
     // The nested record (step and core summaries) reads the flat `attnbench-results/1` rows
-    // and writes them back unchanged: same fields, same order, same nulls, same numbers.
+    // and writes them back unchanged: same fields, same order, same nulls, same numbers. A
+    // file from before the `above_ceiling` flag gains it, derived from its percentages.
     let results = ResultsFolder::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     let copy = scratch("round_trip");
     for name in committed_results() {
         let committed = results.dir(&name);
         let written = ResultsDir::new(copy.join(&name));
-        written
-            .write_results(&committed.read_results().unwrap())
-            .unwrap();
-        assert!(
-            fs::read(written.json()).unwrap() == fs::read(committed.json()).unwrap(),
-            "results/{name}/results.json does not write back as it was"
+        let read = committed.read_results().unwrap();
+        written.write_results(&read).unwrap();
+        let flagged = read
+            .points
+            .iter()
+            .filter(|p| !p.above_ceiling().is_empty())
+            .count();
+        assert_written_back(
+            &fs::read_to_string(written.json()).unwrap(),
+            &fs::read_to_string(committed.json()).unwrap(),
+            flagged,
+            ",\n      \"above_ceiling\": [",
+            &format!("results/{name}/results.json"),
         );
         // The log, read from a copy (reading may cut a torn last line off the file).
         fs::copy(committed.log(), written.log()).unwrap();
@@ -229,12 +271,56 @@ fn committed_results_files_read_and_write_back_byte_for_byte() {
             .iter()
             .map(|p| serde_json::to_string(p).unwrap() + "\n")
             .collect();
-        assert_eq!(
-            lines.concat(),
-            fs::read_to_string(committed.log()).unwrap(),
-            "results/{name}/points.jsonl does not write back as it was"
+        assert_written_back(
+            &lines.concat(),
+            &fs::read_to_string(committed.log()).unwrap(),
+            flagged,
+            ",\"above_ceiling\":[",
+            &format!("results/{name}/points.jsonl"),
         );
     }
+}
+
+#[test]
+fn a_point_above_its_ceiling_is_flagged_in_the_json_and_the_tables() {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads");
+    let mut set = ResultsDir::new(&results).read_results().unwrap();
+    // Every point well under its ceiling, then one step at 105% and one core at exactly 100%.
+    for p in &mut set.points {
+        p.step.set_ideal(p.step.median_ns.map(|m| 0.5 * m));
+        p.core.set_ideal(p.core.median_ns.map(|m| 0.5 * m));
+    }
+    let decode = set
+        .points
+        .iter()
+        .position(|p| p.mode == attnbench::config::Mode::Decode && p.core.median_ns.is_some())
+        .unwrap();
+    let p = &mut set.points[decode];
+    p.step.set_ideal(Some(1.05 * p.step.median_ns.unwrap()));
+    p.core.set_ideal(Some(p.core.median_ns.unwrap()));
+    assert_eq!(set.points[decode].above_ceiling(), ["step"]);
+
+    let dir = ResultsDir::new(scratch("above_ceiling"));
+    dir.write_results(&set).unwrap();
+    let json = fs::read_to_string(dir.json()).unwrap();
+    assert_eq!(json.matches("\"above_ceiling\"").count(), 1, "{json}");
+    assert!(json.contains("\"above_ceiling\": [\n        \"step\"\n      ]"));
+    assert_eq!(dir.read_results().unwrap(), set, "the flag reads back");
+
+    let md = attnbench::report::markdown(&set);
+    assert!(md.contains("105.0% ⚠ / 100%"), "{md}");
+    assert_eq!(md.matches('⚠').count(), 2, "the cell and the note: {md}");
+    assert!(md.contains(
+        "⚠ above the calibrated ceiling: calibrate again (`attnbench calibrate`, on a quiet machine)"
+    ));
+    assert!(md.contains("FLOPs count matmul multiply-adds only"));
+
+    // Nothing above: no flag, no note; what the figures count is said all the same.
+    let p = &mut set.points[decode];
+    p.step.set_ideal(Some(p.step.median_ns.unwrap()));
+    let md = attnbench::report::markdown(&set);
+    assert!(!md.contains('⚠'), "{md}");
+    assert!(md.contains("attention over the causally visible (query, key) pairs only"));
 }
 
 /// Runs `report` on `dir`, expecting a refusal that names `needles`, and that nothing under
@@ -302,4 +388,57 @@ fn bad_directories_are_refused_naming_the_file_and_touch_nothing() {
 
     let empty = scratch("empty");
     assert_refused(&empty, &empty, &["no results.json"]);
+}
+
+#[test]
+fn every_sample_round_trips_and_a_file_without_samples_still_loads() {
+    let dir = scratch("samples");
+    let file = dir.join("tiny.toml");
+    fs::write(&file, TINY.replace("seq_len = [4, 9]", "seq_len = [4]")).unwrap();
+    let run_dir = ResultsDir::new(dir.join("run"));
+    assert_success(&attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        run_dir.path().to_str().unwrap(),
+        "--machine",
+        quick_machine(),
+        "--quiet",
+    ]));
+    let results = run_dir.read_results().unwrap();
+    for p in &results.points {
+        assert!(!p.step.samples_ns.is_empty() && !p.core.samples_ns.is_empty());
+    }
+    let again = ResultsDir::new(dir.join("again"));
+    again.write_results(&results).unwrap();
+    assert_eq!(again.read_results().unwrap(), results);
+    assert!(
+        fs::read(again.json()).unwrap() == fs::read(run_dir.json()).unwrap(),
+        "not written back byte for byte"
+    );
+    // The CSV has no column for them.
+    let csv = fs::read_to_string(run_dir.path().join("results.csv")).unwrap();
+    assert!(
+        !csv.contains("samples_ns"),
+        "{}",
+        csv.lines().next().unwrap()
+    );
+
+    // A file from before samples were kept: the same without them, and it loads.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&fs::read(run_dir.json()).unwrap()).unwrap();
+    for point in json["points"].as_array_mut().unwrap() {
+        let point = point.as_object_mut().unwrap();
+        assert!(point.remove("samples_ns").is_some() && point.remove("core_samples_ns").is_some());
+    }
+    let old = ResultsDir::new(dir.join("old"));
+    fs::create_dir_all(old.path()).unwrap();
+    fs::write(old.json(), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let loaded = old.read_results().unwrap();
+    for (p, q) in loaded.points.iter().zip(&results.points) {
+        assert!(p.step.samples_ns.is_empty() && p.core.samples_ns.is_empty());
+        assert_eq!(p.step.median_ns, q.step.median_ns);
+        assert_eq!(p.core.median_ns, q.core.median_ns);
+    }
+    assert_success(&attnbench(&["report", old.path().to_str().unwrap()]));
 }

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::results::cache_bytes;
+
 /// Bytes between two reads of the eviction buffer: one per cache line is enough to load it.
 const LINE_BYTES: usize = 64;
 /// Last-level cache size assumed when the system does not say.
@@ -54,41 +56,9 @@ impl CacheFlusher {
 
 /// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
 fn largest_cache_bytes() -> Option<usize> {
-    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
-    dir.filter_map(|entry| {
-        let path = entry.ok()?.path();
-        let kind = std::fs::read_to_string(path.join("type")).ok()?;
-        if kind.trim() == "Instruction" {
-            return None;
-        }
-        parse_cache_size(&std::fs::read_to_string(path.join("size")).ok()?)
-    })
-    .max()
-}
-
-/// Parses sysfs cache sizes such as `48K`, `2048K`, `266240K`, `32M`.
-fn parse_cache_size(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: usize = digits.parse().ok()?;
-    match unit {
-        "K" => Some(n << 10),
-        "M" => Some(n << 20),
-        "G" => Some(n << 30),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sysfs_cache_sizes_parse() {
-        assert_eq!(parse_cache_size("48K\n"), Some(48 << 10));
-        assert_eq!(parse_cache_size("266240K"), Some(266_240 << 10));
-        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
-        assert_eq!(parse_cache_size("12"), None);
-        assert_eq!(parse_cache_size("K"), None);
-    }
+    cache_bytes()
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with('i'))
+        .map(|(_, bytes)| usize::try_from(bytes).unwrap_or(usize::MAX))
+        .max()
 }

@@ -13,7 +13,7 @@ use super::measure::{PreparedPoint, sample};
 use crate::experiment::{Experiment, MeasureSettings, Point};
 use crate::results::{
     Environment, ExperimentRecord, Machine, PointResult, RESULTS_FORMAT, ReadError, ResultsDir,
-    ResultsFile, SampleStats, WriteError,
+    ResultsFile, WriteError,
 };
 
 /// What can stop a run (a failing point does not: it becomes a row with `error`).
@@ -151,7 +151,7 @@ pub fn measure_point(point: &Point, seed: u64, settings: &MeasureSettings) -> Po
             if let Some(bad) = prepared.output().data().iter().find(|v| !v.is_finite()) {
                 return Err(format!("the step produced a non-finite output ({bad})"));
             }
-            result.set_timing(&SampleStats::from_samples(&samples));
+            result.set_step_samples(samples);
             let cache = prepared.cache();
             result.kv_cache_bytes = Some(cache.allocated_bytes() as u64);
             result.kv_cache_padding_bytes = Some(cache.padding_bytes() as u64);
@@ -171,7 +171,7 @@ pub fn measure_point(point: &Point, seed: u64, settings: &MeasureSettings) -> Po
                     "the attention core produced a non-finite output ({bad})"
                 ));
             }
-            result.set_core_timing(&SampleStats::from_samples(&core_samples));
+            result.set_core_samples(core_samples);
             let ((), core_peak) = measure_peak(|| prepared.core_step());
             result.core_peak_transient_bytes = core_peak;
             Ok(())

@@ -50,12 +50,13 @@ pub struct OutputFile {
     pub text: String,
 }
 
-/// `results.csv` as text. The `csv` crate does the quoting (error messages hold commas).
+/// `results.csv` as text: a point's flat record per row, without its samples. The `csv` crate
+/// does the quoting (error messages hold commas).
 pub fn csv(results: &ResultsFile) -> String {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for point in &results.points {
         writer
-            .serialize(point)
+            .serialize(point.csv_record())
             .expect("a point result is one CSV record");
     }
     String::from_utf8(writer.into_inner().expect("writing to memory")).expect("CSV is UTF-8")

@@ -12,7 +12,7 @@ use super::charts::ChartSpec;
 use super::rows::{MODES, RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
 use crate::config::{Mode, Variant};
 use crate::experiment::Skipped;
-use crate::results::{Machine, PointResult, ResultsDir, ResultsFile};
+use crate::results::{Machine, PointResult, ResultsDir, ResultsFile, Summary};
 
 /// One table of a mode's section, as data: every one of [`TABLES`] is written the same way.
 struct TableDef {
@@ -25,6 +25,9 @@ struct TableDef {
     /// The cell of a point, given every point of its mode (where the speed-up finds its
     /// baseline); empty when the point has no value.
     cell: fn(&[&PointResult], &PointResult) -> String,
+    /// The paragraphs under the table, given the points of the mode: what its figures count,
+    /// and what a flag in its cells means when a cell has one. Empty for none.
+    footer: fn(&[&PointResult]) -> String,
 }
 
 /// The tables of each mode, in the order they are shown.
@@ -34,18 +37,21 @@ const TABLES: [TableDef; 5] = [
         note: None,
         shown: always,
         cell: latency_cell,
+        footer: no_footer,
     },
     TableDef {
         heading: "KV cache, MiB (measured from the allocation)",
         note: None,
         shown: always,
         cell: kv_cache_cell,
+        footer: no_footer,
     },
     TableDef {
         heading: "attention core alone, ms (share of the step)",
         note: None,
         shown: always,
         cell: core_cell,
+        footer: no_footer,
     },
     TableDef {
         heading: "roofline, % of this machine's ideal time (step / core)",
@@ -54,6 +60,7 @@ const TABLES: [TableDef; 5] = [
         ),
         shown: any_roofline,
         cell: roofline_cell,
+        footer: roofline_footer,
     },
     TableDef {
         heading: "against MHA (speed-up ×, KV memory ratio)",
@@ -62,8 +69,41 @@ const TABLES: [TableDef; 5] = [
         ),
         shown: any_baseline,
         cell: against_mha_cell,
+        footer: no_footer,
     },
 ];
+
+/// The flag of a figure above the calibrated ceiling, in a cell and in the note under it.
+const ABOVE_CEILING: &str = "⚠";
+
+/// What the roofline's FLOPs and bytes count ([`crate::cost`]'s formulas), said under its
+/// table.
+const ROOFLINE_COUNTS: &str = "FLOPs count matmul multiply-adds only, 2 each (not the softmax, \
+    RoPE or norms): the projections, 2 · tokens · d_in · d_out each (MLA's expansion of the cached \
+    latent (naive) or its absorption into the queries and outputs (absorbed) among them), and \
+    attention over the causally visible (query, key) pairs only, 2 · heads · (query-key width + \
+    value width) per pair (MLA absorbed: the latent and rope widths for the scores, the latent \
+    for the values). Bytes, all f32, are the least the step must move: the weights once, the KV \
+    cache read (every token it holds after the step) and the new tokens appended, the activations \
+    in and out; the core's are the keys and values read (MLA naive: the expanded per-head ones), \
+    the queries in and the head outputs out.";
+
+fn no_footer(_: &[&PointResult]) -> String {
+    String::new()
+}
+
+/// What the roofline figures count, and the meaning of [`ABOVE_CEILING`] when a point has it.
+fn roofline_footer(points: &[&PointResult]) -> String {
+    let mut out = ROOFLINE_COUNTS.to_string();
+    if points.iter().any(|p| !p.above_ceiling().is_empty()) {
+        let _ = write!(
+            out,
+            "\n\n{ABOVE_CEILING} above the calibrated ceiling: calibrate again (`attnbench calibrate`, \
+             on a quiet machine) before reading it as a result."
+        );
+    }
+    out
+}
 
 fn always(_: &[&PointResult]) -> bool {
     true
@@ -102,11 +142,19 @@ fn core_cell(_: &[&PointResult], p: &PointResult) -> String {
     }
 }
 
-/// `step% / core%`, or the step's alone when the core has none.
+/// `step% / core%`, or the step's alone when the core has none; a figure above the calibrated
+/// ceiling has a decimal and [`ABOVE_CEILING`], e.g. `88% / 102.6% ⚠`.
 fn roofline_cell(_: &[&PointResult], p: &PointResult) -> String {
-    match (p.step.roofline_pct, p.core.roofline_pct) {
-        (Some(l), Some(c)) => format!("{l:.0}% / {c:.0}%"),
-        (Some(l), None) => format!("{l:.0}%"),
+    // A flagged figure keeps a decimal: 100.4% must not read as a plain 100%.
+    let pct = |s: &Summary| {
+        s.roofline_pct.map(|pct| match s.above_ceiling() {
+            true => format!("{pct:.1}% {ABOVE_CEILING}"),
+            false => format!("{pct:.0}%"),
+        })
+    };
+    match (pct(&p.step), pct(&p.core)) {
+        (Some(step), Some(core)) => format!("{step} / {core}"),
+        (Some(step), None) => step,
         _ => String::new(),
     }
 }
@@ -250,6 +298,10 @@ fn write_mode(out: &mut String, mode: Mode, points: &[&PointResult]) {
         }
         let cell = |p: &PointResult| (def.cell)(points, p);
         let _ = writeln!(out, "{}\n", table(points, &varies, length_name, &cell));
+        let footer = (def.footer)(points);
+        if !footer.is_empty() {
+            let _ = writeln!(out, "{footer}\n");
+        }
     }
 }
 

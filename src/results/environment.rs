@@ -1,5 +1,7 @@
 //! The environment a run records: machine, toolchain, revision, date, command line.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GibError, gib_to_bytes};
@@ -15,6 +17,16 @@ pub struct Environment {
     pub threads: Vec<usize>,
     /// Total memory, from `/proc/meminfo`.
     pub memory_bytes: Option<u64>,
+    /// The CPU features the kernels and faer choose their code by, as the standard library
+    /// detects them at run time ([`cpu_features`]), e.g. `avx2`, `fma`, `avx512f`. `None` in
+    /// files written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_features: Option<Vec<String>>,
+    /// CPU 0's caches, bytes by level and kind (`L1d`, `L1i`, `L2`, `L3`), from Linux's sysfs
+    /// ([`cache_bytes`]; empty where the system does not say). `None` in files written before
+    /// they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<BTreeMap<String, u64>>,
     /// `std::env::consts::OS` / `ARCH`.
     pub os: String,
     /// `rustc --version` of the compiler that built the binary.
@@ -38,6 +50,8 @@ impl Environment {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             threads,
             memory_bytes: total_memory_bytes(),
+            cpu_features: Some(cpu_features()),
+            cache_bytes: Some(cache_bytes()),
             os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
             rustc: env!("ATTNBENCH_RUSTC_VERSION").to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -58,6 +72,100 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The CPU features this CPU has, detected at run time, of a fixed list: the vector
+/// instruction sets the kernels, faer and the calibration choose code by (`avx2`, `fma`,
+/// `avx512f`, ... on x86-64; `neon`, `sve`, ... on AArch64; none elsewhere), in its order.
+pub fn cpu_features() -> Vec<String> {
+    FEATURES
+        .iter()
+        .filter(|(_, has)| has())
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// A CPU feature's name and its run-time check.
+type FeatureCheck = (&'static str, fn() -> bool);
+
+/// The CPU features recorded in an environment, each with its run-time check: the vector
+/// instruction sets the kernels, faer and the calibration choose code by (and the arithmetic
+/// extensions beside them), named as `is_x86_feature_detected!` names them.
+#[cfg(target_arch = "x86_64")]
+const FEATURES: &[FeatureCheck] = {
+    use std::arch::is_x86_feature_detected as has;
+    &[
+        ("sse3", || has!("sse3")),
+        ("ssse3", || has!("ssse3")),
+        ("sse4.1", || has!("sse4.1")),
+        ("sse4.2", || has!("sse4.2")),
+        ("avx", || has!("avx")),
+        ("avx2", || has!("avx2")),
+        ("fma", || has!("fma")),
+        ("f16c", || has!("f16c")),
+        ("avx512f", || has!("avx512f")),
+        ("avx512cd", || has!("avx512cd")),
+        ("avx512dq", || has!("avx512dq")),
+        ("avx512bw", || has!("avx512bw")),
+        ("avx512vl", || has!("avx512vl")),
+        ("avx512vnni", || has!("avx512vnni")),
+        ("avx512bf16", || has!("avx512bf16")),
+        ("avx512fp16", || has!("avx512fp16")),
+    ]
+};
+
+/// As on x86-64, with `is_aarch64_feature_detected!`'s names.
+#[cfg(target_arch = "aarch64")]
+const FEATURES: &[FeatureCheck] = {
+    use std::arch::is_aarch64_feature_detected as has;
+    &[
+        ("neon", || has!("neon")),
+        ("fp16", || has!("fp16")),
+        ("dotprod", || has!("dotprod")),
+        ("bf16", || has!("bf16")),
+        ("i8mm", || has!("i8mm")),
+        ("sve", || has!("sve")),
+        ("sve2", || has!("sve2")),
+    ]
+};
+
+/// Elsewhere no feature is checked, and none recorded.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const FEATURES: &[FeatureCheck] = &[];
+
+/// CPU 0's data, instruction and unified caches, bytes by name: `L{level}` and `d` for data,
+/// `i` for instructions, nothing for unified (`L1d`, `L1i`, `L2`, `L3`), from Linux's sysfs.
+/// Empty where the system does not say.
+pub fn cache_bytes() -> BTreeMap<String, u64> {
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache") else {
+        return BTreeMap::new();
+    };
+    let read = |path: &std::path::Path, name: &str| std::fs::read_to_string(path.join(name)).ok();
+    dir.filter_map(|entry| {
+        let path = entry.ok()?.path();
+        let level = read(&path, "level")?;
+        let kind = match read(&path, "type")?.trim() {
+            "Data" => "d",
+            "Instruction" => "i",
+            _ => "",
+        };
+        let size = parse_cache_size(&read(&path, "size")?)?;
+        Some((format!("L{}{kind}", level.trim()), size))
+    })
+    .collect()
+}
+
+/// Parses sysfs cache sizes such as `48K`, `2048K`, `266240K`, `32M`.
+fn parse_cache_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "K" => Some(n << 10),
+        "M" => Some(n << 20),
+        "G" => Some(n << 30),
+        _ => None,
+    }
 }
 
 /// Total memory of this machine, from `/proc/meminfo`.
@@ -119,5 +227,14 @@ mod tests {
         assert_eq!(memory_limit_bytes(Some(0.0)), Err(GibError::NotPositive));
         let expected = total_memory_bytes().map_or(FALLBACK_MEMORY_LIMIT_BYTES, |m| m / 2);
         assert_eq!(memory_limit_bytes(None), Ok(expected));
+    }
+
+    #[test]
+    fn sysfs_cache_sizes_parse() {
+        assert_eq!(parse_cache_size("48K\n"), Some(48 << 10));
+        assert_eq!(parse_cache_size("266240K"), Some(266_240 << 10));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("12"), None);
+        assert_eq!(parse_cache_size("K"), None);
     }
 }

@@ -18,10 +18,15 @@ mod summary;
 mod wire;
 
 pub use dir::{PointLog, ResultsDir, ResultsFolder, read_log};
-pub use environment::{Environment, memory_limit_bytes, total_memory_bytes, utc_now_iso8601};
+pub use environment::{
+    Environment, cache_bytes, cpu_features, memory_limit_bytes, total_memory_bytes, utc_now_iso8601,
+};
 pub use error::{ReadError, WriteError};
 pub use file::{ExperimentRecord, RESULTS_FORMAT, ResultsFile, read_results};
 pub use json::write_file;
-pub use machine::{CalibrationSize, MACHINE_FORMAT, Machine, read_machine, write_machine};
+pub use machine::{
+    CalibrationSize, Layout, MACHINE_FORMAT, Machine, MatmulParallel, MatmulPattern, ReadPattern,
+    VectorLoads, read_machine, write_machine,
+};
 pub use point::PointResult;
 pub use summary::{SampleStats, Summary};

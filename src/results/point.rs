@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::summary::{SampleStats, Summary};
-use super::wire::PointWire;
+use super::wire::{PointRow, PointWire};
 use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
 use crate::cost::{core_cost, step_cost};
 use crate::experiment::Point;
@@ -149,11 +149,24 @@ impl PointResult {
         }
     }
 
-    /// Fills in the step's timing summary and what derives from it.
+    /// Fills in the step's timing summary and what derives from it (without samples: see
+    /// [`set_step_samples`](Self::set_step_samples)).
     pub fn set_timing(&mut self, stats: &SampleStats) {
         let seconds = stats.median_ns * 1e-9;
         self.step = Summary::measured(stats, self.flops, self.bytes);
         self.tokens_per_s = Some((self.batch * self.seq_len) as f64 / seconds);
+    }
+
+    /// Fills in the step's timing summary from its samples (ns, at least one), keeping them.
+    pub fn set_step_samples(&mut self, samples_ns: Vec<f64>) {
+        self.set_timing(&SampleStats::from_samples(&samples_ns));
+        self.step.samples_ns = samples_ns;
+    }
+
+    /// Fills in the core's timing summary from its samples (ns, at least one), keeping them.
+    pub fn set_core_samples(&mut self, samples_ns: Vec<f64>) {
+        self.set_core_timing(&SampleStats::from_samples(&samples_ns));
+        self.core.samples_ns = samples_ns;
     }
 
     /// Fills in the core's timing summary and its share of the step.
@@ -164,6 +177,23 @@ impl PointResult {
             ..Summary::measured(stats, self.attention_flops, self.core_bytes)
         };
         self.core_share_pct = self.step.median_ns.map(|m| 100.0 * stats.median_ns / m);
+    }
+
+    /// Which of the step and the core ran above 100% of the calibrated ceiling
+    /// ([`Summary::above_ceiling`]), by the names `results.json` lists them under
+    /// `above_ceiling`: `step`, `core`.
+    pub fn above_ceiling(&self) -> Vec<&'static str> {
+        [("step", &self.step), ("core", &self.core)]
+            .into_iter()
+            .filter(|(_, summary)| summary.above_ceiling())
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The point as one CSV record: the fields of its JSON record but the samples, in the
+    /// same order (`results.csv`'s columns).
+    pub fn csv_record(&self) -> impl Serialize {
+        PointRow::from(self)
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.

@@ -46,9 +46,10 @@ fn median_of_sorted(v: &[f64]) -> f64 {
 }
 
 /// The record of one timed quantity of a point (the whole step, or the attention core
-/// alone): the statistics of its samples and what derives from the median. Every field is
-/// `None` until measured (and stays so for a point that failed).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// alone): the statistics of its samples, the samples themselves, and what derives from the
+/// median. Every field is `None` (no samples) until measured, and stays so for a point that
+/// failed.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     /// Median time, ns: the headline.
     pub median_ns: Option<f64>,
@@ -69,11 +70,14 @@ pub struct Summary {
     pub ideal_ns: Option<f64>,
     /// `100 · ideal_ns / median_ns`: how close it runs to this machine's roofline.
     pub roofline_pct: Option<f64>,
+    /// Every timed sample, ns, in the order taken, so that the statistics can be recomputed
+    /// (as criterion and hyperfine keep theirs). Empty in files from before they were kept.
+    pub samples_ns: Vec<f64>,
 }
 
 impl Summary {
-    /// The summary of `stats` for a quantity that does `flops` FLOPs and moves `bytes` bytes;
-    /// the roofline is not known yet ([`set_ideal`](Self::set_ideal)).
+    /// The summary of `stats` for a quantity that does `flops` FLOPs and moves `bytes` bytes,
+    /// without its samples; the roofline is not known yet ([`set_ideal`](Self::set_ideal)).
     pub fn measured(stats: &SampleStats, flops: u64, bytes: u64) -> Self {
         Self {
             median_ns: Some(stats.median_ns),
@@ -85,7 +89,15 @@ impl Summary {
             gbps: Some(bytes as f64 / stats.median_ns),
             ideal_ns: None,
             roofline_pct: None,
+            samples_ns: Vec::new(),
         }
+    }
+
+    /// True when the median beat the ideal time: above 100% of the calibrated ceiling, which a
+    /// ceiling should not allow (the calibration was noisy, or missed a pattern the kernel
+    /// found): calibrate again before reading the figure.
+    pub fn above_ceiling(&self) -> bool {
+        self.roofline_pct.is_some_and(|pct| pct > 100.0)
     }
 
     /// Sets the ideal time (ns) and the percentage of it the median reaches.

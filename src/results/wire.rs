@@ -1,8 +1,9 @@
 //! A point's record as it is on disk: the flat `attnbench-results/1` row, the step's fields
-//! unprefixed, the core's prefixed `core_` (and without min and max). Field names and order
-//! are the format (JSON keys, CSV columns); the meaning of each is documented on
-//! [`PointResult`] and [`Summary`]. [`PointResult`] converts through this struct
-//! (`#[serde(from, into)]`), so the nested record writes exactly these fields.
+//! unprefixed, the core's prefixed `core_` (and without min and max), then which of them ran
+//! above the calibrated ceiling, then every sample's time. Field names and order are the format (JSON keys; the row's are also the CSV
+//! columns); the meaning of each is documented on [`PointResult`] and [`Summary`].
+//! [`PointResult`] converts through [`PointWire`] (`#[serde(from, into)]`), so the nested
+//! record writes exactly these fields.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,9 +11,31 @@ use super::point::PointResult;
 use super::summary::Summary;
 use crate::config::{Kernel, MlaPath, Mode, Variant};
 
-/// The flat row. A missing `Option` field reads as `None`, as it always has.
+/// A point in `results.json` and the log: the flat row, the flag of a point above its
+/// ceiling, then the samples. The flag and the samples are left out when there are none (a
+/// file from before they were kept reads with no samples, and writes back as it was unless a
+/// point is above its ceiling).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct PointWire {
+    #[serde(flatten)]
+    row: PointRow,
+    /// Which of `step` and `core` ran above 100% of the calibrated ceiling, left out when
+    /// neither did. Derived from the roofline percentages on writing, so that it cannot
+    /// disagree with them, and not read back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    above_ceiling: Vec<String>,
+    /// Every timed sample of the step, ns, in the order taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    samples_ns: Vec<f64>,
+    /// Every timed sample of the core, ns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    core_samples_ns: Vec<f64>,
+}
+
+/// The flat row: every field but the samples, also the CSV's record. A missing `Option` field
+/// reads as `None`, as it always has.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct PointRow {
     key: String,
     variant: Variant,
     mla_path: Option<MlaPath>,
@@ -66,7 +89,13 @@ pub(super) struct PointWire {
 }
 
 impl From<PointWire> for PointResult {
-    fn from(w: PointWire) -> Self {
+    fn from(wire: PointWire) -> Self {
+        let PointWire {
+            row: w,
+            above_ceiling: _,
+            samples_ns,
+            core_samples_ns,
+        } = wire;
         let step = Summary {
             median_ns: w.median_ns,
             mad_ns: w.mad_ns,
@@ -77,6 +106,7 @@ impl From<PointWire> for PointResult {
             gbps: w.gbps,
             ideal_ns: w.ideal_ns,
             roofline_pct: w.roofline_pct,
+            samples_ns,
         };
         let core = Summary {
             median_ns: w.core_median_ns,
@@ -88,6 +118,7 @@ impl From<PointWire> for PointResult {
             gbps: w.core_gbps,
             ideal_ns: w.core_ideal_ns,
             roofline_pct: w.core_roofline_pct,
+            samples_ns: core_samples_ns,
         };
         Self {
             key: w.key,
@@ -131,9 +162,20 @@ impl From<PointWire> for PointResult {
 
 impl From<PointResult> for PointWire {
     fn from(p: PointResult) -> Self {
-        let (step, core) = (p.step, p.core);
         Self {
-            key: p.key,
+            row: PointRow::from(&p),
+            above_ceiling: p.above_ceiling().into_iter().map(String::from).collect(),
+            samples_ns: p.step.samples_ns,
+            core_samples_ns: p.core.samples_ns,
+        }
+    }
+}
+
+impl From<&PointResult> for PointRow {
+    fn from(p: &PointResult) -> Self {
+        let (step, core) = (&p.step, &p.core);
+        Self {
+            key: p.key.clone(),
             variant: p.variant,
             mla_path: p.mla_path,
             mode: p.mode,
@@ -181,7 +223,7 @@ impl From<PointResult> for PointWire {
             kv_bytes_per_token: p.kv_bytes_per_token,
             peak_transient_bytes: p.peak_transient_bytes,
             params: p.params,
-            error: p.error,
+            error: p.error.clone(),
         }
     }
 }

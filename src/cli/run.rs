@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use attnbench::experiment::load_experiment;
 use attnbench::harness::{Existing, Progress, run_experiment};
-use attnbench::report::{markdown, write_outputs};
+use attnbench::report::{render, write_rendered};
 use attnbench::results::{Machine, ResultsDir};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,9 +59,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     })?;
     reporter.finish();
     ResultsDir::new(&dir).write_results(&results)?;
-    let written = write_outputs(&dir, &results)?;
-    if !args.quiet {
-        outln!("{}", markdown(&results));
+    // Rendered once: the tables printed are the results.md written, charts planned once.
+    let files = render(&results)?;
+    let written = write_rendered(&ResultsDir::new(&dir), &files)?;
+    if !args.quiet
+        && let Some(tables) = files
+            .iter()
+            .find(|f| f.path == Path::new(ResultsDir::MARKDOWN_FILE))
+    {
+        outln!("{}", tables.text);
     }
     let failed = results.points.iter().filter(|p| p.error.is_some()).count();
     eprintln!(

@@ -106,8 +106,9 @@ pub fn write_outputs(dir: &Path, results: &ResultsFile) -> Result<Vec<PathBuf>, 
     write_rendered(&ResultsDir::new(dir), &files)
 }
 
-/// Writes `files` into `dir`, first removing the charts there that are not among them.
-fn write_rendered(dir: &ResultsDir, files: &[OutputFile]) -> Result<Vec<PathBuf>, ReportError> {
+/// Writes `files` (from [`render`]) into `dir`, first removing the charts there that are not
+/// among them. Returns the paths written.
+pub fn write_rendered(dir: &ResultsDir, files: &[OutputFile]) -> Result<Vec<PathBuf>, ReportError> {
     for path in dir.chart_files() {
         if !files.iter().any(|f| dir.path().join(&f.path) == path) {
             fs::remove_file(&path).map_err(WriteError::at(&path))?;

@@ -68,7 +68,7 @@ pub enum Progress<'a> {
 
 /// Runs (or resumes) `experiment` into `dir`, calling `progress` as it goes. Returns the
 /// results; the caller writes the final files with [`ResultsDir::write_results`] and
-/// the report (`report::write_outputs`).
+/// the report (`report::render` and `report::write_rendered`).
 pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,

@@ -1,7 +1,8 @@
-//! Reports of a results set: Markdown tables (made with tabled), CSV and SVG charts
-//! (plotters). They are derived from `results.json` alone: a run ([`write_outputs`]) and
-//! `attnbench report` ([`report`]) both draw them with [`render`] and write them the same
-//! way, so a report regenerates what the run wrote byte for byte.
+//! Reports as a person reads them: a results set's Markdown tables (made with tabled), CSV
+//! and SVG charts (plotters), the index of a folder of results, a comparison of two result
+//! sets, and the kv planner's table. A results set's files are derived from `results.json`
+//! alone: a run and `attnbench report` ([`report`]) both draw them with [`render`] and write
+//! them with [`write_rendered`], so a report regenerates what the run wrote byte for byte.
 
 mod charts;
 mod comparison;
@@ -96,14 +97,6 @@ fn render_planned(
         });
     }
     Ok(files)
-}
-
-/// Writes every file derived from `results` into `dir`, each atomically, and removes charts
-/// the data no longer supports: what `attnbench run` does after writing `results.json`
-/// ([`report`] does the same for results already on disk). Returns the files written.
-pub fn write_outputs(dir: &Path, results: &ResultsFile) -> Result<Vec<PathBuf>, ReportError> {
-    let files = render(results)?;
-    write_rendered(&ResultsDir::new(dir), &files)
 }
 
 /// Writes `files` (from [`render`]) into `dir`, first removing the charts there that are not

@@ -1,5 +1,6 @@
 //! Numerical kernels: RoPE, RMSNorm, softmax, projections and the causal grouped attention
-//! core. They know nothing of layers, caches or files.
+//! core, and the stored types of docs/design.md §5 (`convert.rs`: f32 to bf16, f16 and int8
+//! rows and back, bit for bit). They know nothing of layers, caches or files.
 //!
 //! # Which attention kernel runs when
 //! Both kernels compute the same thing under one contract (see [`attention`]); a layer runs
@@ -22,6 +23,7 @@
 //! loop is compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline,
 //! like the naive kernel's softmax. faer picks its own instructions for the matmuls.
 
+mod convert;
 mod layout;
 mod naive;
 mod norm;
@@ -31,6 +33,10 @@ mod simd;
 mod softmax;
 mod tiled;
 
+pub use convert::{
+    INT8_NON_FINITE, bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16,
+    widen_bf16, widen_f16,
+};
 pub use layout::{AttentionOperands, HeadLayout, heads_to_rows};
 pub use naive::naive_attention;
 pub use norm::rms_norm_rows;

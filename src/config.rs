@@ -1,5 +1,5 @@
 //! Layer shapes and their validation, the names of the small enums (variant, MLA path,
-//! kernel, mode, model field; see `names.rs`), and the one GiB-to-bytes conversion.
+//! kernel, mode, storage type, model field; see `names.rs`), and the one GiB-to-bytes conversion.
 //!
 //! Field names follow the Hugging Face configs (`n_heads` = `num_attention_heads`,
 //! `n_kv_heads` = `num_key_value_heads`, `kv_lora_rank`, ...), so a user can copy numbers from a
@@ -128,6 +128,41 @@ named_enum!(Mode, "a mode", {
     Prefill => "prefill",
     Decode => "decode",
 });
+
+/// How a tensor is stored in memory (docs/design.md §5): arithmetic is f32 whatever the
+/// type; a value is rounded when stored and widened back to f32 when read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 4 bytes (what the layers of this crate allocate today).
+    F32,
+    /// 2 bytes, IEEE 754 binary16, rounded to nearest even.
+    F16,
+    /// 2 bytes, bfloat16 (the upper half of an f32), rounded to nearest even.
+    Bf16,
+    /// 1 byte per value, symmetric, plus one f32 scale per row (per token and KV head) that
+    /// [`Dtype::bytes`] does not count; the planner leaves the scales out and says so.
+    Int8,
+}
+
+named_enum!(Dtype, "a storage type", {
+    F32 => "f32",
+    F16 => "f16",
+    Bf16 => "bf16",
+    Int8 => "int8",
+});
+clap_value_enum!(Dtype);
+
+impl Dtype {
+    /// Bytes per stored value, scales not included.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::Int8 => 1,
+        }
+    }
+}
 
 /// A shape field of a layer, or of a whole model (`n_layers`, `params`), by its name in the
 /// Hugging Face configs, the `[model]` table of an experiment file and (with `-` for `_`) the

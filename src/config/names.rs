@@ -111,7 +111,7 @@ pub(crate) use {clap_value_enum, named_enum};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Kernel, MlaPath, Mode, Variant};
+    use crate::config::{Dtype, Kernel, MlaPath, Mode, Variant};
 
     /// The serde names (files, JSON) are the table's names, and every name parses back.
     fn check<
@@ -132,7 +132,7 @@ mod tests {
         check::<MlaPath>();
         check::<Kernel>();
         check::<Mode>();
-        check::<crate::planner::Dtype>();
+        check::<Dtype>();
     }
 
     #[test]

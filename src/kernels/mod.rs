@@ -1,5 +1,7 @@
 //! Numerical kernels: RoPE, RMSNorm, softmax, projections and the causal grouped attention
-//! core. They know nothing of layers, caches or files.
+//! core; the stored types of docs/design.md §5 (`convert.rs`: f32 to bf16, f16 and int8 rows
+//! and back, bit for bit) and decode's passes over them (`narrow.rs`). They know nothing of
+//! layers, caches or files.
 //!
 //! # Which attention kernel runs when
 //! Both kernels compute the same thing under one contract (see [`attention`]); a layer runs
@@ -15,15 +17,25 @@
 //!   block and, when they are contiguous in memory, gets its scores from the few-row score
 //!   loop of `simd.rs`; larger blocks take keys 256 at a time and get their scores from faer.
 //!
+//! # Reading a cache stored in bf16, f16 or int8
+//! [`narrow_scores`] and [`narrow_add_values`] (`narrow.rs`) are decode's two passes over a
+//! stored KV head ([`StoredRows`]): the few-row scores against its keys and `acc += p · V` over
+//! its values, each stored row read once and widened in registers. No attention kernel calls
+//! them yet; [`narrow_path`] names the code they run on this CPU.
+//!
 //! Shared pieces, and the only modules a kernel file imports: `layout.rs` (the operand and
-//! head-layout types), `simd.rs` (the exponential, the lane reductions, the few-row scores and
-//! the one AVX2 + FMA check) and `softmax.rs`. On x86-64 with AVX2 and FMA (checked at run
-//! time), the few-row scores run on explicit AVX2 instructions and the tiled kernel's block
-//! loop is compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline,
-//! like the naive kernel's softmax. faer picks its own instructions for the matmuls.
+//! head-layout types), `convert.rs` (the stored types' bits), `simd.rs` (the exponential, the
+//! lane reductions, how each element type reads as f32 lanes, the few-row scores and the CPU
+//! feature checks) and `softmax.rs`. On x86-64 with AVX2 and FMA (checked at run time), the
+//! few-row scores run on explicit AVX2 instructions and the tiled kernel's block loop is
+//! compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline, like the
+//! naive kernel's softmax. The narrow kernels want F16C besides (checked with the others).
+//! faer picks its own instructions for the matmuls.
 
+mod convert;
 mod layout;
 mod naive;
+mod narrow;
 mod norm;
 mod projection;
 mod rope;
@@ -31,12 +43,17 @@ mod simd;
 mod softmax;
 mod tiled;
 
+pub use convert::{
+    INT8_NON_FINITE, bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16,
+    widen_bf16, widen_f16,
+};
 pub use layout::{AttentionOperands, HeadLayout, heads_to_rows};
 pub use naive::naive_attention;
+pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};
 pub use norm::rms_norm_rows;
 pub use projection::{matmul, matmul_threads, project, project_to};
 pub use rope::RopeTable;
-pub use simd::fast_exp;
+pub use simd::{RowsRef, fast_exp};
 pub use softmax::{causal_softmax_rows, softmax_in_place};
 pub use tiled::tiled_attention;
 

@@ -1,13 +1,22 @@
-//! The vector helpers of the kernels and the one CPU feature check they share: the softmax's
-//! branch-free exponential and its eight-lane reductions (used by both kernels' softmax), and
-//! the scores of a few packed query rows (the tiled kernel's decode path).
+//! The vector helpers of the kernels and the CPU feature checks they share: the softmax's
+//! branch-free exponential and its eight-lane reductions (used by both kernels' softmax), how
+//! each element type reads as f32 lanes ([`Widen`]), and the scores of a few packed query rows
+//! against keys stored in any of those types (the tiled kernel's decode path for f32 keys,
+//! `narrow.rs` for the stored types of docs/design.md §5).
 //!
 //! The crate is built for the x86-64 baseline (SSE2, no FMA). Code that wants AVX2 and FMA is
-//! written as functions marked `#[target_feature(enable = "avx2,fma")]` (the `avx2` module
+//! written as functions marked `#[target_feature(enable = "avx2,fma")]` (the `avx2_fma` module
 //! here, the tiled kernel's block loop), and every call to one sits behind [`has_avx2_fma`], a
-//! run-time check; without the features the same loops run as compiled for the baseline.
+//! run-time check; code that also widens f16 with F16C is marked `"avx2,fma,f16c"` (the
+//! `avx2_fma_f16c` module here, `narrow.rs`) and sits behind [`has_avx2_fma_f16c`]. Without
+//! the features the same loops run as compiled for the baseline.
 
-use faer::{ContiguousFwd, MatRef};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use faer::{ColRef, ContiguousFwd, MatRef};
+
+use super::convert::{bf16, bf16_bits_to_f32, f16, int8_code_to_f32};
 
 /// True when the CPU runs AVX2 and FMA, the features the `#[target_feature]` functions of the
 /// kernels are compiled for. x86-64 only: elsewhere those functions do not exist and the
@@ -17,6 +26,15 @@ use faer::{ContiguousFwd, MatRef};
 #[inline]
 pub fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// True when the CPU runs AVX2, FMA and F16C, the features of the kernels that read the stored
+/// types (F16C widens eight f16 in one instruction). Every CPU with AVX2 has F16C, but it is
+/// checked all the same. x86-64 only, cheap like [`has_avx2_fma`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2_fma_f16c() -> bool {
+    has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// `e^x` for `x ≤ 0` (softmax arguments after the max shift), branch-free so that loops over
@@ -105,8 +123,123 @@ pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// A block of keys whose rows are contiguous: `(n_keys, d)`, any row stride.
-pub type KeyRows<'a> = MatRef<'a, f32, usize, usize, isize, ContiguousFwd>;
+/// Rows of `T` that are each contiguous, `(n_rows, width)`, any row stride: a block of keys or
+/// values, in f32 or a stored type.
+pub type RowsRef<'a, T> = MatRef<'a, T, usize, usize, isize, ContiguousFwd>;
+
+/// A block of f32 keys whose rows are contiguous: `(n_keys, d)`, any row stride.
+pub type KeyRows<'a> = RowsRef<'a, f32>;
+
+/// An element type the kernels read as f32: f32 itself or a stored type of docs/design.md §5
+/// (bf16 and f16 widened exactly, an int8 code as its integer before the row's scale, NaN for
+/// [`INT8_NON_FINITE`](super::convert::INT8_NON_FINITE)).
+pub trait Widen: Copy + Send + Sync + 'static {
+    /// This element as an f32.
+    fn widen(self) -> f32;
+
+    /// The eight elements from `ptr` as f32 lanes, [`Widen::widen`] of each. Each type's
+    /// function enables only the features it needs, so that it inlines into every caller
+    /// compiled for those features (f32, bf16 and int8 into `avx2_fma` and `avx2_fma_f16c`,
+    /// f16 into `avx2_fma_f16c` only).
+    ///
+    /// # Safety
+    /// The CPU has the features of the caller's module; eight elements are readable at `ptr`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(ptr: *const Self) -> __m256;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load8(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_loadu_ps(ptr) }
+    }
+}
+
+impl Widen for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        bf16_bits_to_f32(self.to_bits())
+    }
+
+    /// Zero-extends the eight 16-bit patterns and shifts them into the upper halves.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load8(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract: 16 readable bytes.
+        let bits = unsafe { _mm_loadu_si128(ptr.cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
+}
+
+impl Widen for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    /// F16C's `vcvtph2ps`: exact, subnormals included, NaNs made quiet like `to_f32`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract: 16 readable bytes.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(ptr.cast())) }
+    }
+}
+
+impl Widen for i8 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        int8_code_to_f32(self)
+    }
+
+    /// Sign-extends and converts the eight codes, then sets every bit of the lanes that held
+    /// −128 (all ones is a NaN).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load8(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract: 8 readable bytes.
+        let codes = _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(ptr.cast()) });
+        let non_finite = _mm256_cmpeq_epi32(codes, _mm256_set1_epi32(i32::from(i8::MIN)));
+        _mm256_or_ps(_mm256_cvtepi32_ps(codes), _mm256_castsi256_ps(non_finite))
+    }
+}
+
+/// The factor each row of a block is read with: 1 for f32, bf16 and f16, the row's scale for
+/// int8.
+pub trait RowScales: Copy + Send + Sync {
+    /// The factor of row `j`.
+    fn at(self, j: usize) -> f32;
+}
+
+/// Rows read as they are (a factor of 1, which the compiler folds away).
+#[derive(Clone, Copy, Debug)]
+pub struct Unscaled;
+
+impl RowScales for Unscaled {
+    #[inline(always)]
+    fn at(self, _: usize) -> f32 {
+        1.0
+    }
+}
+
+/// Row `j` is multiplied by `scales[j]` (int8 rows and their scales).
+impl RowScales for ColRef<'_, f32> {
+    #[inline(always)]
+    fn at(self, j: usize) -> f32 {
+        *self.get(j)
+    }
+}
 
 /// Most packed query rows [`few_row_scores`] takes.
 pub const FEW_ROWS_MAX: usize = 8;
@@ -132,179 +265,238 @@ pub fn few_row_scores(
     scale: f32,
     out: &mut [f32],
 ) {
-    let (n, d) = (keys.nrows(), keys.ncols());
+    check_few_rows(keys.nrows(), keys.ncols(), queries, rows, out);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); the shapes are checked above.
+        unsafe { avx2_fma::few_row_scores(keys, Unscaled, queries, rows, scale, out) };
+        return;
+    }
+    portable_scores(keys, Unscaled, queries, rows, scale, out);
+}
+
+/// [`few_row_scores`] for keys in a stored type, row `j` read as `scales.at(j) · keys[j]`:
+/// `out[r · n_keys + j] = scale · scales.at(j) · (keys[j] · queries[r])`. On x86-64 with AVX2,
+/// FMA and F16C on explicit vector instructions, elsewhere on the portable loop.
+///
+/// # Panics
+/// As [`few_row_scores`].
+pub fn stored_row_scores<T: Widen, S: RowScales>(
+    keys: RowsRef<'_, T>,
+    scales: S,
+    queries: &[f32],
+    rows: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    check_few_rows(keys.nrows(), keys.ncols(), queries, rows, out);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma_f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above); the shapes are checked above.
+        unsafe { avx2_fma_f16c::few_row_scores(keys, scales, queries, rows, scale, out) };
+        return;
+    }
+    portable_scores(keys, scales, queries, rows, scale, out);
+}
+
+/// The shape checks of the few-row scores: `queries: (rows, d)`, `out: (rows, n_keys)`.
+#[track_caller]
+fn check_few_rows(n_keys: usize, d: usize, queries: &[f32], rows: usize, out: &[f32]) {
     assert!(
         (1..=FEW_ROWS_MAX).contains(&rows),
         "few_row_scores takes 1 to {FEW_ROWS_MAX} rows, not {rows}"
     );
     assert_eq!(queries.len(), rows * d, "packed queries");
-    assert_eq!(out.len(), rows * n, "score block");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); the shapes are checked above.
-        unsafe { avx2::few_row_scores(keys, queries, rows, scale, out) };
-        return;
-    }
-    portable_scores(keys, queries, rows, scale, out);
+    assert_eq!(out.len(), rows * n_keys, "score block");
 }
 
-/// The portable path of [`few_row_scores`], same contract.
-fn portable_scores(keys: KeyRows<'_>, queries: &[f32], rows: usize, scale: f32, out: &mut [f32]) {
+/// The portable path of [`few_row_scores`] and [`stored_row_scores`], same contract.
+pub fn portable_scores<T: Widen, S: RowScales>(
+    keys: RowsRef<'_, T>,
+    scales: S,
+    queries: &[f32],
+    rows: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let (n, d) = (keys.nrows(), keys.ncols());
     for j in 0..n {
-        let key = keys.row(j).as_slice();
+        let (key, row_scale) = (keys.row(j).as_slice(), scales.at(j));
         for r in 0..rows {
             let dot = dot_in_lanes(key, &queries[r * d..(r + 1) * d]);
-            out[r * n + j] = scale * dot;
+            out[r * n + j] = scale * (row_scale * dot);
         }
     }
 }
 
-/// `a · b` in eight lanes (the portable path of [`few_row_scores`]).
+/// `a · b` in eight lanes (the portable path of the few-row scores), `a` widened to f32.
 #[inline(always)]
-fn dot_in_lanes(a: &[f32], b: &[f32]) -> f32 {
+fn dot_in_lanes<T: Widen>(a: &[T], b: &[f32]) -> f32 {
     let (a_chunks, a_tail) = a.as_chunks::<8>();
     let (b_chunks, b_tail) = b.as_chunks::<8>();
     let mut lanes = [0.0f32; 8];
     for (x, y) in a_chunks.iter().zip(b_chunks) {
         for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+            lanes[i] += x[i].widen() * y[i];
         }
     }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x.widen() * y).sum();
     lanes.iter().sum::<f32>() + tail
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
+/// The explicit-vector few-row scores, written once and compiled for each feature set that
+/// runs them: `$features` is the `target_feature` list of every function, and the callers
+/// check it at run time.
+macro_rules! few_row_kernels {
+    ($features:literal) => {
+        use std::arch::x86_64::*;
 
-    use super::KeyRows;
+        use super::{RowScales, RowsRef, Widen};
 
-    /// [`super::few_row_scores`] on AVX2 + FMA, shapes already checked.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `queries` is `(rows, d)` and `out` `(rows, n_keys)`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn few_row_scores(
-        keys: KeyRows<'_>,
-        queries: &[f32],
-        rows: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        // SAFETY (all arms): same contract as this function's.
-        unsafe {
-            match rows {
-                1 => scores_by::<1, 8>(keys, queries, scale, out),
-                2 => scores_by::<2, 4>(keys, queries, scale, out),
-                3 => scores_by::<3, 3>(keys, queries, scale, out),
-                4 => scores_by::<4, 3>(keys, queries, scale, out),
-                5 => scores_by::<5, 1>(keys, queries, scale, out),
-                6 => scores_by::<6, 1>(keys, queries, scale, out),
-                7 => scores_by::<7, 1>(keys, queries, scale, out),
-                _ => scores_by::<8, 1>(keys, queries, scale, out),
-            }
-        }
-    }
-
-    /// `R` query rows, `J` keys at a time, taken from `J` equal ranges of the block so that
-    /// `J` streams of keys are in flight (one sequential stream per core does not reach the
-    /// memory's bandwidth); then the leftover keys one at a time.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; `queries.len() == R · d`, `out.len() == R · n_keys`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_by<const R: usize, const J: usize>(
-        keys: KeyRows<'_>,
-        queries: &[f32],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        let n = keys.nrows();
-        let per = n / J;
-        for i in 0..per {
-            let mut js = [0usize; J];
-            for (s, j) in js.iter_mut().enumerate() {
-                *j = s * per + i;
-            }
-            // SAFETY: every index is below J · per ≤ n; the caller's contract covers the rest.
-            unsafe { block::<R, J>(keys, js, queries, scale, out) };
-        }
-        for j in J * per..n {
-            // SAFETY: as above, for one row.
-            unsafe { block::<R, 1>(keys, [j], queries, scale, out) };
-        }
-    }
-
-    /// Scores of keys `js` against the `R` rows.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; every key of `js` exists; `queries.len() == R · d`,
-    /// `out.len() == R · n_keys`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn block<const R: usize, const J: usize>(
-        keys: KeyRows<'_>,
-        js: [usize; J],
-        queries: &[f32],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        let (n, d) = (keys.nrows(), keys.ncols());
-        let whole = d - d % 8;
-        let mut key_rows = [&[][..]; J];
-        for (row, &j) in key_rows.iter_mut().zip(&js) {
-            *row = keys.row(j).as_slice();
-        }
-        let mut acc = [[_mm256_setzero_ps(); R]; J];
-        for c in (0..whole).step_by(8) {
-            let mut kv = [_mm256_setzero_ps(); J];
-            for (v, row) in kv.iter_mut().zip(&key_rows) {
-                // SAFETY: c + 8 ≤ d = row.len().
-                *v = unsafe { _mm256_loadu_ps(row.as_ptr().add(c)) };
-            }
-            #[expect(
-                clippy::needless_range_loop,
-                reason = "r walks the query rows and the accumulators in lockstep"
-            )]
-            for r in 0..R {
-                // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
-                let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
-                for jj in 0..J {
-                    acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
+        /// The few-row scores ([`super::stored_row_scores`]'s contract), shapes already
+        /// checked.
+        ///
+        /// # Safety
+        /// The CPU has the module's features; `queries` is `(rows, d)` and `out`
+        /// `(rows, n_keys)`, `rows` in `1..=FEW_ROWS_MAX`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn few_row_scores<T: Widen, S: RowScales>(
+            keys: RowsRef<'_, T>,
+            scales: S,
+            queries: &[f32],
+            rows: usize,
+            scale: f32,
+            out: &mut [f32],
+        ) {
+            let k = (keys, scales);
+            // SAFETY (all arms): same contract as this function's.
+            unsafe {
+                match rows {
+                    1 => scores_by::<T, S, 1, 8>(k, queries, scale, out),
+                    2 => scores_by::<T, S, 2, 4>(k, queries, scale, out),
+                    3 => scores_by::<T, S, 3, 3>(k, queries, scale, out),
+                    4 => scores_by::<T, S, 4, 3>(k, queries, scale, out),
+                    5 => scores_by::<T, S, 5, 1>(k, queries, scale, out),
+                    6 => scores_by::<T, S, 6, 1>(k, queries, scale, out),
+                    7 => scores_by::<T, S, 7, 1>(k, queries, scale, out),
+                    _ => scores_by::<T, S, 8, 1>(k, queries, scale, out),
                 }
             }
         }
-        for jj in 0..J {
-            for r in 0..R {
-                let q = &queries[r * d..(r + 1) * d];
-                let tail = key_rows[jj][whole..]
-                    .iter()
-                    .zip(&q[whole..])
-                    .fold(0.0f32, |s, (a, b)| a.mul_add(*b, s));
-                out[r * n + js[jj]] = scale * (horizontal_sum(acc[jj][r]) + tail);
+
+        /// `R` query rows, `J` keys at a time, taken from `J` equal ranges of the block so
+        /// that `J` streams of keys are in flight (one sequential stream per core does not
+        /// reach the memory's bandwidth); then the leftover keys one at a time.
+        ///
+        /// # Safety
+        /// The module's features; `queries.len() == R · d`, `out.len() == R · n_keys`.
+        #[target_feature(enable = $features)]
+        unsafe fn scores_by<T: Widen, S: RowScales, const R: usize, const J: usize>(
+            keys: (RowsRef<'_, T>, S),
+            queries: &[f32],
+            scale: f32,
+            out: &mut [f32],
+        ) {
+            let n = keys.0.nrows();
+            let per = n / J;
+            for i in 0..per {
+                let mut js = [0usize; J];
+                for (s, j) in js.iter_mut().enumerate() {
+                    *j = s * per + i;
+                }
+                // SAFETY: every index is below J · per ≤ n; the caller's contract covers the
+                // rest.
+                unsafe { block::<T, S, R, J>(keys, js, queries, scale, out) };
+            }
+            for j in J * per..n {
+                // SAFETY: as above, for one row.
+                unsafe { block::<T, S, R, 1>(keys, [j], queries, scale, out) };
             }
         }
-    }
 
-    /// The sum of the eight lanes of `v`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn horizontal_sum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
-    }
+        /// Scores of keys `js` against the `R` rows.
+        ///
+        /// # Safety
+        /// The module's features; every key of `js` exists; `queries.len() == R · d`,
+        /// `out.len() == R · n_keys`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn block<T: Widen, S: RowScales, const R: usize, const J: usize>(
+            (keys, scales): (RowsRef<'_, T>, S),
+            js: [usize; J],
+            queries: &[f32],
+            scale: f32,
+            out: &mut [f32],
+        ) {
+            let (n, d) = (keys.nrows(), keys.ncols());
+            let whole = d - d % 8;
+            let mut key_rows = [&[][..]; J];
+            for (row, &j) in key_rows.iter_mut().zip(&js) {
+                *row = keys.row(j).as_slice();
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; J];
+            for c in (0..whole).step_by(8) {
+                let mut kv = [_mm256_setzero_ps(); J];
+                for (v, row) in kv.iter_mut().zip(&key_rows) {
+                    // SAFETY: c + 8 ≤ d = row.len().
+                    *v = unsafe { T::load8(row.as_ptr().add(c)) };
+                }
+                // Not `expect`: clippy does not lint inside a macro's expansion.
+                #[allow(
+                    clippy::needless_range_loop,
+                    reason = "r walks the query rows and the accumulators in lockstep"
+                )]
+                for r in 0..R {
+                    // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
+                    let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
+                    for jj in 0..J {
+                        acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
+                    }
+                }
+            }
+            for jj in 0..J {
+                let row_scale = scales.at(js[jj]);
+                for r in 0..R {
+                    let q = &queries[r * d..(r + 1) * d];
+                    let tail = key_rows[jj][whole..]
+                        .iter()
+                        .zip(&q[whole..])
+                        .fold(0.0f32, |s, (a, b)| a.widen().mul_add(*b, s));
+                    out[r * n + js[jj]] = scale * (row_scale * (horizontal_sum(acc[jj][r]) + tail));
+                }
+            }
+        }
+
+        /// The sum of the eight lanes of `v`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn horizontal_sum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+        }
+    };
+}
+
+/// The few-row scores for f32 keys, on AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+mod avx2_fma {
+    few_row_kernels!("avx2,fma");
+}
+
+/// The few-row scores for keys in a stored type, on AVX2 + FMA + F16C.
+#[cfg(target_arch = "x86_64")]
+mod avx2_fma_f16c {
+    few_row_kernels!("avx2,fma,f16c");
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// `count` values uniform in `[-1.7, 1.7)` (variance near 1) from an xorshift stream: a
     /// kernel's test needs no generator from the layers above it.
-    fn values(state: &mut u64, count: usize) -> Vec<f32> {
+    pub(in crate::kernels) fn values(state: &mut u64, count: usize) -> Vec<f32> {
         (0..count)
             .map(|_| {
                 *state ^= *state << 13;
@@ -345,7 +537,7 @@ mod tests {
                     let mut fast = vec![0.0f32; rows * n];
                     let mut portable = vec![0.0f32; rows * n];
                     few_row_scores(keys, q, rows, scale, &mut fast);
-                    portable_scores(keys, q, rows, scale, &mut portable);
+                    portable_scores(keys, Unscaled, q, rows, scale, &mut portable);
                     for (i, want) in expected.iter().enumerate() {
                         let tol = 1e-5 * (1.0 + (d as f64).sqrt());
                         let label = format!("d {d} n {n} rows {rows} at {i}");
@@ -409,7 +601,7 @@ mod tests {
                     let mut fast = vec![0.0f32; rows * n];
                     let mut portable = vec![0.0f32; rows * n];
                     few_row_scores(keys, &queries, rows, 0.5, &mut fast);
-                    portable_scores(keys, &queries, rows, 0.5, &mut portable);
+                    portable_scores(keys, Unscaled, &queries, rows, 0.5, &mut portable);
                     for (path, out) in [("dispatched", &fast), ("portable", &portable)] {
                         for (i, score) in out.iter().enumerate() {
                             let (r, j) = (i / n, i % n);

@@ -25,9 +25,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use crate::config::Dtype;
 use crate::config::{
-    BYTES_PER_GIB, LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, clap_value_enum,
-    gib_to_bytes, named_enum,
+    BYTES_PER_GIB, LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, gib_to_bytes, named_enum,
 };
 use crate::error::{Error, Result};
 use crate::presets::{MissingField, ModelFields, Preset, SlidingWindow};
@@ -40,39 +40,6 @@ pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
 
 /// Most KV heads a hypothetical GQA row gets by default: Llama 2 70B, Llama 3 and Mistral use 8.
 pub const DEFAULT_GQA_MAX_KV_HEADS: usize = 8;
-
-/// How the cache stores one value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// 4 bytes (what the layers of this crate allocate).
-    F32,
-    /// 2 bytes, IEEE half.
-    F16,
-    /// 2 bytes, bfloat16.
-    Bf16,
-    /// 1 byte; per-block quantisation scales are not counted.
-    Int8,
-}
-
-named_enum!(Dtype, "a storage type", {
-    F32 => "f32",
-    F16 => "f16",
-    Bf16 => "bf16",
-    Int8 => "int8",
-});
-clap_value_enum!(Dtype);
-
-impl Dtype {
-    /// Bytes per stored value.
-    pub fn bytes(self) -> u64 {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::Bf16 => 2,
-            Dtype::Int8 => 1,
-        }
-    }
-}
 
 /// A whole model as far as its KV cache is concerned.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,553 @@
+//! Decode over a KV cache stored in bf16, f16 or int8 (docs/design.md §5): the scores of a few
+//! packed f32 query rows against stored keys, and the weighted sum `acc += p · v` over stored
+//! values. Both read each stored row once and widen it in registers, eight values at a time,
+//! so no f32 copy of the cache is ever made; products and sums are f32.
+//!
+//! On x86-64 with AVX2, FMA and F16C (checked at run time, [`narrow_path`] says which path
+//! runs) both run on explicit vector instructions; elsewhere on portable loops of the same
+//! contract. AVX-512 BF16's `vdpbf16ps` is not used: it multiplies bf16 by bf16, so the f32
+//! query would be rounded to bf16, and §5 keeps activations in f32.
+
+use faer::ColRef;
+
+use super::convert::{bf16, f16};
+use super::simd::{FEW_ROWS_MAX, RowScales, RowsRef, Unscaled, Widen, stored_row_scores};
+use crate::config::Dtype;
+
+/// Keys or values of one KV head in a stored type, as the narrow kernels read them: `n` rows
+/// (tokens) of `d` values, each row contiguous, any row stride (a head's columns of a cache
+/// plane `(tokens, n_kv_heads · d)` have stride `n_kv_heads · d`).
+#[derive(Clone, Copy, Debug)]
+pub enum StoredRows<'a> {
+    /// bf16 rows `(n, d)`.
+    Bf16(RowsRef<'a, bf16>),
+    /// f16 rows `(n, d)`.
+    F16(RowsRef<'a, f16>),
+    /// int8 rows: `codes: (n, d)` and `scales: (n)`, row `j` read as `codes[j] · scales[j]`
+    /// with [`INT8_NON_FINITE`](super::INT8_NON_FINITE) read as NaN.
+    Int8 {
+        /// The quantised values.
+        codes: RowsRef<'a, i8>,
+        /// One scale per row (any stride: a head's column of a `(tokens, n_kv_heads)` plane).
+        scales: ColRef<'a, f32>,
+    },
+}
+
+impl<'a> StoredRows<'a> {
+    /// The stored type.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            StoredRows::Bf16(_) => Dtype::Bf16,
+            StoredRows::F16(_) => Dtype::F16,
+            StoredRows::Int8 { .. } => Dtype::Int8,
+        }
+    }
+
+    /// Rows (tokens), `n`.
+    pub fn nrows(&self) -> usize {
+        match self {
+            StoredRows::Bf16(rows) => rows.nrows(),
+            StoredRows::F16(rows) => rows.nrows(),
+            StoredRows::Int8 { codes, .. } => codes.nrows(),
+        }
+    }
+
+    /// Values per row, `d`.
+    pub fn ncols(&self) -> usize {
+        match self {
+            StoredRows::Bf16(rows) => rows.ncols(),
+            StoredRows::F16(rows) => rows.ncols(),
+            StoredRows::Int8 { codes, .. } => codes.ncols(),
+        }
+    }
+
+    /// Rows `start..start + n` (with their scales).
+    ///
+    /// # Panics
+    /// If the range is not within the rows.
+    #[track_caller]
+    pub fn subrows(self, start: usize, n: usize) -> Self {
+        match self {
+            StoredRows::Bf16(rows) => StoredRows::Bf16(rows.subrows(start, n)),
+            StoredRows::F16(rows) => StoredRows::F16(rows.subrows(start, n)),
+            StoredRows::Int8 { codes, scales } => StoredRows::Int8 {
+                codes: codes.subrows(start, n),
+                scales: scales.subrows(start, n),
+            },
+        }
+    }
+}
+
+/// The code the narrow kernels run on this CPU, for the results to record:
+/// `"avx2+fma+f16c"` (explicit vector instructions) or `"portable"`.
+pub fn narrow_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma_f16c() {
+        return "avx2+fma+f16c";
+    }
+    "portable"
+}
+
+/// Scores of stored keys against a few packed f32 query rows, reading each key once:
+/// `out[r · n + j] = scale · key_j · queries[r]`, with `key_j` row `j` of `keys` widened to
+/// f32 (for int8 the code row times its scale, the scale applied once to the dot product of
+/// the codes), `queries` row-major `(rows, d)` and `out` row-major `(rows, n)`, as
+/// the few-row scores of f32 keys.
+///
+/// A NaN or infinite query element makes its row's scores non-finite, a non-finite key value
+/// (int8's −128) its key's scores.
+///
+/// # Panics
+/// If `rows` is 0 or above 8, the slices disagree with the shapes, or an int8 block has not one
+/// scale per row.
+pub fn narrow_scores(
+    keys: StoredRows<'_>,
+    queries: &[f32],
+    rows: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    match keys {
+        StoredRows::Bf16(k) => stored_row_scores(k, Unscaled, queries, rows, scale, out),
+        StoredRows::F16(k) => stored_row_scores(k, Unscaled, queries, rows, scale, out),
+        StoredRows::Int8 { codes, scales } => {
+            check_scales(codes.nrows(), scales);
+            stored_row_scores(codes, scales, queries, rows, scale, out);
+        }
+    }
+}
+
+/// The weighted sum over stored values for a few packed rows, reading each value row once:
+/// `acc[r · d + c] += Σ_j weights[r · n + j] · value_j[c]`, with `value_j` row `j` of `values`
+/// widened to f32 (for int8 the codes times the row's scale, the scale folded into the
+/// weight), `weights` row-major `(rows, n)` and `acc` row-major `(rows, d)`: the online
+/// softmax's `acc += p · V` at decode.
+///
+/// A non-finite value element reaches column `c` of every row, even a row whose weight for it
+/// is 0 (`0 · NaN` is NaN): a caller whose rows do not all see every key passes each row its
+/// visible keys only.
+///
+/// # Panics
+/// If `rows` is 0 or above 8, the slices disagree with the shapes, or an int8 block has not one
+/// scale per row.
+pub fn narrow_add_values(values: StoredRows<'_>, weights: &[f32], rows: usize, acc: &mut [f32]) {
+    match values {
+        StoredRows::Bf16(v) => add_values(v, Unscaled, weights, rows, acc),
+        StoredRows::F16(v) => add_values(v, Unscaled, weights, rows, acc),
+        StoredRows::Int8 { codes, scales } => {
+            check_scales(codes.nrows(), scales);
+            add_values(codes, scales, weights, rows, acc);
+        }
+    }
+}
+
+#[track_caller]
+fn check_scales(n: usize, scales: ColRef<'_, f32>) {
+    assert_eq!(scales.nrows(), n, "one int8 scale per row");
+}
+
+/// [`narrow_add_values`] for one element type: the shape checks and the path.
+#[track_caller]
+fn add_values<T: Widen, S: RowScales>(
+    values: RowsRef<'_, T>,
+    scales: S,
+    weights: &[f32],
+    rows: usize,
+    acc: &mut [f32],
+) {
+    assert!(
+        (1..=FEW_ROWS_MAX).contains(&rows),
+        "narrow_add_values takes 1 to {FEW_ROWS_MAX} rows, not {rows}"
+    );
+    assert_eq!(weights.len(), rows * values.nrows(), "weights");
+    assert_eq!(acc.len(), rows * values.ncols(), "accumulators");
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma_f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above); the shapes are checked above.
+        unsafe { avx2::add_values(values, scales, weights, rows, acc) };
+        return;
+    }
+    portable_add_values(values, scales, weights, rows, acc);
+}
+
+/// The portable path of [`narrow_add_values`], shapes already checked.
+fn portable_add_values<T: Widen, S: RowScales>(
+    values: RowsRef<'_, T>,
+    scales: S,
+    weights: &[f32],
+    rows: usize,
+    acc: &mut [f32],
+) {
+    let (n, d) = (values.nrows(), values.ncols());
+    for j in 0..n {
+        let (value, row_scale) = (values.row(j).as_slice(), scales.at(j));
+        for r in 0..rows {
+            let w = weights[r * n + j] * row_scale;
+            for (a, v) in acc[r * d..(r + 1) * d].iter_mut().zip(value) {
+                *a += w * v.widen();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::simd::{RowScales, RowsRef, Widen};
+
+    /// Value rows per block: a block's rows (16 KiB at d = 128 in bf16) stay in L1 while
+    /// every column range of the accumulators passes over them.
+    const VALUE_BLOCK: usize = 64;
+
+    /// [`super::narrow_add_values`] on AVX2 + FMA + F16C, shapes already checked.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `weights` is `(rows, n)`, `acc` `(rows, d)`, `rows`
+    /// in `1..=8`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn add_values<T: Widen, S: RowScales>(
+        values: RowsRef<'_, T>,
+        scales: S,
+        weights: &[f32],
+        rows: usize,
+        acc: &mut [f32],
+    ) {
+        let v = (values, scales);
+        // SAFETY (all arms): same contract as this function's.
+        unsafe {
+            match rows {
+                1 => add_by::<T, S, 1, 4>(v, weights, acc),
+                2 => add_by::<T, S, 2, 4>(v, weights, acc),
+                3 => add_by::<T, S, 3, 2>(v, weights, acc),
+                4 => add_by::<T, S, 4, 2>(v, weights, acc),
+                5 => add_by::<T, S, 5, 1>(v, weights, acc),
+                6 => add_by::<T, S, 6, 1>(v, weights, acc),
+                7 => add_by::<T, S, 7, 1>(v, weights, acc),
+                _ => add_by::<T, S, 8, 1>(v, weights, acc),
+            }
+        }
+    }
+
+    /// `R` rows: value rows in blocks of [`VALUE_BLOCK`]; in each block the columns `8 · C`
+    /// at a time (`R · C` accumulators held in registers across the block), then eight at a
+    /// time, then the last `d mod 8` one by one.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `weights.len() == R · n`, `acc.len() == R · d`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn add_by<T: Widen, S: RowScales, const R: usize, const C: usize>(
+        (values, scales): (RowsRef<'_, T>, S),
+        weights: &[f32],
+        acc: &mut [f32],
+    ) {
+        let (n, d) = (values.nrows(), values.ncols());
+        let wide = d - d % (8 * C);
+        let whole = d - d % 8;
+        for j0 in (0..n).step_by(VALUE_BLOCK) {
+            let block = values.subrows(j0, VALUE_BLOCK.min(n - j0));
+            let w = (&weights[j0..], n);
+            for c in (0..wide).step_by(8 * C) {
+                // SAFETY: c + 8 · C ≤ d; the caller's contract covers the rest.
+                unsafe { columns::<T, S, R, C>((block, scales, j0), w, c, acc) };
+            }
+            for c in (wide..whole).step_by(8) {
+                // SAFETY: c + 8 ≤ d; as above.
+                unsafe { columns::<T, S, R, 1>((block, scales, j0), w, c, acc) };
+            }
+            for j in 0..block.nrows() {
+                let (value, row_scale) = (block.row(j).as_slice(), scales.at(j0 + j));
+                for r in 0..R {
+                    let p = weights[r * n + j0 + j] * row_scale;
+                    for c in whole..d {
+                        acc[r * d + c] = p.mul_add(value[c].widen(), acc[r * d + c]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Columns `c..c + 8 · C` of the `R` accumulator rows, over the rows of `block` (rows
+    /// `j0..` of the values): `acc[r][c..] += (weights[r · n + j] · scale_j) · value_j[c..]`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `c + 8 · C ≤ d`; `weights` (from row `j0`) holds `R` rows of
+    /// stride `n`, `acc.len() == R · d`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn columns<T: Widen, S: RowScales, const R: usize, const C: usize>(
+        (block, scales, j0): (RowsRef<'_, T>, S, usize),
+        (weights, n): (&[f32], usize),
+        c: usize,
+        acc: &mut [f32],
+    ) {
+        let d = block.ncols();
+        let mut sums = [[_mm256_setzero_ps(); C]; R];
+        for (r, row) in sums.iter_mut().enumerate() {
+            for (k, sum) in row.iter_mut().enumerate() {
+                // SAFETY: r · d + c + 8 · k + 8 ≤ R · d = acc.len().
+                *sum = unsafe { _mm256_loadu_ps(acc.as_ptr().add(r * d + c + 8 * k)) };
+            }
+        }
+        for j in 0..block.nrows() {
+            let value = block.row(j).as_slice().as_ptr();
+            let mut v = [_mm256_setzero_ps(); C];
+            for (k, lanes) in v.iter_mut().enumerate() {
+                // SAFETY: c + 8 · k + 8 ≤ c + 8 · C ≤ d, the row's length.
+                *lanes = unsafe { T::load8(value.add(c + 8 * k)) };
+            }
+            let row_scale = scales.at(j0 + j);
+            for (r, row) in sums.iter_mut().enumerate() {
+                let p = _mm256_set1_ps(weights[r * n + j] * row_scale);
+                for (sum, lanes) in row.iter_mut().zip(&v) {
+                    *sum = _mm256_fmadd_ps(p, *lanes, *sum);
+                }
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            for (k, sum) in row.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(r * d + c + 8 * k), *sum) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use faer::MatRef;
+
+    use super::super::convert::{
+        dequantize_int8, quantize_int8, round_to_bf16, round_to_f16, widen_bf16, widen_f16,
+    };
+    use super::super::simd::portable_scores;
+    use super::super::simd::tests::values;
+    use super::*;
+
+    /// Columns around a block's `d` in its buffer (2 before, 3 after), and scales around its
+    /// scale (1 before, 1 after): NaN, so that a read outside the view shows in the outputs.
+    const BEFORE: usize = 2;
+    const PAD: usize = 5;
+
+    /// `n` rows of `d` random values stored in one type, as a strided view of a wider buffer,
+    /// and the values the kernels must read (`(n, d)` row-major): widened, or dequantised.
+    struct Block {
+        dtype: Dtype,
+        n: usize,
+        d: usize,
+        bf16: Vec<bf16>,
+        f16: Vec<f16>,
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        read: Vec<f32>,
+    }
+
+    impl Block {
+        /// Random values, with `bad` written at `(row, column)` when given.
+        fn new(
+            dtype: Dtype,
+            (n, d): (usize, usize),
+            state: &mut u64,
+            bad: Option<(usize, usize, f32)>,
+        ) -> Self {
+            let w = d + PAD;
+            let mut wide = vec![f32::NAN; n * w];
+            for (j, row) in values(state, n * d).chunks(d).enumerate() {
+                wide[j * w + BEFORE..][..d].copy_from_slice(row);
+            }
+            if let Some((j, c, v)) = bad {
+                wide[j * w + BEFORE + c] = v;
+            }
+            let mut block = Block {
+                dtype,
+                n,
+                d,
+                bf16: vec![bf16::ZERO; n * w],
+                f16: vec![f16::ZERO; n * w],
+                codes: vec![i8::MIN; n * w],
+                scales: vec![f32::NAN; n * 3],
+                read: vec![0.0; n * d],
+            };
+            round_to_bf16(&wide, &mut block.bf16);
+            round_to_f16(&wide, &mut block.f16);
+            for j in 0..n {
+                let (at, read) = (j * w + BEFORE, &mut block.read[j * d..][..d]);
+                match dtype {
+                    Dtype::Bf16 => widen_bf16(&block.bf16[at..][..d], read),
+                    Dtype::F16 => widen_f16(&block.f16[at..][..d], read),
+                    _ => {
+                        let codes = &mut block.codes[at..][..d];
+                        block.scales[j * 3 + 1] = quantize_int8(&wide[at..][..d], codes);
+                        dequantize_int8(codes, block.scales[j * 3 + 1], read);
+                    }
+                }
+            }
+            block
+        }
+
+        fn rows(&self) -> StoredRows<'_> {
+            fn view<T>(data: &[T], n: usize, d: usize) -> RowsRef<'_, T> {
+                MatRef::from_row_major_slice(data, n, d + PAD)
+                    .subcols(BEFORE, d)
+                    .try_as_row_major()
+                    .unwrap()
+            }
+            match self.dtype {
+                Dtype::Bf16 => StoredRows::Bf16(view(&self.bf16, self.n, self.d)),
+                Dtype::F16 => StoredRows::F16(view(&self.f16, self.n, self.d)),
+                _ => StoredRows::Int8 {
+                    codes: view(&self.codes, self.n, self.d),
+                    scales: MatRef::from_row_major_slice(&self.scales, self.n, 3).col(1),
+                },
+            }
+        }
+
+        /// The scores on both paths: the dispatched one, then the portable loop.
+        fn scores(&self, queries: &[f32], rows: usize, scale: f32) -> [Vec<f32>; 2] {
+            let mut out = [vec![0.0; rows * self.n], vec![0.0; rows * self.n]];
+            narrow_scores(self.rows(), queries, rows, scale, &mut out[0]);
+            let (q, o) = (queries, &mut out[1]);
+            match self.rows() {
+                StoredRows::Bf16(k) => portable_scores(k, Unscaled, q, rows, scale, o),
+                StoredRows::F16(k) => portable_scores(k, Unscaled, q, rows, scale, o),
+                StoredRows::Int8 { codes, scales } => {
+                    portable_scores(codes, scales, q, rows, scale, o);
+                }
+            }
+            out
+        }
+
+        /// `acc + weights · values` on both paths, as [`Self::scores`].
+        fn add_values(&self, weights: &[f32], rows: usize, acc: &[f32]) -> [Vec<f32>; 2] {
+            let mut out = [acc.to_vec(), acc.to_vec()];
+            narrow_add_values(self.rows(), weights, rows, &mut out[0]);
+            let (w, o) = (weights, &mut out[1]);
+            match self.rows() {
+                StoredRows::Bf16(v) => portable_add_values(v, Unscaled, w, rows, o),
+                StoredRows::F16(v) => portable_add_values(v, Unscaled, w, rows, o),
+                StoredRows::Int8 { codes, scales } => {
+                    portable_add_values(codes, scales, w, rows, o);
+                }
+            }
+            out
+        }
+    }
+
+    const STORED: [Dtype; 3] = [Dtype::Bf16, Dtype::F16, Dtype::Int8];
+
+    /// Both paths against f64 sums of the values read back, `got` (f32) beside `want` (f64):
+    /// a tolerance that grows with the number of terms summed.
+    fn assert_near(got: &[Vec<f32>; 2], want: &[f64], terms: usize, label: &str) {
+        let tol = 1e-5 * (1.0 + (terms as f64).sqrt());
+        for (path, out) in ["dispatched", "portable"].iter().zip(got) {
+            for (i, (g, w)) in out.iter().zip(want).enumerate() {
+                let err = (f64::from(*g) - w).abs();
+                assert!(err < tol, "{label} {path} at {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_scores_equal_f64_dot_products_of_the_values_read_back() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for dtype in STORED {
+            for d in 1..=129 {
+                for n in [1, 3, 17] {
+                    let block = Block::new(dtype, (n, d), &mut state, None);
+                    for rows in 1..=FEW_ROWS_MAX {
+                        let q = values(&mut state, rows * d);
+                        let scale = 0.37f32;
+                        let want: Vec<f64> = (0..rows * n)
+                            .map(|i| {
+                                let (r, j) = (i / n, i % n);
+                                let dot: f64 = (0..d)
+                                    .map(|c| {
+                                        f64::from(block.read[j * d + c]) * f64::from(q[r * d + c])
+                                    })
+                                    .sum();
+                                f64::from(scale) * dot
+                            })
+                            .collect();
+                        let label = format!("{dtype} d {d} n {n} rows {rows}");
+                        assert_near(&block.scores(&q, rows, scale), &want, d, &label);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_add_values_equal_f64_weighted_sums_of_the_values_read_back() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for dtype in STORED {
+            for d in 1..=129 {
+                // 67 rows: a whole block of 64 and a short one.
+                for n in [1, 5, 67] {
+                    let block = Block::new(dtype, (n, d), &mut state, None);
+                    for rows in 1..=FEW_ROWS_MAX {
+                        let weights = values(&mut state, rows * n);
+                        let acc = values(&mut state, rows * d);
+                        let want: Vec<f64> = (0..rows * d)
+                            .map(|i| {
+                                let (r, c) = (i / d, i % d);
+                                let sum: f64 = (0..n)
+                                    .map(|j| {
+                                        f64::from(weights[r * n + j])
+                                            * f64::from(block.read[j * d + c])
+                                    })
+                                    .sum();
+                                f64::from(acc[i]) + sum
+                            })
+                            .collect();
+                        let label = format!("{dtype} d {d} n {n} rows {rows}");
+                        assert_near(&block.add_values(&weights, rows, &acc), &want, n, &label);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A NaN or an infinity stored in a key makes that key's scores non-finite and no other;
+    /// in a value, column `c` of every row and no other (int8 stores both as its −128), on both
+    /// paths, at a column in the eight lanes and one in the tail.
+    #[test]
+    fn non_finite_stored_values_reach_exactly_their_outputs() {
+        let mut state = 0x51_7cc1_b727_220au64;
+        let (n, d) = (11, 13);
+        for dtype in STORED {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for (bad_j, bad_c) in [(4, 3), (7, 12)] {
+                    let poison = Some((bad_j, bad_c, bad));
+                    let block = Block::new(dtype, (n, d), &mut state, poison);
+                    for rows in 1..=FEW_ROWS_MAX {
+                        let label = format!("{dtype} {bad} at ({bad_j}, {bad_c}), rows {rows}");
+                        let q = values(&mut state, rows * d);
+                        for out in block.scores(&q, rows, 0.5) {
+                            for (i, s) in out.iter().enumerate() {
+                                assert_eq!(!s.is_finite(), i % n == bad_j, "{label}: score {i}");
+                            }
+                        }
+                        let weights = values(&mut state, rows * n);
+                        let acc = values(&mut state, rows * d);
+                        for out in block.add_values(&weights, rows, &acc) {
+                            for (i, a) in out.iter().enumerate() {
+                                assert_eq!(!a.is_finite(), i % d == bad_c, "{label}: acc {i}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_path_is_named() {
+        let path = narrow_path();
+        assert!(["avx2+fma+f16c", "portable"].contains(&path), "{path}");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            path == "avx2+fma+f16c",
+            super::super::simd::has_avx2_fma_f16c()
+        );
+    }
+}

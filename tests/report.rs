@@ -442,3 +442,32 @@ fn every_sample_round_trips_and_a_file_without_samples_still_loads() {
     }
     assert_success(&attnbench(&["report", old.path().to_str().unwrap()]));
 }
+
+/// Runs `report` on `dir`, expecting a refusal that names `file` and gives the operating
+/// system's reason exactly once (an error that shows its cause and also returns it as its
+/// source gets it printed twice by the command line's `{:#}`).
+fn assert_reason_once(dir: &Path, file: &str) {
+    let out = attnbench(&["report", dir.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}: accepted", dir.display());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{file}: ")), "{stderr}");
+    assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_file_system_error_prints_the_reason_once() {
+    let dir = scratch("os_error");
+    // Reading: no such directory.
+    let missing = dir.join("nonexistent");
+    assert_reason_once(&missing, "nonexistent/results.json");
+    // Writing: a file stands where the charts folder goes.
+    let blocked = dir.join("blocked");
+    fs::create_dir_all(&blocked).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads/results.json"),
+        blocked.join("results.json"),
+    )
+    .unwrap();
+    fs::write(blocked.join("charts"), "not a folder").unwrap();
+    assert_reason_once(&blocked, "blocked/charts/decode_latency.svg");
+}

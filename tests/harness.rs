@@ -625,3 +625,33 @@ fn a_calibration_records_the_patterns_that_reached_its_ceilings() {
         VectorLoads::Avx512 | VectorLoads::Avx2 | VectorLoads::Portable
     ));
 }
+
+#[test]
+fn a_logged_point_without_its_timing_is_refused_naming_the_line() {
+    let dir = scratch("incomplete_log");
+    let committed = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/results/kv_heads/points.jsonl"
+    ))
+    .unwrap();
+    let mut lines: Vec<serde_json::Value> = committed
+        .lines()
+        .take(2)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = lines[1]["key"].as_str().unwrap().to_string();
+    lines[1]
+        .as_object_mut()
+        .unwrap()
+        .remove("median_ns")
+        .unwrap();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let log = write(&dir, "points.jsonl", &text);
+    let error = read_log(&log).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "points.jsonl:2: not a point result: point `{key}` has no `median_ns` and no `error`"
+        )),
+        "{error}"
+    );
+}

@@ -108,7 +108,8 @@ impl ResultsDir {
 
     /// Reads the log of finished points. A torn last line (the run was killed while writing
     /// it) is cut off the file so that appending continues cleanly; any other bad line is an
-    /// error.
+    /// error, a point that did not fail and lacks a field the report shows
+    /// ([`PointResult::missing_field`], roofline aside) included.
     pub fn read_log(&self) -> Result<Vec<PointResult>, ReadError> {
         read_log(&self.log())
     }
@@ -171,6 +172,14 @@ pub fn read_log(path: &Path) -> Result<Vec<PointResult>, ReadError> {
         }
         match serde_json::from_str::<PointResult>(line) {
             Ok(r) => {
+                // Its roofline is not checked: the log does not record the calibration.
+                if let Some(field) = r.missing_field(None) {
+                    return Err(ReadError::CorruptLog {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        message: format!("point `{}` has no `{field}` and no `error`", r.key),
+                    });
+                }
                 results.push(r);
                 good_bytes += line.len() as u64 + 1;
             }

@@ -44,6 +44,18 @@ pub enum ReadError {
         /// The one this build reads.
         expected: &'static str,
     },
+    /// A point that did not fail lacks a field the report shows
+    /// ([`PointResult::missing_field`](super::PointResult::missing_field)): a blank cell would
+    /// hide it.
+    #[error("{path}: point `{key}` has no `{field}` and no `error`")]
+    MissingField {
+        /// The file.
+        path: PathBuf,
+        /// The point's key.
+        key: String,
+        /// The field, by its name on disk, e.g. `median_ns`.
+        field: &'static str,
+    },
     /// The log holds a line that is not a point result (other than a torn last line).
     #[error("{path}:{line}: not a point result: {message}")]
     CorruptLog {

@@ -67,7 +67,8 @@ pub struct ResultsFile {
 }
 
 /// Reads a `results.json` (whatever its name), refusing another format version before
-/// anything else (a newer file may not even parse as this one).
+/// anything else (a newer file may not even parse as this one), and a point that neither
+/// failed nor has every field the report shows ([`ReadError::MissingField`]).
 pub fn read_results(path: &Path) -> Result<ResultsFile, ReadError> {
     /// Just the version, read first.
     #[derive(Deserialize)]
@@ -84,5 +85,15 @@ pub fn read_results(path: &Path) -> Result<ResultsFile, ReadError> {
             expected: RESULTS_FORMAT,
         });
     }
-    parse_json(path, &text, WHAT)
+    let results: ResultsFile = parse_json(path, &text, WHAT)?;
+    for point in &results.points {
+        if let Some(field) = point.missing_field(results.machine.as_ref()) {
+            return Err(ReadError::MissingField {
+                path: path.to_path_buf(),
+                key: point.key.clone(),
+                field,
+            });
+        }
+    }
+    Ok(results)
 }

@@ -751,3 +751,21 @@ fn a_logged_point_without_its_timing_is_refused_naming_the_line() {
         "{error}"
     );
 }
+
+#[test]
+fn a_log_opens_with_its_grid_once_even_after_blank_lines() {
+    use attnbench::experiment::parse_experiment;
+    use attnbench::results::Grid;
+    let dir = scratch("blank_log");
+    let grid = Grid::of(&parse_experiment(TINY, "t.toml", "t", 1 << 40).unwrap());
+    let results = ResultsDir::new(&dir);
+    // What a kill during the grid's line leaves once the torn line is cut: no record.
+    fs::write(results.log(), "\n \n").unwrap();
+    drop(results.open_log(&grid).unwrap());
+    drop(results.open_log(&grid).unwrap());
+    let text = fs::read_to_string(results.log()).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let logged = results.read_logged_run().unwrap();
+    assert_eq!(logged.grid, Some(grid.recorded()));
+    assert!(logged.points.is_empty());
+}

@@ -31,8 +31,9 @@ pub enum RunError {
     GridChanged {
         /// The output directory.
         dir: PathBuf,
-        /// What changed, e.g. `point 3 \`gqa/decode/ctx4096_h32_kv8_b1_t2\` had d_model 512,
-        /// the file now gives 1024 (8 of 8 points differ; it had 8)`.
+        /// What changed ([`Grid::change_since`]), e.g. ``point 3
+        /// `gqa/decode/ctx4096_h32_kv8_b1_t2` had d_model 512, the file now gives 1024 (points
+        /// changed: 8, new: 0, gone: 0)``.
         change: String,
     },
     /// `--resume` on a directory whose log (or `results.json`) does not record its grid, having

@@ -2,7 +2,7 @@
 //! (such as `results/`). Every file name the tool writes is defined here and nowhere else.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{ReadError, WriteError};
@@ -122,7 +122,7 @@ impl ResultsDir {
     }
 
     /// Opens the log for appending, creating the directory and the log if needed. A log that
-    /// holds nothing yet gets `grid` ([`Grid`]) as its first line; the caller checks that a
+    /// holds nothing yet (or only blank lines) gets `grid` ([`Grid`]) as its first line; the caller checks that a
     /// log holding points was run with `grid` ([`Grid::change_since`]) before appending.
     pub fn open_log(&self, grid: &Grid) -> Result<PointLog, WriteError> {
         fs::create_dir_all(&self.path).map_err(WriteError::at(&self.path))?;
@@ -132,14 +132,16 @@ impl ResultsDir {
             .append(true)
             .open(&path)
             .map_err(WriteError::at(&path))?;
+        // Blank lines (a kill before the first line was whole, then its cut) are no record.
+        let record = BufReader::new(File::open(&path).map_err(WriteError::at(&path))?)
+            .bytes()
+            .find(|b| !matches!(b, Ok(b) if b.is_ascii_whitespace()))
+            .transpose()
+            .map_err(WriteError::at(&path))?;
+        let blank = record.is_none();
         let mut log = PointLog { path, file };
-        let empty = log
-            .file
-            .metadata()
-            .map_err(WriteError::at(&log.path))?
-            .len()
-            == 0;
-        if empty {
+        if blank {
+            log.file.set_len(0).map_err(WriteError::at(&log.path))?;
             log.append_line(format!(
                 "{{\"grid_hash\":{},\"grid\":{}}}",
                 serde_json::Value::from(grid.hash()),

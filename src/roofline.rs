@@ -132,7 +132,7 @@ impl Machine {
                 None => return Ok(machine),
                 Some(why) => why,
             },
-            Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(ReadError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
                 Mismatch::Missing
             }
             Err(e) => Mismatch::Unreadable(e.to_string()),

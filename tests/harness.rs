@@ -201,6 +201,101 @@ fn an_existing_results_directory_is_not_overwritten_without_being_told() {
 }
 
 #[test]
+fn resume_refuses_a_directory_run_with_another_grid_naming_what_changed() {
+    let dir = scratch("grid");
+    let text = TINY
+        .replace("\"mla\"]", "]")
+        .replace("[\"prefill\", \"decode\"]", "[\"decode\"]");
+    let file = write(&dir, "tiny.toml", &text);
+    let out = dir.join("out");
+    assert_success(&run(&file, &out, &["--quiet"]));
+    // The grid is recorded: its hash in results.json, the grid itself on the log's first line.
+    let hash = results(&out).experiment.grid_hash.unwrap();
+    assert!(hash.starts_with("fnv1a64:"), "{hash}");
+    let log = fs::read_to_string(out.join("points.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["grid_hash"], hash.as_str());
+    assert_eq!(
+        first["grid"]["points"][0]["spec"]["Grouped"]["config"]["d_model"],
+        32
+    );
+    assert_eq!(read_log(&out.join("points.jsonl")).unwrap().len(), 6);
+
+    // The same file resumes (nothing left to measure) to the same hash.
+    let again = run(&file, &out, &["--resume", "--quiet"]);
+    assert_success(&again);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("(6 resumed"));
+    assert_eq!(results(&out).experiment.grid_hash.unwrap(), hash);
+
+    // A changed d_model leaves every display key as it was, but no point is the same.
+    let before = snapshot(&out);
+    let changed = write(
+        &dir,
+        "tiny.toml",
+        &text.replace("d_model = 32", "d_model = 64"),
+    );
+    let refused = run(&changed, &out, &["--resume", "--quiet"]);
+    assert!(!refused.status.success(), "resumed over another grid");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} was run with a different grid: point 1 `mha/decode/ctx16_h4_kv4_b1_t1` had \
+             d_model 32, the file now gives 64 (points changed: 6, new: 0, gone: 0); rerun \
+             with --force to start over",
+            out.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "a refused resume touched the directory"
+    );
+    // So does a setting of the whole grid.
+    let cold = write(
+        &dir,
+        "tiny.toml",
+        &text.replace("flush_caches = false", "flush_caches = true"),
+    );
+    let refused = run(&cold, &out, &["--resume", "--quiet"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("measure.flush_caches was false, the file now gives true"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // A log from before grids were recorded cannot be checked: refused, not trusted.
+    let points: Vec<&str> = log.lines().skip(1).collect();
+    fs::write(out.join("points.jsonl"), points.join("\n") + "\n").unwrap();
+    let old = run(&file, &out, &["--resume", "--quiet"]);
+    assert!(!old.status.success(), "resumed over an unrecorded grid");
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("does not record the grid it was run with"),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    // Nor is a results.json from before, when the log is gone.
+    fs::remove_file(out.join("points.jsonl")).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("results.json")).unwrap()).unwrap();
+    json["experiment"]
+        .as_object_mut()
+        .unwrap()
+        .remove("grid_hash");
+    fs::write(out.join("results.json"), json.to_string()).unwrap();
+    let old = run(&file, &out, &["--resume", "--quiet"]);
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("results.json does not record the grid"),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    // --force starts over, with the grid recorded again.
+    assert_success(&run(&changed, &out, &["--force", "--quiet"]));
+    assert_ne!(results(&out).experiment.grid_hash.unwrap(), hash);
+}
+
+#[test]
 fn clearing_a_results_directory_deletes_only_what_the_tool_writes() {
     let dir = scratch("clear");
     let files = [
@@ -383,7 +478,8 @@ fn a_killed_sweep_resumes_without_remeasuring_finished_points() {
         .unwrap();
     let log = out.join("points.jsonl");
     let start = Instant::now();
-    while fs::read_to_string(&log).map_or(0, |s| s.lines().count()) < 3 {
+    // The grid's line, then three points.
+    while fs::read_to_string(&log).map_or(0, |s| s.lines().count()) < 4 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the sweep did not progress"
@@ -624,4 +720,52 @@ fn a_calibration_records_the_patterns_that_reached_its_ceilings() {
         loads,
         VectorLoads::Avx512 | VectorLoads::Avx2 | VectorLoads::Portable
     ));
+}
+
+#[test]
+fn a_logged_point_without_its_timing_is_refused_naming_the_line() {
+    let dir = scratch("incomplete_log");
+    let committed = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/results/kv_heads/points.jsonl"
+    ))
+    .unwrap();
+    let mut lines: Vec<serde_json::Value> = committed
+        .lines()
+        .take(2)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = lines[1]["key"].as_str().unwrap().to_string();
+    lines[1]
+        .as_object_mut()
+        .unwrap()
+        .remove("median_ns")
+        .unwrap();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let log = write(&dir, "points.jsonl", &text);
+    let error = read_log(&log).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "points.jsonl:2: not a point result: point `{key}` has no `median_ns` and no `error`"
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_log_opens_with_its_grid_once_even_after_blank_lines() {
+    use attnbench::experiment::parse_experiment;
+    use attnbench::results::Grid;
+    let dir = scratch("blank_log");
+    let grid = Grid::of(&parse_experiment(TINY, "t.toml", "t", 1 << 40).unwrap());
+    let results = ResultsDir::new(&dir);
+    // What a kill during the grid's line leaves once the torn line is cut: no record.
+    fs::write(results.log(), "\n \n").unwrap();
+    drop(results.open_log(&grid).unwrap());
+    drop(results.open_log(&grid).unwrap());
+    let text = fs::read_to_string(results.log()).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let logged = results.read_logged_run().unwrap();
+    assert_eq!(logged.grid, Some(grid.recorded()));
+    assert!(logged.points.is_empty());
 }

@@ -442,3 +442,88 @@ fn every_sample_round_trips_and_a_file_without_samples_still_loads() {
     }
     assert_success(&attnbench(&["report", old.path().to_str().unwrap()]));
 }
+
+/// Runs `report` on `dir`, expecting a refusal that names `file` and gives the operating
+/// system's reason exactly once (an error that shows its cause and also returns it as its
+/// source gets it printed twice by the command line's `{:#}`).
+fn assert_reason_once(dir: &Path, file: &str) {
+    let out = attnbench(&["report", dir.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}: accepted", dir.display());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{file}: ")), "{stderr}");
+    assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_file_system_error_prints_the_reason_once() {
+    let dir = scratch("os_error");
+    // Reading: no such directory.
+    let missing = dir.join("nonexistent");
+    assert_reason_once(&missing, "nonexistent/results.json");
+    // Writing: a file stands where the charts folder goes.
+    let blocked = dir.join("blocked");
+    fs::create_dir_all(&blocked).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads/results.json"),
+        blocked.join("results.json"),
+    )
+    .unwrap();
+    fs::write(blocked.join("charts"), "not a folder").unwrap();
+    assert_reason_once(&blocked, "blocked/charts/decode_latency.svg");
+}
+
+#[test]
+fn a_point_without_a_field_the_tables_show_is_refused_unless_it_failed() {
+    let dir = scratch("incomplete");
+    let good: serde_json::Value = serde_json::from_slice(
+        &fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads/results.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let index = good["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|p| p["error"].is_null())
+        .unwrap();
+    let key = good["points"][index]["key"].as_str().unwrap().to_string();
+    let one = dir.join("one");
+    fs::create_dir_all(&one).unwrap();
+    let write = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut json = good.clone();
+        edit(json["points"][index].as_object_mut().unwrap());
+        fs::write(one.join("results.json"), json.to_string()).unwrap();
+    };
+    // The step's summary and the cost fields the tables and charts show (the file has a
+    // calibration, so the roofline's too), missing or null.
+    for field in [
+        "median_ns",
+        "mad_ns",
+        "min_ns",
+        "max_ns",
+        "samples",
+        "core_median_ns",
+        "core_mad_ns",
+        "core_samples",
+        "core_share_pct",
+        "kv_cache_bytes",
+        "roofline_pct",
+        "core_roofline_pct",
+    ] {
+        let message = format!("one/results.json: point `{key}` has no `{field}` and no `error`");
+        write(&|p| {
+            p.remove(field).unwrap();
+        });
+        assert_refused(&one, &dir, &[&message]);
+        write(&|p| {
+            p.insert(field.into(), serde_json::Value::Null);
+        });
+        assert_refused(&one, &dir, &[&message]);
+    }
+    // A failed point shows `error` instead.
+    write(&|p| {
+        p.remove("median_ns").unwrap();
+        p.insert("error".into(), "cannot allocate".into());
+    });
+    assert_success(&attnbench(&["report", one.to_str().unwrap()]));
+}

@@ -1,6 +1,7 @@
 //! Running an experiment: every point in its own rayon pool, each finished point appended to
-//! the directory's log at once, `--resume` after an interruption. The caller writes the final
-//! files (atomically, through the results store) once the run returns.
+//! the directory's log at once (after the resolved grid, its first line), `--resume` after an
+//! interruption, only over the grid the log records. The caller writes the final files
+//! (atomically, through the results store) once the run returns.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,8 +13,8 @@ use super::alloc::measure_peak;
 use super::measure::{PreparedPoint, sample};
 use crate::experiment::{Experiment, MeasureSettings, Point};
 use crate::results::{
-    Environment, ExperimentRecord, Machine, PointResult, RESULTS_FORMAT, ReadError, ResultsDir,
-    ResultsFile, WriteError,
+    Environment, ExperimentRecord, Grid, Machine, PointResult, RESULTS_FORMAT, ReadError,
+    ResultsDir, ResultsFile, WriteError,
 };
 
 /// What can stop a run (a failing point does not: it becomes a row with `error`).
@@ -24,6 +25,23 @@ pub enum RunError {
         "{0} already holds results; pass --resume to continue that run or --force to start over"
     )]
     ExistingResults(PathBuf),
+    /// `--resume` on a directory run with another grid than the experiment file gives now: its
+    /// points measured something else.
+    #[error("{dir} was run with a different grid: {change}; rerun with --force to start over")]
+    GridChanged {
+        /// The output directory.
+        dir: PathBuf,
+        /// What changed ([`Grid::change_since`]), e.g. ``point 3
+        /// `gqa/decode/ctx4096_h32_kv8_b1_t2` had d_model 512, the file now gives 1024 (points
+        /// changed: 8, new: 0, gone: 0)``.
+        change: String,
+    },
+    /// `--resume` on a directory whose log (or `results.json`) does not record its grid, having
+    /// been written before grids were recorded: nothing says what its points measured.
+    #[error(
+        "{0} does not record the grid it was run with (it was written before attnbench recorded grids), so its points cannot be checked against the file; rerun with --force to start over"
+    )]
+    GridNotRecorded(PathBuf),
     /// The log of the run to resume could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -37,7 +55,9 @@ pub enum RunError {
 pub enum Existing {
     /// Refuse to touch it.
     Refuse,
-    /// Keep the finished points of its log and measure the rest.
+    /// Keep the finished points of its log and measure the rest, once the grid it records is
+    /// the one the experiment gives now (else [`RunError::GridChanged`] or
+    /// [`RunError::GridNotRecorded`]).
     Resume,
     /// Delete its results ([`ResultsDir::clear`]) and start over.
     Overwrite,
@@ -77,20 +97,21 @@ pub fn run_experiment(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ResultsFile, RunError> {
     let results_dir = ResultsDir::new(dir);
+    let grid = Grid::of(experiment);
     let mut finished: HashMap<String, PointResult> = HashMap::new();
     match existing {
         Existing::Refuse if results_dir.holds_results() => {
             return Err(RunError::ExistingResults(dir.to_path_buf()));
         }
         Existing::Overwrite if results_dir.holds_results() => results_dir.clear()?,
-        Existing::Resume if results_dir.log().exists() => {
-            for result in results_dir.read_log()? {
+        Existing::Resume => {
+            for result in finished_points(&results_dir, &grid)? {
                 finished.insert(result.key.clone(), result);
             }
         }
         _ => {}
     }
-    let mut log = results_dir.open_log()?;
+    let mut log = results_dir.open_log(&grid)?;
 
     let resumed = experiment
         .points
@@ -128,12 +149,51 @@ pub fn run_experiment(
     }
     Ok(ResultsFile {
         format: RESULTS_FORMAT.to_string(),
-        experiment: ExperimentRecord::new(experiment, resumed),
+        experiment: ExperimentRecord::new(experiment, &grid, resumed),
         environment,
         machine: machine.cloned(),
         skipped: experiment.skipped.clone(),
         points,
     })
+}
+
+/// The points of `dir` that `--resume` keeps: those of its log, once the grid the log records
+/// is found to be `grid`. Without a log, a `results.json` must record `grid`'s hash (its
+/// points are measured again: only the log holds points to keep). A directory that records
+/// no grid is refused: its points cannot be told to measure what the file now asks.
+fn finished_points(dir: &ResultsDir, grid: &Grid) -> Result<Vec<PointResult>, RunError> {
+    let refuse = |change: String| RunError::GridChanged {
+        dir: dir.path().to_path_buf(),
+        change,
+    };
+    if dir.log().exists() {
+        let logged = dir.read_logged_run()?;
+        match &logged.grid {
+            Some(recorded) => {
+                if let Some(change) = grid.change_since(recorded) {
+                    return Err(refuse(change));
+                }
+            }
+            // Killed before its first line was whole: nothing was measured.
+            None if logged.points.is_empty() => {}
+            None => return Err(RunError::GridNotRecorded(dir.log())),
+        }
+        return Ok(logged.points);
+    }
+    if dir.json().exists() {
+        match dir.read_results()?.experiment.grid_hash {
+            None => return Err(RunError::GridNotRecorded(dir.json())),
+            Some(hash) if hash != grid.hash() => {
+                return Err(refuse(format!(
+                    "its results.json records grid {hash}, the file gives {} (its log, which \
+                     would say what changed, is gone)",
+                    grid.hash()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// Measures one point in a rayon pool of its thread count. Never panics and never fails: a

@@ -2,11 +2,12 @@
 //! (such as `results/`). Every file name the tool writes is defined here and nowhere else.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{ReadError, WriteError};
 use super::file::{ResultsFile, read_results};
+use super::grid::{Grid, RecordedGrid};
 use super::json::write_json;
 use super::machine::{Machine, read_machine};
 use super::point::PointResult;
@@ -106,15 +107,24 @@ impl ResultsDir {
             .collect()
     }
 
-    /// Reads the log of finished points. A torn last line (the run was killed while writing
-    /// it) is cut off the file so that appending continues cleanly; any other bad line is an
-    /// error.
+    /// Reads the log of finished points (without the grid it opens with). A torn last line
+    /// (the run was killed while writing it) is cut off the file so that appending continues
+    /// cleanly; any other bad line is an error, a point that did not fail and lacks a field
+    /// the report shows ([`PointResult::missing_field`], roofline aside) included.
     pub fn read_log(&self) -> Result<Vec<PointResult>, ReadError> {
         read_log(&self.log())
     }
 
-    /// Opens the log for appending, creating the directory and the log if needed.
-    pub fn open_log(&self) -> Result<PointLog, WriteError> {
+    /// Reads the log of finished points and the grid it was run with, as
+    /// [`read_log`](Self::read_log).
+    pub fn read_logged_run(&self) -> Result<LoggedRun, ReadError> {
+        read_logged_run(&self.log())
+    }
+
+    /// Opens the log for appending, creating the directory and the log if needed. A log that
+    /// holds nothing yet (or only blank lines) gets `grid` ([`Grid`]) as its first line; the caller checks that a
+    /// log holding points was run with `grid` ([`Grid::change_since`]) before appending.
+    pub fn open_log(&self, grid: &Grid) -> Result<PointLog, WriteError> {
         fs::create_dir_all(&self.path).map_err(WriteError::at(&self.path))?;
         let path = self.log();
         let file = OpenOptions::new()
@@ -122,7 +132,23 @@ impl ResultsDir {
             .append(true)
             .open(&path)
             .map_err(WriteError::at(&path))?;
-        Ok(PointLog { path, file })
+        // Blank lines (a kill before the first line was whole, then its cut) are no record.
+        let record = BufReader::new(File::open(&path).map_err(WriteError::at(&path))?)
+            .bytes()
+            .find(|b| !matches!(b, Ok(b) if b.is_ascii_whitespace()))
+            .transpose()
+            .map_err(WriteError::at(&path))?;
+        let blank = record.is_none();
+        let mut log = PointLog { path, file };
+        if blank {
+            log.file.set_len(0).map_err(WriteError::at(&log.path))?;
+            log.append_line(format!(
+                "{{\"grid_hash\":{},\"grid\":{}}}",
+                serde_json::Value::from(grid.hash()),
+                grid.json()
+            ))?;
+        }
+        Ok(log)
     }
 }
 
@@ -144,7 +170,10 @@ impl PointLog {
     /// Appends `result` as one line and syncs it to disk, so that a kill loses at most the
     /// point being written.
     pub fn append(&mut self, result: &PointResult) -> Result<(), WriteError> {
-        let mut line = serde_json::to_string(result).expect("a point result serialises");
+        self.append_line(serde_json::to_string(result).expect("a point result serialises"))
+    }
+
+    fn append_line(&mut self, mut line: String) -> Result<(), WriteError> {
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
@@ -153,11 +182,29 @@ impl PointLog {
     }
 }
 
-/// Reads a log of finished points at `path`; see [`ResultsDir::read_log`].
+/// What a log holds: the grid its run measured (its first line) and the points finished.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedRun {
+    /// The grid, `None` in a log written before grids were recorded (or one killed before its
+    /// first line was whole).
+    pub grid: Option<RecordedGrid>,
+    /// The finished points, in the order measured.
+    pub points: Vec<PointResult>,
+}
+
+/// Reads the points of the log at `path`; see [`ResultsDir::read_log`].
 pub fn read_log(path: &Path) -> Result<Vec<PointResult>, ReadError> {
+    read_logged_run(path).map(|run| run.points)
+}
+
+/// Reads the log at `path`; see [`ResultsDir::read_logged_run`].
+pub fn read_logged_run(path: &Path) -> Result<LoggedRun, ReadError> {
     let io = ReadError::at;
     let file = File::open(path).map_err(io(path))?;
-    let mut results = Vec::new();
+    let mut run = LoggedRun {
+        grid: None,
+        points: Vec::new(),
+    };
     let mut good_bytes = 0u64;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
@@ -165,13 +212,28 @@ pub fn read_log(path: &Path) -> Result<Vec<PointResult>, ReadError> {
         .map_err(io(path))?;
     let text_len = fs::metadata(path).map_err(io(path))?.len();
     for (i, line) in lines.iter().enumerate() {
+        let first_record = run.grid.is_none() && run.points.is_empty();
         if line.trim().is_empty() {
+            good_bytes += line.len() as u64 + 1;
+            continue;
+        }
+        // The grid opens the log; a point line is never one (it has no `grid_hash`).
+        if first_record && let Ok(grid) = serde_json::from_str::<RecordedGrid>(line) {
+            run.grid = Some(grid);
             good_bytes += line.len() as u64 + 1;
             continue;
         }
         match serde_json::from_str::<PointResult>(line) {
             Ok(r) => {
-                results.push(r);
+                // Its roofline is not checked: the log does not record the calibration.
+                if let Some(field) = r.missing_field(None) {
+                    return Err(ReadError::CorruptLog {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        message: format!("point `{}` has no `{field}` and no `error`", r.key),
+                    });
+                }
+                run.points.push(r);
                 good_bytes += line.len() as u64 + 1;
             }
             // A torn last line: the run was killed while writing it.
@@ -191,7 +253,7 @@ pub fn read_log(path: &Path) -> Result<Vec<PointResult>, ReadError> {
             }
         }
     }
-    Ok(results)
+    Ok(run)
 }
 
 /// A folder of results directories (such as `results/`): one directory per experiment, the

@@ -1,4 +1,9 @@
 //! What can go wrong reading or writing a results file: each error names the file.
+//!
+//! An I/O error's message holds the operating system's reason itself and the error returns no
+//! [`source`](std::error::Error::source): a printer that walks the chain (the command line's
+//! `{:#}`) would otherwise print the reason twice, and one that prints only the message (a
+//! calibration's "unreadable" note) would lose it.
 
 use std::path::{Path, PathBuf};
 
@@ -8,13 +13,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ReadError {
     /// The file (or directory) could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, not a source: see the module doc).
+        error: std::io::Error,
     },
     /// A JSON file the tool wrote (results, calibration) does not parse as one.
     #[error("{path}:{line}:{column}: not {what}: {message}")]
@@ -40,6 +44,18 @@ pub enum ReadError {
         /// The one this build reads.
         expected: &'static str,
     },
+    /// A point that did not fail lacks a field the report shows
+    /// ([`PointResult::missing_field`](super::PointResult::missing_field)): a blank cell would
+    /// hide it.
+    #[error("{path}: point `{key}` has no `{field}` and no `error`")]
+    MissingField {
+        /// The file.
+        path: PathBuf,
+        /// The point's key.
+        key: String,
+        /// The field, by its name on disk, e.g. `median_ns`.
+        field: &'static str,
+    },
     /// The log holds a line that is not a point result (other than a torn last line).
     #[error("{path}:{line}: not a point result: {message}")]
     CorruptLog {
@@ -55,30 +71,29 @@ pub enum ReadError {
 impl ReadError {
     /// Wraps an I/O error reading `path`, e.g. `.map_err(ReadError::at(path))`.
     pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |source| Self::Io {
+        move |error| Self::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }
 
 /// A file or directory of results could not be written (or removed).
 #[derive(Debug, Error)]
-#[error("{path}: {source}")]
+#[error("{path}: {error}")]
 pub struct WriteError {
     /// The file.
     pub path: PathBuf,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
+    /// Why (in the message, not a source: see the module doc).
+    pub error: std::io::Error,
 }
 
 impl WriteError {
     /// Wraps an I/O error writing `path`, e.g. `.map_err(WriteError::at(path))`.
     pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |source| Self {
+        move |error| Self {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

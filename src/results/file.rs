@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::environment::Environment;
 use super::error::ReadError;
+use super::grid::Grid;
 use super::json::{parse_json, read_text};
 use super::machine::Machine;
 use super::point::PointResult;
@@ -32,11 +33,16 @@ pub struct ExperimentRecord {
     pub points_planned: usize,
     /// Points taken from the log of an interrupted run instead of measured again.
     pub points_resumed: usize,
+    /// The hash of the resolved grid ([`Grid::hash`]): every point's whole configuration,
+    /// the seed and the sampling settings. `None` in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid_hash: Option<String>,
 }
 
 impl ExperimentRecord {
-    /// The record of `experiment`, `resumed` of whose points came from a log.
-    pub fn new(experiment: &Experiment, resumed: usize) -> Self {
+    /// The record of `experiment`, whose grid is `grid` ([`Grid::of`]), `resumed` of whose
+    /// points came from a log.
+    pub fn new(experiment: &Experiment, grid: &Grid, resumed: usize) -> Self {
         Self {
             name: experiment.name.clone(),
             description: experiment.description.clone(),
@@ -45,6 +51,7 @@ impl ExperimentRecord {
             measure: experiment.measure.clone(),
             points_planned: experiment.points.len(),
             points_resumed: resumed,
+            grid_hash: Some(grid.hash().to_string()),
         }
     }
 }
@@ -67,7 +74,8 @@ pub struct ResultsFile {
 }
 
 /// Reads a `results.json` (whatever its name), refusing another format version before
-/// anything else (a newer file may not even parse as this one).
+/// anything else (a newer file may not even parse as this one), and a point that neither
+/// failed nor has every field the report shows ([`ReadError::MissingField`]).
 pub fn read_results(path: &Path) -> Result<ResultsFile, ReadError> {
     /// Just the version, read first.
     #[derive(Deserialize)]
@@ -84,5 +92,15 @@ pub fn read_results(path: &Path) -> Result<ResultsFile, ReadError> {
             expected: RESULTS_FORMAT,
         });
     }
-    parse_json(path, &text, WHAT)
+    let results: ResultsFile = parse_json(path, &text, WHAT)?;
+    for point in &results.points {
+        if let Some(field) = point.missing_field(results.machine.as_ref()) {
+            return Err(ReadError::MissingField {
+                path: path.to_path_buf(),
+                key: point.key.clone(),
+                field,
+            });
+        }
+    }
+    Ok(results)
 }

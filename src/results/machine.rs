@@ -73,6 +73,14 @@ pub struct Machine {
     pub read_pattern: BTreeMap<usize, ReadPattern>,
 }
 
+impl Machine {
+    /// True when it has both ceilings (matmul and read) for `threads` threads, so that a point
+    /// run on that many threads has a roofline.
+    pub fn covers(&self, threads: usize) -> bool {
+        self.matmul_gflops.contains_key(&threads) && self.read_gbps.contains_key(&threads)
+    }
+}
+
 /// How a read of the calibration array was done: each thread cuts its part into
 /// `streams_per_thread` pieces and reads them side by side, one cache line of each in turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::machine::Machine;
 use super::summary::{SampleStats, Summary};
 use super::wire::{PointRow, PointWire};
 use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
@@ -188,6 +189,40 @@ impl PointResult {
             .filter(|(_, summary)| summary.above_ceiling())
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// The first field a report shows that this point lacks, by its name on disk, when it did
+    /// not fail (a failed point shows `error` instead): the step's summary (median, MAD, min,
+    /// max, samples), the core's (median, MAD, samples, share of the step), the KV cache
+    /// measured, and, when `machine` has ceilings for the point's thread count (as the run's
+    /// calibration has for every point it measured), both roofline percentages. `None` when
+    /// it has them all.
+    pub fn missing_field(&self, machine: Option<&Machine>) -> Option<&'static str> {
+        if self.error.is_some() {
+            return None;
+        }
+        let (step, core) = (&self.step, &self.core);
+        let roofline = machine.is_some_and(|m| m.covers(self.threads));
+        [
+            ("median_ns", step.median_ns.is_some()),
+            ("mad_ns", step.mad_ns.is_some()),
+            ("min_ns", step.min_ns.is_some()),
+            ("max_ns", step.max_ns.is_some()),
+            ("samples", step.samples.is_some()),
+            ("core_median_ns", core.median_ns.is_some()),
+            ("core_mad_ns", core.mad_ns.is_some()),
+            ("core_samples", core.samples.is_some()),
+            ("core_share_pct", self.core_share_pct.is_some()),
+            ("kv_cache_bytes", self.kv_cache_bytes.is_some()),
+            ("roofline_pct", !roofline || step.roofline_pct.is_some()),
+            (
+                "core_roofline_pct",
+                !roofline || core.roofline_pct.is_some(),
+            ),
+        ]
+        .into_iter()
+        .find(|&(_, present)| !present)
+        .map(|(field, _)| field)
     }
 
     /// The point as one CSV record: the fields of its JSON record but the samples, in the

@@ -179,7 +179,7 @@ impl Machine {
         let missing: Vec<usize> = threads
             .iter()
             .copied()
-            .filter(|t| !self.matmul_gflops.contains_key(t) || !self.read_gbps.contains_key(t))
+            .filter(|&t| !self.covers(t))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();

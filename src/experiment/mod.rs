@@ -17,8 +17,9 @@ pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
 
 use crate::config::{
-    BYTES_PER_GIB, GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes,
+    GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes, human_bytes,
 };
+use crate::cost::{MemoryEstimate, checked_core_cost, checked_step_cost, memory_estimate};
 use crate::error::Error;
 use crate::presets::{MissingField, ModelFields, preset_names};
 use error::{at_span, key_at, line_column};
@@ -658,22 +659,28 @@ impl Builder<'_> {
         }))
     }
 
-    /// Refuses the first point whose estimated memory is over the limit, at the length list
-    /// that made it.
+    /// Refuses the first point whose sizes overflow 64-bit arithmetic (at the sweep list that
+    /// made it), then the first whose estimated memory is over the limit (at its length list).
     fn check_memory(
         &self,
         points: &[Point],
         measure: &MeasureSettings,
         sweep: &Spanned<wire::SweepWire>,
     ) -> Result<(), ExperimentError> {
+        let list_span =
+            |list: &Option<Spanned<Vec<usize>>>| list.as_ref().map_or(sweep.span(), |s| s.span());
         for point in points {
-            let estimate = crate::cost::memory_estimate(
-                &point.spec,
-                point.batch,
-                point.seq_len,
-                point.context,
-                point.threads,
-            );
+            let Some(estimate) = point_sizes(point) else {
+                let (key, list) = self.overflow_axis(point, sweep.get_ref());
+                return Err(self.error(
+                    list_span(list),
+                    key,
+                    format!(
+                        "point {} is too large to count: its FLOPs, bytes or memory pass 2^64; shrink {key}",
+                        point.key()
+                    ),
+                ));
+            };
             if estimate.total() <= measure.memory_limit_bytes {
                 continue;
             }
@@ -681,22 +688,62 @@ impl Builder<'_> {
                 Mode::Prefill => ("sweep.seq_len", &sweep.get_ref().seq_len),
                 Mode::Decode => ("sweep.context", &sweep.get_ref().context),
             };
-            let span = list.as_ref().map_or(sweep.span(), |s| s.span());
             return Err(self.error(
-                span,
+                list_span(list),
                 key,
                 format!(
-                    "point {} needs an estimated {} (weights {}, KV cache {}, transient {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
+                    "point {} needs an estimated {} (weights {}, KV cache {}, activations {}, transient {}, matmul workspace {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
                     point.key(),
-                    gib(estimate.total()),
-                    gib(estimate.weights_bytes),
-                    gib(estimate.cache_bytes),
-                    gib(estimate.transient_bytes),
-                    gib(measure.memory_limit_bytes)
+                    human_bytes(estimate.total()),
+                    human_bytes(estimate.weights_bytes),
+                    human_bytes(estimate.cache_bytes),
+                    human_bytes(estimate.activations_bytes),
+                    human_bytes(estimate.transient_bytes),
+                    human_bytes(estimate.matmul_workspace_bytes),
+                    human_bytes(measure.memory_limit_bytes)
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The sweep list to blame for a point whose sizes overflow: the first of its lengths,
+    /// batch and threads that, at its smallest, makes the point countable; else its mode's
+    /// length list.
+    fn overflow_axis<'w>(
+        &self,
+        point: &Point,
+        sweep: &'w wire::SweepWire,
+    ) -> (&'static str, &'w Option<Spanned<Vec<usize>>>) {
+        type Shrink = fn(&mut Point);
+        let lengths: &[(&str, Shrink)] = match point.mode {
+            Mode::Decode => &[("sweep.context", |p| p.context = 0)],
+            Mode::Prefill => &[
+                ("sweep.cache_len", |p| p.context = 0),
+                ("sweep.seq_len", |p| p.seq_len = 1),
+            ],
+        };
+        let others: &[(&str, Shrink)] = &[
+            ("sweep.batch", |p| p.batch = 1),
+            ("sweep.threads", |p| p.threads = 1),
+        ];
+        let blamed = lengths.iter().chain(others).find_map(|&(key, shrink)| {
+            let mut smaller = point.clone();
+            shrink(&mut smaller);
+            point_sizes(&smaller).map(|_| key)
+        });
+        let key = blamed.unwrap_or(match point.mode {
+            Mode::Prefill => "sweep.seq_len",
+            Mode::Decode => "sweep.context",
+        });
+        let list = match key {
+            "sweep.context" => &sweep.context,
+            "sweep.cache_len" => &sweep.cache_len,
+            "sweep.seq_len" => &sweep.seq_len,
+            "sweep.batch" => &sweep.batch,
+            _ => &sweep.threads,
+        };
+        (key, list)
     }
 
     /// The file's `name`, else `default_name`; it names the results directory.
@@ -823,9 +870,13 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
     Ok(out)
 }
 
-/// Bytes as GiB with two decimals.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / BYTES_PER_GIB as f64)
+/// The point's memory estimate, `None` when it, or the step's or the core's cost that the
+/// results record, passes 2^64.
+fn point_sizes(point: &Point) -> Option<MemoryEstimate> {
+    let (spec, batch, s_q, context) = (&point.spec, point.batch, point.seq_len, point.context);
+    checked_step_cost(spec, batch, s_q, context)?;
+    checked_core_cost(spec, batch, s_q, context)?;
+    memory_estimate(spec, point.kernel, batch, s_q, context, point.threads)
 }
 
 #[cfg(test)]

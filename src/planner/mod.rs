@@ -25,9 +25,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use crate::config::human_bytes;
 use crate::config::{
-    BYTES_PER_GIB, LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, clap_value_enum,
-    gib_to_bytes, named_enum,
+    LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, clap_value_enum, gib_to_bytes,
+    named_enum,
 };
 use crate::error::{Error, Result};
 use crate::presets::{MissingField, ModelFields, Preset, SlidingWindow};
@@ -444,25 +445,6 @@ pub fn default_gqa_kv_heads(n_heads: usize) -> Option<usize> {
 fn largest_count(available_bytes: u64, unit_bytes: u128) -> u64 {
     assert!(unit_bytes > 0, "a cache unit has at least one byte");
     (available_bytes as u128 / unit_bytes) as u64
-}
-
-/// Bytes for a reader: `N B` below 1 KiB, then KiB and MiB with one decimal, and from 1 GiB
-/// whole MiB with GiB beside them (`1024 MiB (1.00 GiB)`). Binary units.
-pub fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    if bytes < 1 << 10 {
-        format!("{bytes} B")
-    } else if bytes < 1 << 20 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else if bytes < 1 << 30 {
-        format!("{:.1} MiB", b / (1u64 << 20) as f64)
-    } else {
-        format!(
-            "{:.0} MiB ({:.2} GiB)",
-            b / (1u64 << 20) as f64,
-            b / BYTES_PER_GIB as f64
-        )
-    }
 }
 
 /// Plans the KV cache of `request.model`: every variant at its shape, in every requested

@@ -1,0 +1,177 @@
+//! Hostile input, one test per defect a hostile review found: each is refused before anything
+//! runs, with an error naming where it is (file:line:column and key, or the flag), or handled
+//! without harm.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use attnbench::cost::memory_estimate;
+use attnbench::experiment::{Experiment, ExperimentError, parse_experiment};
+use common::{assert_success, attnbench};
+
+/// A fresh directory under the test target's scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("hostile")
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn parse(text: &str) -> Result<Experiment, ExperimentError> {
+    parse_experiment(text, "f.toml", "f", u64::MAX / 2)
+}
+
+/// The 1-based line and column where `needle` starts in `text`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    let at = text.find(needle).unwrap();
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    (
+        text[..at].matches('\n').count() + 1,
+        text[line_start..at].chars().count() + 1,
+    )
+}
+
+/// A small grouped layer decoding at `context`.
+fn decode_at(context: &str) -> String {
+    format!(
+        "[model]\nd_model = 64\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 16\n[sweep]\nvariant = [\"gqa\"]\nmode = [\"decode\"]\ncontext = [{context}]\nthreads = [1]\n"
+    )
+}
+
+#[test]
+fn a_context_whose_sizes_overflow_is_refused_at_its_key() {
+    let text = decode_at("4611686018427387903");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sweep.context"), "{e}");
+    assert_eq!(e.location, Some(position(&text, "[4611")), "{e}");
+    assert!(e.message.contains("2^64"), "{e}");
+    // `validate` refuses it too, and `run` never starts.
+    let dir = scratch("overflow");
+    let file = write(&dir, "overflow.toml", &text);
+    let out = attnbench(&["validate", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "validate accepted: {stderr}");
+    let (line, column) = position(&text, "[4611");
+    let at = format!("overflow.toml:{line}:{column}: key `sweep.context`");
+    assert!(stderr.contains(&at), "{stderr}");
+}
+
+#[test]
+fn an_overflow_blames_the_list_that_makes_it() {
+    // A batch so large that any context overflows: the batch is to blame.
+    let text = decode_at("8").replace(
+        "threads = [1]",
+        "threads = [1]\nbatch = [4611686018427387903]",
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sweep.batch"), "{e}");
+    assert_eq!(e.location, Some(position(&text, "[4611")), "{e}");
+}
+
+#[test]
+fn a_point_whose_activations_do_not_fit_is_refused_before_it_runs() {
+    // 2 heads of 2 values over a residual stream of 2^20: the weights are small, but the
+    // step's input and output alone are 2048 × 2^20 × 4 bytes = 8 GiB each.
+    let text = "[model]\nd_model = 1048576\nn_heads = 2\nn_kv_heads = 2\nhead_dim = 2\n[sweep]\nvariant = [\"mha\"]\nmode = [\"prefill\"]\nseq_len = [2048]\nthreads = [1]\n[measure]\nmemory_limit_gib = 1.0\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("sweep.seq_len"), "{e}");
+    assert!(
+        e.message.contains("activations 16384 MiB (16.00 GiB)"),
+        "{e}"
+    );
+    assert!(
+        e.message.contains("over the memory limit of 1024 MiB"),
+        "{e}"
+    );
+}
+
+/// A tiny experiment over every variant and MLA path, both modes, both kernels, one and two
+/// threads, one and three sequences, prefill with and without a cached prefix.
+const MEMORY_SHAPES: &str = r#"
+name = "memory"
+[model]
+d_model = 48
+n_heads = 4
+n_kv_heads = 2
+head_dim = 8
+kv_lora_rank = 16
+q_lora_rank = 12
+qk_nope_head_dim = 6
+qk_rope_head_dim = 4
+v_head_dim = 6
+[sweep]
+variant = ["mha", "mqa", "gqa", "mla"]
+mode = ["prefill", "decode"]
+seq_len = [1, 33]
+cache_len = [0, 40]
+context = [1, 600]
+batch = [1, 3]
+threads = [1, 2]
+kernel = ["tiled", "naive"]
+[measure]
+warmup_iters = 1
+warmup_ms = 5
+min_samples = 1
+max_samples = 1
+time_budget_ms = 1
+flush_caches = false
+"#;
+
+#[test]
+fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
+    let dir = scratch("memory");
+    let file = write(&dir, "memory.toml", MEMORY_SHAPES);
+    let out_dir = dir.join("out");
+    let out = attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--machine",
+        common::quick_machine(),
+        "--quiet",
+    ]);
+    assert_success(&out);
+    let experiment = parse(MEMORY_SHAPES).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_slice(&fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    let rows = results["points"].as_array().unwrap();
+    assert_eq!(rows.len(), experiment.points.len());
+    let mut labels = std::collections::BTreeSet::new();
+    for (point, row) in experiment.points.iter().zip(rows) {
+        assert_eq!(row["key"], point.key());
+        assert!(row["error"].is_null(), "{row}");
+        let e = memory_estimate(
+            &point.spec,
+            point.kernel,
+            point.batch,
+            point.seq_len,
+            point.context,
+            point.threads,
+        )
+        .unwrap();
+        // A thread's first large matmul allocates faer's packing buffers: a fresh pool's
+        // threads may do so in the measured step.
+        let bound = e.transient_bytes + e.matmul_workspace_bytes;
+        for field in ["peak_transient_bytes", "core_peak_transient_bytes"] {
+            let measured = row[field].as_u64().unwrap();
+            assert!(
+                measured <= bound,
+                "{}: {field} {measured} above the estimate {bound} ({e:?})",
+                point.key()
+            );
+        }
+        labels.insert((point.spec.label(), point.mode));
+    }
+    assert_eq!(labels.len(), 5 * 2, "{labels:?}");
+}

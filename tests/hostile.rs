@@ -175,3 +175,74 @@ fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
     }
     assert_eq!(labels.len(), 5 * 2, "{labels:?}");
 }
+
+#[test]
+fn experiment_names_outside_the_safe_set_are_refused_at_the_key() {
+    let base = decode_at("8");
+    for bad in [
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "a\\\\b",
+        "",
+        " ",
+        ".hidden",
+        "-flag",
+        "a b",
+        "é",
+        &"a".repeat(65),
+    ] {
+        let text = format!("name = \"{bad}\"\n{base}");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("name"), "{bad:?}: {e}");
+        assert_eq!(e.location, Some((1, 8)), "{bad:?}: {e}");
+        assert!(
+            e.message.contains("not a valid experiment name"),
+            "{bad:?}: {e}"
+        );
+    }
+    for good in ["smoke", "kv_heads", "llama3-8b.v2", "A1", &"a".repeat(64)] {
+        let text = format!("name = \"{good}\"\n{base}");
+        assert_eq!(parse(&text).unwrap().name, good);
+    }
+    // The default name, the file's stem, passes the same rule.
+    let e = parse_experiment(&base, "x y.toml", "x y", u64::MAX / 2).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("name"), "{e}");
+    assert!(e.message.contains("\"x y\" (the file's name"), "{e}");
+    assert_eq!(
+        parse_experiment(&base, "ok.toml", "ok", u64::MAX / 2)
+            .unwrap()
+            .name,
+        "ok"
+    );
+}
+
+#[test]
+fn a_forced_run_named_dot_dot_touches_nothing_outside_results() {
+    // `results/..` is the working directory: its charts and results must survive.
+    let dir = scratch("dot_dot");
+    fs::create_dir_all(dir.join("charts")).unwrap();
+    fs::write(dir.join("results.json"), "{}").unwrap();
+    write(
+        &dir,
+        "bad.toml",
+        &format!("name = \"..\"\n{}", decode_at("8")),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attnbench"))
+        .args([
+            "run",
+            "bad.toml",
+            "--force",
+            "--machine",
+            common::quick_machine(),
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("bad.toml:1:8: key `name`"), "{stderr}");
+    assert_eq!(fs::read_to_string(dir.join("results.json")).unwrap(), "{}");
+    assert!(dir.join("charts").exists());
+}

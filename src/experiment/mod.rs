@@ -28,6 +28,20 @@ use wire::{ExperimentWire, ModelWire};
 /// Most threads a point may ask for.
 pub const MAX_THREADS: usize = 1024;
 
+/// Longest experiment name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` may name an experiment, and so its results directory: 1 to
+/// [`MAX_NAME_LEN`] ASCII letters, digits, `.`, `_` and `-`, the first a letter or digit. No
+/// path separator, and never `.`, `..` or a hidden name, so `results/<name>/` stays a fresh
+/// folder inside `results/`.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.len() <= MAX_NAME_LEN
+}
+
 /// One measurement: a layer, a mode, the lengths, the batch and the thread count.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Point {
@@ -746,24 +760,32 @@ impl Builder<'_> {
         (key, list)
     }
 
-    /// The file's `name`, else `default_name`; it names the results directory.
+    /// The file's `name`, else `default_name` (the file's stem); it names the results
+    /// directory, so it must pass [`is_valid_name`]. A bad default is located at the top of
+    /// the file, where a `name` would go.
     fn name(
         &self,
         name: &Option<Spanned<String>>,
         default_name: &str,
     ) -> Result<String, ExperimentError> {
-        match name {
-            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains(['/', '\\']) => {
-                Err(self.error(
-                    n.span(),
-                    "name",
-                    "must be a non-empty name without slashes (it names the results directory)"
-                        .into(),
-                ))
-            }
-            Some(n) => Ok(n.get_ref().clone()),
-            None => Ok(default_name.to_string()),
+        let (value, span, what) = match name {
+            Some(n) => (n.get_ref().as_str(), n.span(), ""),
+            None => (
+                default_name,
+                0..0,
+                " (the file's name; set `name` to another)",
+            ),
+        };
+        if !is_valid_name(value) {
+            return Err(self.error(
+                span,
+                "name",
+                format!(
+                    "{value:?}{what} is not a valid experiment name: it names the results directory, so it takes 1 to {MAX_NAME_LEN} ASCII letters, digits, `.`, `_` and `-`, the first a letter or digit"
+                ),
+            ));
         }
+        Ok(value.to_string())
     }
 
     /// Where a field of the layer came from, for an error: its sweep list, its `[model]` key

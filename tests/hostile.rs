@@ -246,3 +246,44 @@ fn a_forced_run_named_dot_dot_touches_nothing_outside_results() {
     assert_eq!(fs::read_to_string(dir.join("results.json")).unwrap(), "{}");
     assert!(dir.join("charts").exists());
 }
+
+/// Runs `attnbench kv ARGS`, expecting a refusal; its stderr.
+fn kv_refusal(args: &str) -> String {
+    let mut argv = vec!["kv"];
+    argv.extend(args.split_whitespace());
+    let out = attnbench(&argv);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args}: {stderr}");
+    stderr
+}
+
+#[test]
+fn kv_names_the_flags_the_user_typed_and_never_wraps() {
+    let shape = "--n-layers 2 --context 10";
+    let e = kv_refusal(&format!(
+        "--variant mha --n-heads 1048576 --head-dim 1048576 {shape}"
+    ));
+    assert!(
+        e.contains("--n-heads 1048576 × --head-dim 1048576 = 1099511627776:"),
+        "{e}"
+    );
+    assert!(!e.contains("--d-model"), "{e}");
+    let e = kv_refusal(&format!(
+        "--variant gqa --n-kv-heads 8 --n-heads 4294967296 --head-dim 4294967296 {shape}"
+    ));
+    assert!(
+        e.contains("--n-heads 4294967296 × --head-dim 4294967296 (past 2^64)"),
+        "{e}"
+    );
+    assert!(!e.contains("--d-model"), "{e}");
+    let e = kv_refusal(&format!(
+        "--variant mla --n-heads 4294967296 --v-head-dim 4294967296 --kv-lora-rank 8 --qk-rope-head-dim 8 --qk-nope-head-dim 8 {shape}"
+    ));
+    assert!(e.contains("× --v-head-dim 4294967296 (past 2^64)"), "{e}");
+    let e = kv_refusal(&format!("--variant mha --n-heads 0 --head-dim 8 {shape}"));
+    assert!(e.contains("--n-heads 0: must be at least 1"), "{e}");
+    // A parameter count whose bytes pass 2^64 is refused, not saturated.
+    let e = kv_refusal("--preset llama-3-8b --context 10 --params 18446744073709551615");
+    assert!(e.contains("--params 18446744073709551615:"), "{e}");
+}

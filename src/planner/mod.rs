@@ -548,14 +548,20 @@ fn weight_figures(request: &PlanRequest, budget_bytes: Option<u64>) -> Result<Ve
         .dtypes
         .iter()
         .map(|&dtype| {
-            let weights_bytes = params.saturating_mul(dtype.bytes());
-            WeightFigures {
+            let weights_bytes = params.checked_mul(dtype.bytes()).ok_or_else(|| {
+                invalid(
+                    "params",
+                    params,
+                    format!("the weights in {dtype} exceed 2^64 bytes (16 EiB)"),
+                )
+            })?;
+            Ok(WeightFigures {
                 dtype,
                 weights_bytes,
                 budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if let (Some(budget), Some(gib)) = (budget_bytes, request.budget_gib)
         && weights.iter().all(|w| w.weights_bytes >= budget)
     {

@@ -287,3 +287,27 @@ fn kv_names_the_flags_the_user_typed_and_never_wraps() {
     let e = kv_refusal("--preset llama-3-8b --context 10 --params 18446744073709551615");
     assert!(e.contains("--params 18446744073709551615:"), "{e}");
 }
+
+#[test]
+fn a_byte_order_mark_and_non_ascii_text_keep_keys_and_columns() {
+    // After a byte-order mark, the table name and the column are those an editor shows.
+    let text = "\u{feff}[model]\nd_model = \"big\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("model.d_model"), "{e}");
+    assert_eq!(e.location, Some((2, 11)), "{e}");
+    let text = format!("\u{feff}name = \"bad name\"\n{}", decode_at("8"));
+    assert_eq!(parse(&text).unwrap_err().location, Some((1, 8)));
+    // Columns count characters, not bytes: three two-byte letters before the fault.
+    let text = format!("description = \"ééé\" seed = 1\n{}", decode_at("8"));
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.location, Some(position(&text, "seed =")), "{e}");
+    assert_eq!(e.location, Some((1, 21)), "{e}");
+}
+
+#[test]
+fn a_tiny_memory_limit_is_printed_in_units_that_show_it() {
+    let text = format!("{}[measure]\nmemory_limit_gib = 1e-9\n", decode_at("8"));
+    let e = parse(&text).unwrap_err();
+    assert!(e.message.contains("over the memory limit of 1 B;"), "{e}");
+    assert!(!e.message.contains("0.00 GiB"), "{e}");
+}

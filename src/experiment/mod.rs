@@ -201,6 +201,8 @@ pub fn parse_experiment(
     default_name: &str,
     memory_limit_default: u64,
 ) -> Result<Experiment, ExperimentError> {
+    // A byte-order mark is no part of the TOML: columns and table names count from after it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let wire: ExperimentWire = toml::from_str(text).map_err(|e| {
         let span = e.span();
         ExperimentError {

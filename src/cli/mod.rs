@@ -90,7 +90,9 @@ enum Command {
     /// by a few percent even when each run's samples are tight.
     ///
     /// Exit status: 0 when no point's step time regressed beyond --fail-above-pct (or the flag
-    /// is not given), 1 when some point did, 2 for bad arguments or an unreadable result set.
+    /// is not given), 1 when some point did or, with the flag, when no point was compared, a
+    /// point failed on either side or a point of A is missing from B; 2 for bad arguments or an
+    /// unreadable result set.
     Compare(compare::CompareArgs),
 }
 

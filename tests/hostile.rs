@@ -311,3 +311,33 @@ fn a_tiny_memory_limit_is_printed_in_units_that_show_it() {
     assert!(e.message.contains("over the memory limit of 1 B;"), "{e}");
     assert!(!e.message.contains("0.00 GiB"), "{e}");
 }
+
+#[test]
+fn stale_temporary_files_of_dead_writers_are_removed() {
+    use attnbench::fsutil::write_atomic;
+    let dir = scratch("stale");
+    // A process that has ended: its id names no running process.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let live = std::process::id();
+    let stale = write(&dir, &format!(".results.json.attnbench-tmp-{dead}"), "half");
+    let legacy = write(&dir, &format!(".results.json.tmp-{dead}"), "half");
+    // Process 1 always runs.
+    let running = write(&dir, ".results.json.attnbench-tmp-1", "x");
+    let other = write(&dir, &format!(".results.md.attnbench-tmp-{dead}"), "x");
+    let unrelated = write(&dir, &format!("notes.tmp-{dead}"), "x");
+    write_atomic(&dir.join("results.json"), b"{}").unwrap();
+    assert_eq!(fs::read_to_string(dir.join("results.json")).unwrap(), "{}");
+    assert!(!stale.exists() && !legacy.exists());
+    // Another file's temporaries wait for its own write; nothing else is touched.
+    assert!(running.exists() && other.exists() && unrelated.exists());
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(&format!("tmp-{live}"))),
+        "{names:?}"
+    );
+}

@@ -11,14 +11,9 @@ use attnbench::cost::memory_estimate;
 use attnbench::experiment::{Experiment, ExperimentError, parse_experiment};
 use common::{assert_success, attnbench};
 
-/// A fresh directory under the test target's scratch space.
+/// A fresh directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("hostile")
-        .join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("hostile", name)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -247,15 +242,19 @@ fn a_forced_run_named_dot_dot_touches_nothing_outside_results() {
     assert!(dir.join("charts").exists());
 }
 
-/// Runs `attnbench kv ARGS`, expecting a refusal; its stderr.
-fn kv_refusal(args: &str) -> String {
-    let mut argv = vec!["kv"];
+/// Runs `attnbench COMMAND ARGS`, expecting a refusal: exit 1, no panic, no abort. Its stderr.
+fn refusal(command: &str, args: &str) -> String {
+    let mut argv = vec![command];
     argv.extend(args.split_whitespace());
     let out = attnbench(&argv);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{args}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args}: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{command} {args}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{command} {args}: {stderr}");
     stderr
+}
+
+fn kv_refusal(args: &str) -> String {
+    refusal("kv", args)
 }
 
 #[test]
@@ -339,5 +338,28 @@ fn stale_temporary_files_of_dead_writers_are_removed() {
     assert!(
         !names.iter().any(|n| n.ends_with(&format!("tmp-{live}"))),
         "{names:?}"
+    );
+}
+
+fn export_refusal(args: &str) -> String {
+    refusal("export", args)
+}
+
+#[test]
+fn export_refuses_cases_too_large_to_build_naming_the_flags() {
+    // Weights of 64 × 2^40 values each aborted the process allocating them.
+    let e = export_refusal("--variant mha --n-heads 1048576 --head-dim 1048576");
+    assert!(e.contains("over half this machine's memory"), "{e}");
+    // seq_len + decode_steps wrapped (a panic in debug builds).
+    let e = export_refusal("--variant mha --seq-len 18446744073709551615");
+    assert!(
+        e.contains("--seq-len 18446744073709551615 + --decode-steps 2 pass 2^64 tokens"),
+        "{e}"
+    );
+    // A value out of range names its flag, not the field.
+    let e = export_refusal("--variant mla --kv-lora-rank 1048577");
+    assert!(
+        e.contains("--kv-lora-rank 1048577: must be at most 1048576"),
+        "{e}"
     );
 }

@@ -7,7 +7,7 @@ use attnbench::presets::{ModelFields, preset, preset_names};
 use attnbench::report::kv_plan_markdown;
 use clap::Args;
 
-use super::{flag, outln};
+use super::{flag, flag_error, outln};
 
 /// `attnbench kv --help`: what the rows are and where their shapes come from.
 pub const LONG_ABOUT: &str = "\
@@ -172,12 +172,7 @@ impl KvArgs {
                 value,
                 reason,
             } => self.d_model_error(&value, &reason),
-            attnbench::Error::InvalidConfig {
-                field,
-                value,
-                reason,
-            } => anyhow!("--{} {value}: {reason}", flag(field)),
-            other => other.into(),
+            other => flag_error(other),
         }
     }
 

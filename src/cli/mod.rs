@@ -127,6 +127,19 @@ fn flag(field: &str) -> String {
     field.replace('_', "-")
 }
 
+/// A library error about a field, as one naming the flag a user types (`--n-kv-heads 5: must
+/// divide n_heads = 32`); other errors as they are.
+fn flag_error(error: attnbench::Error) -> anyhow::Error {
+    match error {
+        attnbench::Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        } => anyhow!("--{} {value}: {reason}", flag(field)),
+        other => other.into(),
+    }
+}
+
 /// The memory limit per point of `--memory-limit-gib` ([`memory_limit_bytes`]), its errors
 /// naming the flag.
 fn memory_limit(flag_gib: Option<f64>) -> Result<u64> {

@@ -386,6 +386,42 @@ impl Comparison {
         counts
     }
 
+    /// Why a CI gate cannot vouch for B whatever the regressions, one sentence each: no
+    /// point compared (nothing matched, or every match failed), points that failed on either
+    /// side, points of A that B lacks. Empty when there is nothing; points only in B are new
+    /// and pass.
+    pub fn gate_problems(&self) -> Vec<String> {
+        let failed: Vec<&str> = self
+            .points
+            .iter()
+            .filter(|p| p.step().is_none())
+            .map(|p| p.key_a.as_str())
+            .collect();
+        let mut problems = Vec::new();
+        if failed.len() == self.points.len() {
+            problems.push(format!(
+                "no point was compared ({} matched, {} failed)",
+                self.points.len(),
+                failed.len()
+            ));
+        }
+        if !failed.is_empty() {
+            problems.push(format!(
+                "{} point(s) failed on either side: {}",
+                failed.len(),
+                failed.join(", ")
+            ));
+        }
+        if !self.only_in_a.is_empty() {
+            problems.push(format!(
+                "{} point(s) of A are missing from B: {}",
+                self.only_in_a.len(),
+                self.only_in_a.join(", ")
+            ));
+        }
+        problems
+    }
+
     /// The points whose step time is *slower* by more than `fail_above_pct` percent: the
     /// regressions a CI gate fails on. The core's verdict is not gated: the step is what a
     /// user pays, and the core is timed separately only to explain it.

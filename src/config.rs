@@ -56,6 +56,25 @@ pub fn gib_to_bytes(gib: f64) -> std::result::Result<u64, GibError> {
     Ok(bytes as u64)
 }
 
+/// Bytes for a reader: `N B` below 1 KiB, then KiB and MiB with one decimal, and from 1 GiB
+/// whole MiB with GiB beside them (`1024 MiB (1.00 GiB)`). Binary units.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes < 1 << 10 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if bytes < 1 << 30 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!(
+            "{:.0} MiB ({:.2} GiB)",
+            b / (1u64 << 20) as f64,
+            b / BYTES_PER_GIB as f64
+        )
+    }
+}
+
 /// The attention variants attnbench compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,12 +1,67 @@
 //! What a step costs by formula: matmul FLOPs, minimum bytes moved (docs/design.md §3), and a memory
 //! estimate used to refuse points before anything is allocated. The roofline (`roofline.rs`,
 //! above this module) turns the FLOPs and bytes into an ideal time.
+//!
+//! Every figure is computed with checked arithmetic ([`Size`]): the sizes come from a user's
+//! file, and a count past 2^64 is an answer of `None`, never a wrapped number.
+
+use std::ops::{Add, Mul};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LayerSpec;
+use crate::config::{Kernel, LayerSpec, MlaPath};
 
 const F32: u64 = size_of::<f32>() as u64;
+const USIZE: u64 = size_of::<usize>() as u64;
+
+/// A count computed from sizes a user gave: `None` once any step of it passed `u64::MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Size(Option<u64>);
+
+/// `value` as a [`Size`].
+fn n(value: usize) -> Size {
+    Size(u64::try_from(value).ok())
+}
+
+impl Size {
+    fn get(self) -> Option<u64> {
+        self.0
+    }
+
+    fn max(self, other: Size) -> Size {
+        Size(self.0.zip(other.0).map(|(a, b)| a.max(b)))
+    }
+
+    fn min(self, other: Size) -> Size {
+        Size(self.0.zip(other.0).map(|(a, b)| a.min(b)))
+    }
+
+    fn half(self) -> Size {
+        Size(self.0.map(|v| v / 2))
+    }
+}
+
+impl Add for Size {
+    type Output = Size;
+    fn add(self, other: Size) -> Size {
+        Size(self.0.zip(other.0).and_then(|(a, b)| a.checked_add(b)))
+    }
+}
+
+impl Mul for Size {
+    type Output = Size;
+    fn mul(self, other: Size) -> Size {
+        Size(self.0.zip(other.0).and_then(|(a, b)| a.checked_mul(b)))
+    }
+}
+
+impl Mul<u64> for Size {
+    type Output = Size;
+    fn mul(self, other: u64) -> Size {
+        self * Size(Some(other))
+    }
+}
 
 /// Matmul FLOPs and minimum traffic of one step.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,164 +76,393 @@ pub struct StepCost {
 }
 
 impl StepCost {
-    /// Projections plus attention.
+    /// Projections plus attention (a cost from [`checked_step_cost`] guarantees the sum fits).
     pub fn flops(&self) -> u64 {
         self.projection_flops + self.attention_flops
+    }
+
+    /// The cost, `None` if a figure or the FLOPs' sum passed `u64::MAX`.
+    fn checked(projection_flops: Size, attention_flops: Size, bytes: Size) -> Option<StepCost> {
+        (projection_flops + attention_flops).get()?;
+        Some(StepCost {
+            projection_flops: projection_flops.get()?,
+            attention_flops: attention_flops.get()?,
+            bytes: bytes.get()?,
+        })
     }
 }
 
 /// Visible causal (query, key) pairs of one sequence: `s_q` queries after `context` cached
-/// tokens, query `i` sees `context + i + 1` keys.
-pub fn visible_pairs(s_q: usize, context: usize) -> u64 {
-    let (s, c) = (s_q as u64, context as u64);
-    s * c + s * (s + 1) / 2
+/// tokens, query `i` sees `context + i + 1` keys. `None` past `u64::MAX`.
+pub fn visible_pairs(s_q: usize, context: usize) -> Option<u64> {
+    pairs(s_q, context).get()
+}
+
+fn pairs(s_q: usize, context: usize) -> Size {
+    n(s_q) * n(context) + (n(s_q) * (n(s_q) + n(1))).half()
+}
+
+/// `2 · rows · d_in · d_out`.
+fn mm(rows: Size, d_in: Size, d_out: Size) -> Size {
+    rows * d_in * d_out * 2
 }
 
 /// The cost of a step of `batch` sequences of `s_q` new tokens over `context` cached ones.
+///
+/// # Panics
+/// If a figure passes `u64::MAX`; the experiment loader refuses such points
+/// ([`checked_step_cost`]).
 pub fn step_cost(spec: &LayerSpec, batch: usize, s_q: usize, context: usize) -> StepCost {
-    let (b, t) = (batch as u64, (batch * s_q) as u64);
-    let total = (context + s_q) as u64;
-    let pairs = visible_pairs(s_q, context);
-    let mm = |rows: u64, d_in: usize, d_out: usize| 2 * rows * d_in as u64 * d_out as u64;
+    checked_step_cost(spec, batch, s_q, context)
+        .expect("the experiment loader refuses points whose cost passes 2^64")
+}
+
+/// [`step_cost`], `None` when a figure (or the FLOPs' sum) passes `u64::MAX`.
+pub fn checked_step_cost(
+    spec: &LayerSpec,
+    batch: usize,
+    s_q: usize,
+    context: usize,
+) -> Option<StepCost> {
+    let (b, t) = (n(batch), n(batch) * n(s_q));
+    let total = n(context) + n(s_q);
+    let pairs = pairs(s_q, context);
+    let d = n(spec.d_model());
     let (projection_flops, attention_flops) = match spec {
         LayerSpec::Grouped { config: c, .. } => {
-            let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-            let proj = mm(t, c.d_model, q) + 2 * mm(t, c.d_model, kv) + mm(t, q, c.d_model);
-            (
-                proj,
-                2 * b * c.n_heads as u64 * pairs * (2 * c.head_dim) as u64,
-            )
+            let head_dim = n(c.head_dim);
+            let (q, kv) = (n(c.n_heads) * head_dim, n(c.n_kv_heads) * head_dim);
+            let proj = mm(t, d, q) + mm(t, d, kv) * 2 + mm(t, q, d);
+            (proj, b * n(c.n_heads) * pairs * head_dim * 4)
         }
         LayerSpec::Mla { config: c, path } => {
-            let h = c.n_heads;
+            let h = n(c.n_heads);
+            let (qk, v, nope) = (n(c.qk_head_dim()), n(c.v_head_dim), n(c.qk_nope_head_dim));
             let query = match c.q_lora_rank {
-                None => mm(t, c.d_model, h * c.qk_head_dim()),
-                Some(r) => mm(t, c.d_model, r) + mm(t, r, h * c.qk_head_dim()),
+                None => mm(t, d, h * qk),
+                Some(r) => mm(t, d, n(r)) + mm(t, n(r), h * qk),
             };
-            let shared = query
-                + mm(t, c.d_model, c.kv_values_per_token())
-                + mm(t, h * c.v_head_dim, c.d_model);
-            let d_c = c.kv_lora_rank;
+            let latent = n(c.kv_values_per_token());
+            let shared = query + mm(t, d, latent) + mm(t, h * v, d);
+            let d_c = n(c.kv_lora_rank);
             match path {
-                crate::config::MlaPath::Naive => (
-                    shared
-                        + b * (mm(total, d_c, h * c.qk_nope_head_dim)
-                            + mm(total, d_c, h * c.v_head_dim)),
-                    2 * b * h as u64 * pairs * (c.qk_head_dim() + c.v_head_dim) as u64,
+                MlaPath::Naive => (
+                    shared + b * (mm(total, d_c, h * nope) + mm(total, d_c, h * v)),
+                    b * h * pairs * (qk + v) * 2,
                 ),
-                crate::config::MlaPath::Absorbed => (
-                    shared
-                        + mm(t, c.qk_nope_head_dim, d_c) * h as u64
-                        + mm(t, d_c, c.v_head_dim) * h as u64,
-                    2 * b * h as u64 * pairs * (c.kv_values_per_token() + d_c) as u64,
+                MlaPath::Absorbed => (
+                    shared + mm(t, nope, d_c) * h + mm(t, d_c, v) * h,
+                    b * h * pairs * (latent + d_c) * 2,
                 ),
             }
         }
     };
-    let kv = spec.kv_values_per_token() as u64;
-    let bytes =
-        F32 * (spec.param_count() as u64 + b * total * kv + t * kv + 2 * t * spec.d_model() as u64);
-    StepCost {
-        projection_flops,
-        attention_flops,
-        bytes,
-    }
+    let kv = n(spec.kv_values_per_token());
+    let bytes = (n(spec.param_count()) + b * total * kv + t * kv + t * d * 2) * F32;
+    StepCost::checked(projection_flops, attention_flops, bytes)
 }
 
 /// The attention core alone: its FLOPs (the step's `attention_flops`) and its minimum
 /// traffic: what it reads as keys and values (the cache; MLA naive: the expanded per-head keys
 /// and values), the queries in and the head outputs out, f32. `projection_flops` is 0.
+///
+/// # Panics
+/// If a figure passes `u64::MAX`, as [`step_cost`].
 pub fn core_cost(spec: &LayerSpec, batch: usize, s_q: usize, context: usize) -> StepCost {
-    let step = step_cost(spec, batch, s_q, context);
-    let (b, t, total) = (batch as u64, (batch * s_q) as u64, (context + s_q) as u64);
-    let (kv_read, q_width, out_width) = match spec {
-        LayerSpec::Grouped { config: c, .. } => (
-            b * total * c.kv_values_per_token() as u64,
-            c.n_heads * c.head_dim,
-            c.n_heads * c.head_dim,
-        ),
-        LayerSpec::Mla {
-            config: c,
-            path: crate::config::MlaPath::Naive,
-        } => (
-            b * total * (c.n_heads * (c.qk_head_dim() + c.v_head_dim)) as u64,
-            c.n_heads * c.qk_head_dim(),
-            c.n_heads * c.v_head_dim,
-        ),
-        LayerSpec::Mla {
-            config: c,
-            path: crate::config::MlaPath::Absorbed,
-        } => (
-            b * total * c.kv_values_per_token() as u64,
-            c.n_heads * c.kv_values_per_token(),
-            c.n_heads * c.kv_lora_rank,
-        ),
-    };
-    StepCost {
-        projection_flops: 0,
-        attention_flops: step.attention_flops,
-        bytes: F32 * (kv_read + t * (q_width + out_width) as u64),
-    }
+    checked_core_cost(spec, batch, s_q, context)
+        .expect("the experiment loader refuses points whose cost passes 2^64")
 }
 
-/// Memory a point needs, by formula, before anything is allocated.
+/// [`core_cost`], `None` when a figure passes `u64::MAX`.
+pub fn checked_core_cost(
+    spec: &LayerSpec,
+    batch: usize,
+    s_q: usize,
+    context: usize,
+) -> Option<StepCost> {
+    let step = checked_step_cost(spec, batch, s_q, context)?;
+    let (b, t, total) = (n(batch), n(batch) * n(s_q), n(context) + n(s_q));
+    let (kv_read, q_width, out_width) = match spec {
+        LayerSpec::Grouped { config: c, .. } => {
+            let width = n(c.n_heads) * n(c.head_dim);
+            (b * total * n(c.kv_values_per_token()), width, width)
+        }
+        LayerSpec::Mla { config: c, path } => {
+            let h = n(c.n_heads);
+            match path {
+                MlaPath::Naive => (
+                    b * total * h * (n(c.qk_head_dim()) + n(c.v_head_dim)),
+                    h * n(c.qk_head_dim()),
+                    h * n(c.v_head_dim),
+                ),
+                MlaPath::Absorbed => (
+                    b * total * n(c.kv_values_per_token()),
+                    h * n(c.kv_values_per_token()),
+                    h * n(c.kv_lora_rank),
+                ),
+            }
+        }
+    };
+    Some(StepCost {
+        projection_flops: 0,
+        attention_flops: step.attention_flops,
+        bytes: ((kv_read + t * (q_width + out_width)) * F32).get()?,
+    })
+}
+
+/// Memory a point needs, by formula, before anything is allocated: an upper bound of what the
+/// harness holds while it measures the point (the process-wide cache-eviction buffer aside).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryEstimate {
     /// The layer's weights.
     pub weights_bytes: u64,
     /// The KV cache at capacity (`context + s_q` tokens per sequence).
     pub cache_bytes: u64,
-    /// An estimate, not a bound, of what one step allocates: its activation buffers and one
-    /// `s_q × s_k` score block per thread.
+    /// The step's input and output, `(batch · s_q, d_model)` each, held while the point runs.
+    pub activations_bytes: u64,
+    /// An upper bound of what one step allocates beyond the above (the results'
+    /// `peak_transient_bytes`): the projections of the `batch · s_q` new rows, the RoPE table,
+    /// the attention output and its row-major copy, MLA's latents, expanded keys and values
+    /// (naive) or absorbed queries (absorbed), and the kernel's scratch on every thread. It
+    /// covers the attention core measured alone too, whose inputs are a subset of these.
     pub transient_bytes: u64,
+    /// The packing buffers faer's matmul keeps per thread, sized by the CPU's caches
+    /// ([`matmul_workspace_bytes_per_thread`]); a thread allocates them on its first large
+    /// matmul, so they show in a step's measured peak on a fresh thread.
+    pub matmul_workspace_bytes: u64,
 }
 
 impl MemoryEstimate {
-    /// All three.
+    /// All five (an estimate from [`memory_estimate`] guarantees the sum fits).
     pub fn total(&self) -> u64 {
-        self.weights_bytes + self.cache_bytes + self.transient_bytes
+        self.weights_bytes
+            + self.cache_bytes
+            + self.activations_bytes
+            + self.transient_bytes
+            + self.matmul_workspace_bytes
     }
 }
 
 /// Memory for a step of `batch × s_q` new tokens over `context` cached ones, run on `threads`
-/// threads, counting one `s_q × s_k` score block per thread (as the naive kernel holds).
+/// threads with the attention core on `kernel`. `None` when a part or the total passes
+/// `u64::MAX` bytes.
 pub fn memory_estimate(
     spec: &LayerSpec,
+    kernel: Kernel,
     batch: usize,
     s_q: usize,
     context: usize,
     threads: usize,
-) -> MemoryEstimate {
-    let (b, t) = (batch as u64, (batch * s_q) as u64);
-    let total = (context + s_q) as u64;
-    let scores = threads as u64 * s_q as u64 * total;
-    let values = match spec {
-        LayerSpec::Grouped { config: c, .. } => {
-            let (q, kv) = (
-                (c.n_heads * c.head_dim) as u64,
-                (c.n_kv_heads * c.head_dim) as u64,
-            );
-            t * (3 * q + 2 * kv + c.head_dim as u64) + scores
-        }
-        LayerSpec::Mla { config: c, .. } => {
-            let h = c.n_heads as u64;
-            let (qk, v, d_c) = (
-                c.qk_head_dim() as u64,
-                c.v_head_dim as u64,
-                c.kv_lora_rank as u64,
-            );
-            let latent = c.kv_values_per_token() as u64;
-            let query = t * (h * qk + c.q_lora_rank.unwrap_or(0) as u64);
-            // The larger of the two paths' buffers: naive expands keys and values for every
-            // cached token, absorbed widens every query head to the latent.
-            let naive = b * total * h * (qk + c.qk_nope_head_dim as u64 + v);
-            let absorbed = t * h * (latent + d_c);
-            query + t * latent + naive.max(absorbed) + 2 * t * h * v + scores
-        }
+) -> Option<MemoryEstimate> {
+    let step = StepShape {
+        kernel,
+        batch,
+        s_q,
+        keys: n(context) + n(s_q),
+        threads,
     };
-    MemoryEstimate {
-        weights_bytes: F32 * spec.param_count() as u64,
-        cache_bytes: F32 * b * total * spec.kv_values_per_token() as u64,
-        transient_bytes: F32 * values,
+    let t = step.rows();
+    let estimate = MemoryEstimate {
+        weights_bytes: (n(spec.param_count()) * F32).get()?,
+        cache_bytes: (n(batch) * step.keys * n(spec.kv_values_per_token()) * F32).get()?,
+        activations_bytes: (t * n(spec.d_model()) * 2 * F32).get()?,
+        transient_bytes: step.transient_bytes(spec).get()?,
+        matmul_workspace_bytes: (n(threads) * Size(Some(matmul_workspace_bytes_per_thread())))
+            .get()?,
+    };
+    let parts = [
+        estimate.cache_bytes,
+        estimate.activations_bytes,
+        estimate.transient_bytes,
+        estimate.matmul_workspace_bytes,
+    ];
+    parts
+        .iter()
+        .try_fold(estimate.weights_bytes, |sum, &part| sum.checked_add(part))?;
+    Some(estimate)
+}
+
+/// Last-level cache assumed when the system does not say (as large as server CPUs have).
+const FALLBACK_LLC_BYTES: u64 = 256 << 20;
+
+/// The packing buffers faer's matmul may hold per thread: three times the CPU's largest cache.
+/// On x86-64 with AVX2, faer multiplies through private-gemm-x86, which keeps two buffers of
+/// the last-level cache's size per thread; elsewhere through the gemm crate, which keeps one of
+/// the L2's size per thread and packs at most a last-level cache's worth per call.
+pub fn matmul_workspace_bytes_per_thread() -> u64 {
+    static BYTES: OnceLock<u64> = OnceLock::new();
+    *BYTES.get_or_init(|| 3 * largest_cache_bytes().unwrap_or(FALLBACK_LLC_BYTES))
+}
+
+/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
+fn largest_cache_bytes() -> Option<u64> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|entry| {
+        let path = entry.ok()?.path();
+        let kind = std::fs::read_to_string(path.join("type")).ok()?;
+        (kind.trim() != "Instruction").then_some(())?;
+        let size = std::fs::read_to_string(path.join("size")).ok()?;
+        let size = size.trim();
+        let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
+        let shift = ["K", "M", "G"].iter().position(|&u| u == unit)? * 10 + 10;
+        digits.parse::<u64>().ok()?.checked_shl(shift as u32)
+    })
+    .max()
+}
+
+/// The step a memory estimate is for.
+struct StepShape {
+    kernel: Kernel,
+    batch: usize,
+    s_q: usize,
+    /// Keys per sequence during the step: `context + s_q`.
+    keys: Size,
+    threads: usize,
+}
+
+/// How the attention core sees its operands: query heads, KV heads and their widths (the
+/// kernels' `HeadLayout`).
+struct CoreShape {
+    n_heads: usize,
+    n_kv_heads: usize,
+    qk_dim: usize,
+    v_dim: usize,
+}
+
+/// Bytes of a faer view (pointer, rows, columns, two strides).
+const VIEW_BYTES: u64 = 5 * USIZE;
+/// Bytes of one sequence's kernel operands besides its views: the query view, two `Vec`s of
+/// head views and the first query's position.
+const OPERANDS_BYTES: u64 = VIEW_BYTES + 6 * USIZE + USIZE;
+/// Bytes of a `Matrix` value (rows, columns and a `Vec`).
+const MATRIX_BYTES: u64 = 5 * USIZE;
+/// The tiled kernel's constants (`kernels/tiled.rs`): rows of a packed query block aimed for,
+/// keys per block, the largest block that takes its keys in one long block, and that block's
+/// longest.
+const TILED_TARGET_ROWS: usize = 64;
+const TILED_KEY_BLOCK: usize = 256;
+const TILED_WIDE_MAX_ROWS: usize = 8;
+const TILED_WIDE_MAX_KEYS: usize = 16384;
+
+impl StepShape {
+    /// New rows of the step, `batch · s_q`.
+    fn rows(&self) -> Size {
+        n(self.batch) * n(self.s_q)
     }
+
+    /// What one step of `spec` allocates, in bytes (see [`MemoryEstimate::transient_bytes`]).
+    fn transient_bytes(&self, spec: &LayerSpec) -> Size {
+        let t = self.rows();
+        // The new rows' positions (collected from an iterator of unknown length: up to twice
+        // their count) and each sequence's first position.
+        let positions = (t * 2 + n(self.batch)) * USIZE;
+        match spec {
+            LayerSpec::Grouped { config: c, .. } => {
+                let (q, kv) = (
+                    n(c.n_heads) * n(c.head_dim),
+                    n(c.n_kv_heads) * n(c.head_dim),
+                );
+                // Q, K and V; the attention output and its row-major copy.
+                let activations = t * (q * 3 + kv * 2) * F32;
+                let core = CoreShape {
+                    n_heads: c.n_heads,
+                    n_kv_heads: c.n_kv_heads,
+                    qk_dim: c.head_dim,
+                    v_dim: c.head_dim,
+                };
+                positions + rope_table_bytes(t, c.head_dim) + activations + self.attention(&core)
+            }
+            LayerSpec::Mla { config: c, path } => {
+                let h = n(c.n_heads);
+                let (qk, v, latent) = (
+                    n(c.qk_head_dim()),
+                    n(c.v_head_dim),
+                    n(c.kv_values_per_token()),
+                );
+                // The query latent (compressed queries), the queries, the new latent rows, the
+                // attention output and its row-major copy.
+                let query_latent = n(c.q_lora_rank.unwrap_or(0));
+                let activations = t * (query_latent + h * qk + latent + h * v * 2) * F32;
+                let path_bytes = match path {
+                    MlaPath::Naive => self.expansion_bytes(c),
+                    // The absorbed queries and the attention output in latent width.
+                    MlaPath::Absorbed => {
+                        t * h * (latent + n(c.kv_lora_rank)) * F32
+                            + self.attention(&CoreShape {
+                                n_heads: c.n_heads,
+                                n_kv_heads: 1,
+                                qk_dim: c.kv_values_per_token(),
+                                v_dim: c.kv_lora_rank,
+                            })
+                    }
+                };
+                positions + rope_table_bytes(t, c.qk_rope_head_dim) + activations + path_bytes
+            }
+        }
+    }
+
+    /// MLA naive: every sequence's keys and values expanded per head, plus, while one sequence
+    /// expands, its `k_nope` and its gathered latent rows; then MHA over them.
+    fn expansion_bytes(&self, c: &crate::config::MlaConfig) -> Size {
+        let (h, keys) = (n(c.n_heads), self.keys);
+        let (qk, v, nope) = (n(c.qk_head_dim()), n(c.v_head_dim), n(c.qk_nope_head_dim));
+        let expanded = n(self.batch) * keys * h * (qk + v) * F32 + n(self.batch) * MATRIX_BYTES * 2;
+        let one_sequence = keys * (h * nope + n(c.kv_values_per_token())) * F32;
+        let core = CoreShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_heads,
+            qk_dim: c.qk_head_dim(),
+            v_dim: c.v_head_dim,
+        };
+        expanded + one_sequence + self.attention(&core)
+    }
+
+    /// The attention core's allocations: each sequence's operands, and the kernel's scratch.
+    fn attention(&self, core: &CoreShape) -> Size {
+        let b = n(self.batch);
+        let operands = b * (Size(Some(OPERANDS_BYTES)) + n(core.n_kv_heads) * 2 * VIEW_BYTES);
+        let scratch = match self.kernel {
+            Kernel::Naive => self.naive_scratch(core),
+            Kernel::Tiled => self.tiled_scratch(core),
+        };
+        operands + scratch
+    }
+
+    /// One `s_q × keys` score block per (sequence, head) task running, at most one per thread.
+    fn naive_scratch(&self, core: &CoreShape) -> Size {
+        let running = n(self.threads).min(n(self.batch) * n(core.n_heads));
+        running * n(self.s_q) * self.keys * F32
+    }
+
+    /// The tiled kernel (`kernels/tiled.rs`) runs tasks of (sequence, KV head, query tile),
+    /// each packing its `group · tile` query rows and keeping, per range of keys it attends,
+    /// a score block and the running output, maxima and sums. A thread runs one such range
+    /// at a time; the ranges of all tasks alive at once are fewer than three per thread (a
+    /// task splits its keys only when tasks are fewer than threads, into at most
+    /// `2 · threads / tasks` ranges), so three per thread bound both. Besides, each
+    /// (sequence, KV head) keeps its list of tiles and of output slices.
+    fn tiled_scratch(&self, core: &CoreShape) -> Size {
+        let group = core.n_heads / core.n_kv_heads.max(1);
+        let tile = (TILED_TARGET_ROWS / group.max(1)).clamp(1, self.s_q.max(1));
+        let rows = n(group) * n(tile);
+        let n_tiles = n(self.s_q.div_ceil(tile));
+        let block = if group * tile <= TILED_WIDE_MAX_ROWS {
+            self.keys.min(n(TILED_WIDE_MAX_KEYS)).max(n(1))
+        } else {
+            n(TILED_KEY_BLOCK)
+        };
+        // Packed queries; scores, output, maxima and sums; a range and a `Partial` record.
+        let per_range = rows * (n(core.qk_dim) + block + n(core.v_dim) + n(2)) * F32
+            + Size(Some(2 * USIZE + 9 * USIZE));
+        let ranges = n(self.threads) * 3 * per_range;
+        let slice = 2 * USIZE;
+        let per_chunk = n(group) * slice + n_tiles * (Size(Some(5 * USIZE)) + n(group) * slice);
+        ranges + n(self.batch) * n(core.n_kv_heads) * per_chunk
+    }
+}
+
+/// A RoPE table for `rows` rows of `rotary_dim` rotated values: a cosine and a sine per pair,
+/// and the pairs' frequencies in f64.
+fn rope_table_bytes(rows: Size, rotary_dim: usize) -> Size {
+    rows * n(rotary_dim) * F32 + n(rotary_dim / 2) * 8
 }

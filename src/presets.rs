@@ -256,7 +256,8 @@ impl ModelFields {
             (None, _) => return Err(MissingField(ModelField::NKvHeads)),
         };
         Ok(GroupedConfig {
-            d_model: self.d_model.unwrap_or(n_heads * head_dim),
+            // Saturating: a product past usize is refused by validation as too wide, not wrapped.
+            d_model: self.d_model.unwrap_or(n_heads.saturating_mul(head_dim)),
             n_heads,
             n_kv_heads,
             head_dim,
@@ -276,7 +277,7 @@ impl ModelFields {
         let qk_rope_head_dim = need(self.qk_rope_head_dim, ModelField::QkRopeHeadDim)?;
         let v_head_dim = need(self.v_head_dim, ModelField::VHeadDim)?;
         Ok(MlaConfig {
-            d_model: self.d_model.unwrap_or(n_heads * v_head_dim),
+            d_model: self.d_model.unwrap_or(n_heads.saturating_mul(v_head_dim)),
             n_heads,
             kv_lora_rank,
             q_lora_rank: self.q_lora_rank,

@@ -29,19 +29,19 @@ fn export_refuses_impossible_configs_naming_field_and_value() {
             "--n-kv-heads",
             "5",
         ],
-        &["n_kv_heads", "5", "must divide n_heads = 32"],
+        &["--n-kv-heads 5: must divide n_heads = 32"],
     );
     assert_refused(
         &["export", "--variant", "mha", "--head-dim", "7"],
-        &["head_dim", "7", "even"],
+        &["--head-dim 7:", "even"],
     );
     assert_refused(
         &["export", "--variant", "mla", "--q-lora-rank", "0"],
-        &["q_lora_rank", "0"],
+        &["--q-lora-rank 0:"],
     );
     assert_refused(
         &["export", "--variant", "mqa", "--seq-len", "0"],
-        &["seq_len", "0"],
+        &["--seq-len 0:"],
     );
     assert_refused(&["export", "--variant", "gqa"], &["--n-kv-heads"]);
     assert_refused(&["export", "--variant", "xla"], &["xla"]);

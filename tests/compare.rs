@@ -184,7 +184,8 @@ fn missing_and_failed_points_are_listed() {
         points.push(added);
         point(points, SLOWED)["error"] = "cannot allocate".into();
     });
-    let out = compare(a, &b, &["--fail-above-pct", "0"]);
+    // Without a gate they are listed and the exit status is 0.
+    let out = compare(a, &b, &[]);
     assert_success(&out);
     let text = stdout(&out);
     assert!(
@@ -203,6 +204,63 @@ fn missing_and_failed_points_are_listed() {
         text.contains("1 failed, 1 only in A, 1 only in B"),
         "{text}"
     );
+    // A gate cannot vouch for a point that failed or went missing: exit 1, saying why. A
+    // point only in B is new and does not fail it.
+    let out = compare(a, &b, &["--fail-above-pct", "1000"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let why = stderr(&out);
+    assert!(
+        why.contains(&format!(
+            "gate failed: 1 point(s) failed on either side: {SLOWED}"
+        )),
+        "{why}"
+    );
+    assert!(
+        why.contains(
+            "gate failed: 1 point(s) of A are missing from B: mha/decode/ctx16_h4_kv4_b1_t1"
+        ),
+        "{why}"
+    );
+    assert!(!why.contains("ctx99"), "{why}");
+}
+
+#[test]
+fn a_gate_fails_when_nothing_was_compared() {
+    let (a, _) = two_runs();
+    let disjoint = edited("disjoint.json", |points| {
+        for p in points {
+            p["batch"] = 7.into();
+        }
+    });
+    assert_success(&compare(a, &disjoint, &[]));
+    let out = compare(a, &disjoint, &["--fail-above-pct", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gate failed: no point was compared (0 matched, 0 failed)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn out_of_range_settings_name_their_flag() {
+    let (a, _) = two_runs();
+    for (args, needle) in [
+        (
+            &["--noise-k", "-1"][..],
+            "--noise-k -1: must be a finite number ≥ 0",
+        ),
+        (
+            &["--min-change-pct", "-0.5"],
+            "--min-change-pct -0.5: must be",
+        ),
+        (&["--fail-above-pct", "-5"], "--fail-above-pct -5: must be"),
+        (&["--noise-k", "NaN"], "--noise-k NaN: must be"),
+    ] {
+        let out = compare(a, a, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]

@@ -3,16 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use attnbench::compare::{
-    Axis, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis, check_setting,
-    compare, load_results,
+    Axis, CompareError, CompareSettings, DEFAULT_MIN_CHANGE_PCT, DEFAULT_NOISE_K, UnknownAxis,
+    check_setting, compare, load_results,
 };
 use attnbench::report::comparison_markdown;
 use attnbench::results::ResultsFile;
 use clap::Args;
 
-use super::outln;
+use super::{flag, outln};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -25,14 +25,15 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_axis)]
     ignore: Vec<Axis>,
     /// A change counts only beyond this many combined standard errors of the two medians.
-    #[arg(long, default_value_t = DEFAULT_NOISE_K)]
+    #[arg(long, default_value_t = DEFAULT_NOISE_K, allow_negative_numbers = true)]
     noise_k: f64,
     /// A change counts only beyond this many percent, however tight the samples.
-    #[arg(long, default_value_t = DEFAULT_MIN_CHANGE_PCT)]
+    #[arg(long, default_value_t = DEFAULT_MIN_CHANGE_PCT, allow_negative_numbers = true)]
     min_change_pct: f64,
     /// CI gate: exit with status 1 when a point's step time is "slower" by more than this
-    /// many percent. The core's verdict is shown but not gated.
-    #[arg(long)]
+    /// many percent, or when no point was compared, a point failed on either side, or a
+    /// point of A is missing from B. The core's verdict is shown but not gated.
+    #[arg(long, allow_negative_numbers = true)]
     fail_above_pct: Option<f64>,
     /// Print the comparison as JSON instead of tables.
     #[arg(long)]
@@ -60,14 +61,14 @@ fn describe(label: &str, path: &Path, results: &ResultsFile) -> String {
 
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     if let Some(pct) = args.fail_above_pct {
-        check_setting("fail_above_pct", pct)?;
+        check_setting("fail_above_pct", pct).map_err(setting_error)?;
     }
     let settings = CompareSettings {
         noise_k: args.noise_k,
         min_change_pct: args.min_change_pct,
         ignore: args.ignore.clone(),
     };
-    settings.validate()?;
+    settings.validate().map_err(setting_error)?;
     let a = load_results(&args.a)?;
     let b = load_results(&args.b)?;
     let comparison = compare(&a.points, &b.points, &settings)?;
@@ -92,22 +93,42 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         outln!("{}\n", describe("B", &args.b, &b));
         outln!("{}", comparison_markdown(&comparison));
     }
-    match (args.fail_above_pct, regressions.as_slice()) {
-        (Some(pct), [_, ..]) => {
-            let list: Vec<String> = regressions
-                .iter()
-                .filter_map(|p| {
-                    p.step()
-                        .map(|c| format!("{} (+{:.1}%)", p.key_a, c.change_pct()))
-                })
-                .collect();
-            eprintln!(
-                "regression: {} point(s) slower by more than {pct}%: {}",
-                regressions.len(),
-                list.join(", ")
-            );
-            Ok(ExitCode::FAILURE)
+    let Some(pct) = args.fail_above_pct else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut passed = true;
+    if !regressions.is_empty() {
+        let list: Vec<String> = regressions
+            .iter()
+            .filter_map(|p| {
+                p.step()
+                    .map(|c| format!("{} (+{:.1}%)", p.key_a, c.change_pct()))
+            })
+            .collect();
+        eprintln!(
+            "regression: {} point(s) slower by more than {pct}%: {}",
+            regressions.len(),
+            list.join(", ")
+        );
+        passed = false;
+    }
+    for problem in comparison.gate_problems() {
+        eprintln!("gate failed: {problem}");
+        passed = false;
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A setting out of range, naming its flag.
+fn setting_error(error: CompareError) -> anyhow::Error {
+    match error {
+        CompareError::Setting { name, value } => {
+            anyhow!("--{} {value}: must be a finite number ≥ 0", flag(name))
         }
-        _ => Ok(ExitCode::SUCCESS),
+        other => other.into(),
     }
 }

@@ -2,15 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
-use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA};
+use anyhow::{Context, Result, anyhow, bail};
+use attnbench::config::{DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, human_bytes};
 use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::presets::{MissingField, ModelFields};
+use attnbench::results::memory_limit_bytes;
 use attnbench::{LayerSpec, MlaPath, Variant};
 use clap::Args;
 
-use super::{flag, outln};
+use super::{flag, flag_error, outln};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -96,6 +97,36 @@ impl ExportArgs {
     }
 }
 
+/// Memory a case takes per value it holds, at most: the f32, its JSON value and its text.
+const CASE_BYTES_PER_VALUE: u64 = 64;
+
+impl ExportArgs {
+    /// Refuses a case too large to build on this machine (half its memory): its weights, every
+    /// step's input and output, and the cache at `--seq-len + --decode-steps` tokens, each
+    /// value held as an f32, a JSON value and text. `spec` is checked.
+    fn check_size(&self, spec: &LayerSpec) -> Result<()> {
+        let (seq_len, steps) = (self.seq_len, self.decode_steps);
+        let tokens = seq_len.checked_add(steps).ok_or_else(|| {
+            anyhow!("--seq-len {seq_len} + --decode-steps {steps} pass 2^64 tokens")
+        })? as u64;
+        let bytes = (tokens.checked_mul(2 * spec.d_model() as u64))
+            .and_then(|rows| rows.checked_add(spec.param_count() as u64))
+            .and_then(|v| v.checked_add(tokens.checked_mul(spec.kv_values_per_token() as u64)?))
+            .and_then(|values| values.checked_mul(CASE_BYTES_PER_VALUE));
+        let limit = memory_limit_bytes(None)?;
+        if bytes.is_none_or(|b| b > limit) {
+            let size = bytes.map_or("more than 2^64 bytes".into(), human_bytes);
+            bail!(
+                "the case would take about {size} ({} weights, {tokens} tokens of --d-model {}), over half this machine's memory ({}); export a smaller layer (its shape flags) or fewer tokens (--seq-len, --decode-steps)",
+                spec.param_count(),
+                self.d_model,
+                human_bytes(limit)
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: &ExportArgs) -> Result<()> {
     let request = CaseRequest {
         spec: args.spec()?,
@@ -103,8 +134,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         decode_steps: args.decode_steps,
         seed: args.seed,
     };
-    request.spec.validate()?;
-    let case = export_case(&request)?;
+    request.spec.validate().map_err(flag_error)?;
+    args.check_size(&request.spec)?;
+    let case = export_case(&request).map_err(flag_error)?;
     let text = serde_json::to_string(&case)?;
     match &args.out {
         Some(path) => write_atomic(path, text.as_bytes())

@@ -7,7 +7,7 @@ use attnbench::presets::{ModelFields, preset, preset_names};
 use attnbench::report::kv_plan_markdown;
 use clap::Args;
 
-use super::{flag, outln};
+use super::{flag, flag_error, outln};
 
 /// `attnbench kv --help`: what the rows are and where their shapes come from.
 pub const LONG_ABOUT: &str = "\
@@ -163,15 +163,39 @@ fn model_error(error: ModelError) -> anyhow::Error {
     }
 }
 
-/// Turns a library error about a field into one naming the flag a user types.
-fn flag_error(error: attnbench::Error) -> anyhow::Error {
-    match error {
-        attnbench::Error::InvalidConfig {
-            field,
-            value,
-            reason,
-        } => anyhow!("--{} {value}: {reason}", flag(field)),
-        other => other.into(),
+impl KvArgs {
+    /// Turns a library error about a field into one naming the flag a user typed.
+    fn flag_error(&self, error: attnbench::Error) -> anyhow::Error {
+        match error {
+            attnbench::Error::InvalidConfig {
+                field: "d_model",
+                value,
+                reason,
+            } => self.d_model_error(&value, &reason),
+            other => flag_error(other),
+        }
+    }
+
+    /// kv has no --d-model: without a preset, d_model is n_heads × head_dim (MLA: n_heads ×
+    /// v_head_dim), so a d_model refused is the product of those two flags.
+    fn d_model_error(&self, value: &str, reason: &str) -> anyhow::Error {
+        let width = match self.variant {
+            Some(Variant::Mla) => ("--v-head-dim", self.v_head_dim),
+            _ => ("--head-dim", self.head_dim),
+        };
+        match (self.n_heads, width) {
+            (Some(0), _) => anyhow!("--n-heads 0: {reason}"),
+            (_, (width_flag, Some(0))) => anyhow!("{width_flag} 0: {reason}"),
+            (Some(heads), (width_flag, Some(width))) => {
+                let product = heads
+                    .checked_mul(width)
+                    .map_or(" (past 2^64)".to_string(), |p| format!(" = {p}"));
+                anyhow!(
+                    "--n-heads {heads} × {width_flag} {width}{product}: the d_model (hidden_size) kv takes without a preset {reason}"
+                )
+            }
+            _ => anyhow!("d_model {value} of the model: {reason}"),
+        }
     }
 }
 
@@ -192,7 +216,7 @@ pub fn run(args: &KvArgs) -> Result<()> {
         dtypes,
         budget_gib: args.budget_gib,
     })
-    .map_err(flag_error)?;
+    .map_err(|e| args.flag_error(e))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&plan)?);
     } else {

@@ -90,7 +90,9 @@ enum Command {
     /// by a few percent even when each run's samples are tight.
     ///
     /// Exit status: 0 when no point's step time regressed beyond --fail-above-pct (or the flag
-    /// is not given), 1 when some point did, 2 for bad arguments or an unreadable result set.
+    /// is not given), 1 when some point did or, with the flag, when no point was compared, a
+    /// point failed on either side or a point of A is missing from B; 2 for bad arguments or an
+    /// unreadable result set.
     Compare(compare::CompareArgs),
 }
 
@@ -123,6 +125,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 /// The command-line flag of a field, e.g. `n-kv-heads` for `n_kv_heads`.
 fn flag(field: &str) -> String {
     field.replace('_', "-")
+}
+
+/// A library error about a field, as one naming the flag a user types (`--n-kv-heads 5: must
+/// divide n_heads = 32`); other errors as they are.
+fn flag_error(error: attnbench::Error) -> anyhow::Error {
+    match error {
+        attnbench::Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        } => anyhow!("--{} {value}: {reason}", flag(field)),
+        other => other.into(),
+    }
 }
 
 /// The memory limit per point of `--memory-limit-gib` ([`memory_limit_bytes`]), its errors

@@ -17,8 +17,9 @@ pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
 
 use crate::config::{
-    BYTES_PER_GIB, GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes,
+    GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes, human_bytes,
 };
+use crate::cost::{MemoryEstimate, checked_core_cost, checked_step_cost, memory_estimate};
 use crate::error::Error;
 use crate::presets::{MissingField, ModelFields, preset_names};
 use error::{at_span, key_at, line_column};
@@ -26,6 +27,20 @@ use wire::{ExperimentWire, ModelWire};
 
 /// Most threads a point may ask for.
 pub const MAX_THREADS: usize = 1024;
+
+/// Longest experiment name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` may name an experiment, and so its results directory: 1 to
+/// [`MAX_NAME_LEN`] ASCII letters, digits, `.`, `_` and `-`, the first a letter or digit. No
+/// path separator, and never `.`, `..` or a hidden name, so `results/<name>/` stays a fresh
+/// folder inside `results/`.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.len() <= MAX_NAME_LEN
+}
 
 /// One measurement: a layer, a mode, the lengths, the batch and the thread count.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -186,6 +201,8 @@ pub fn parse_experiment(
     default_name: &str,
     memory_limit_default: u64,
 ) -> Result<Experiment, ExperimentError> {
+    // A byte-order mark is no part of the TOML: columns and table names count from after it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let wire: ExperimentWire = toml::from_str(text).map_err(|e| {
         let span = e.span();
         ExperimentError {
@@ -658,22 +675,28 @@ impl Builder<'_> {
         }))
     }
 
-    /// Refuses the first point whose estimated memory is over the limit, at the length list
-    /// that made it.
+    /// Refuses the first point whose sizes overflow 64-bit arithmetic (at the sweep list that
+    /// made it), then the first whose estimated memory is over the limit (at its length list).
     fn check_memory(
         &self,
         points: &[Point],
         measure: &MeasureSettings,
         sweep: &Spanned<wire::SweepWire>,
     ) -> Result<(), ExperimentError> {
+        let list_span =
+            |list: &Option<Spanned<Vec<usize>>>| list.as_ref().map_or(sweep.span(), |s| s.span());
         for point in points {
-            let estimate = crate::cost::memory_estimate(
-                &point.spec,
-                point.batch,
-                point.seq_len,
-                point.context,
-                point.threads,
-            );
+            let Some(estimate) = point_sizes(point) else {
+                let (key, list) = self.overflow_axis(point, sweep.get_ref());
+                return Err(self.error(
+                    list_span(list),
+                    key,
+                    format!(
+                        "point {} is too large to count: its FLOPs, bytes or memory pass 2^64; shrink {key}",
+                        point.key()
+                    ),
+                ));
+            };
             if estimate.total() <= measure.memory_limit_bytes {
                 continue;
             }
@@ -681,42 +704,90 @@ impl Builder<'_> {
                 Mode::Prefill => ("sweep.seq_len", &sweep.get_ref().seq_len),
                 Mode::Decode => ("sweep.context", &sweep.get_ref().context),
             };
-            let span = list.as_ref().map_or(sweep.span(), |s| s.span());
             return Err(self.error(
-                span,
+                list_span(list),
                 key,
                 format!(
-                    "point {} needs an estimated {} (weights {}, KV cache {}, transient {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
+                    "point {} needs an estimated {} (weights {}, KV cache {}, activations {}, transient {}, matmul workspace {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
                     point.key(),
-                    gib(estimate.total()),
-                    gib(estimate.weights_bytes),
-                    gib(estimate.cache_bytes),
-                    gib(estimate.transient_bytes),
-                    gib(measure.memory_limit_bytes)
+                    human_bytes(estimate.total()),
+                    human_bytes(estimate.weights_bytes),
+                    human_bytes(estimate.cache_bytes),
+                    human_bytes(estimate.activations_bytes),
+                    human_bytes(estimate.transient_bytes),
+                    human_bytes(estimate.matmul_workspace_bytes),
+                    human_bytes(measure.memory_limit_bytes)
                 ),
             ));
         }
         Ok(())
     }
 
-    /// The file's `name`, else `default_name`; it names the results directory.
+    /// The sweep list to blame for a point whose sizes overflow: the first of its lengths,
+    /// batch and threads that, at its smallest, makes the point countable; else its mode's
+    /// length list.
+    fn overflow_axis<'w>(
+        &self,
+        point: &Point,
+        sweep: &'w wire::SweepWire,
+    ) -> (&'static str, &'w Option<Spanned<Vec<usize>>>) {
+        type Shrink = fn(&mut Point);
+        let lengths: &[(&str, Shrink)] = match point.mode {
+            Mode::Decode => &[("sweep.context", |p| p.context = 0)],
+            Mode::Prefill => &[
+                ("sweep.cache_len", |p| p.context = 0),
+                ("sweep.seq_len", |p| p.seq_len = 1),
+            ],
+        };
+        let others: &[(&str, Shrink)] = &[
+            ("sweep.batch", |p| p.batch = 1),
+            ("sweep.threads", |p| p.threads = 1),
+        ];
+        let blamed = lengths.iter().chain(others).find_map(|&(key, shrink)| {
+            let mut smaller = point.clone();
+            shrink(&mut smaller);
+            point_sizes(&smaller).map(|_| key)
+        });
+        let key = blamed.unwrap_or(match point.mode {
+            Mode::Prefill => "sweep.seq_len",
+            Mode::Decode => "sweep.context",
+        });
+        let list = match key {
+            "sweep.context" => &sweep.context,
+            "sweep.cache_len" => &sweep.cache_len,
+            "sweep.seq_len" => &sweep.seq_len,
+            "sweep.batch" => &sweep.batch,
+            _ => &sweep.threads,
+        };
+        (key, list)
+    }
+
+    /// The file's `name`, else `default_name` (the file's stem); it names the results
+    /// directory, so it must pass [`is_valid_name`]. A bad default is located at the top of
+    /// the file, where a `name` would go.
     fn name(
         &self,
         name: &Option<Spanned<String>>,
         default_name: &str,
     ) -> Result<String, ExperimentError> {
-        match name {
-            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().contains(['/', '\\']) => {
-                Err(self.error(
-                    n.span(),
-                    "name",
-                    "must be a non-empty name without slashes (it names the results directory)"
-                        .into(),
-                ))
-            }
-            Some(n) => Ok(n.get_ref().clone()),
-            None => Ok(default_name.to_string()),
+        let (value, span, what) = match name {
+            Some(n) => (n.get_ref().as_str(), n.span(), ""),
+            None => (
+                default_name,
+                0..0,
+                " (the file's name; set `name` to another)",
+            ),
+        };
+        if !is_valid_name(value) {
+            return Err(self.error(
+                span,
+                "name",
+                format!(
+                    "{value:?}{what} is not a valid experiment name: it names the results directory, so it takes 1 to {MAX_NAME_LEN} ASCII letters, digits, `.`, `_` and `-`, the first a letter or digit"
+                ),
+            ));
         }
+        Ok(value.to_string())
     }
 
     /// Where a field of the layer came from, for an error: its sweep list, its `[model]` key
@@ -823,9 +894,13 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
     Ok(out)
 }
 
-/// Bytes as GiB with two decimals.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / BYTES_PER_GIB as f64)
+/// The point's memory estimate, `None` when it, or the step's or the core's cost that the
+/// results record, passes 2^64.
+fn point_sizes(point: &Point) -> Option<MemoryEstimate> {
+    let (spec, batch, s_q, context) = (&point.spec, point.batch, point.seq_len, point.context);
+    checked_step_cost(spec, batch, s_q, context)?;
+    checked_core_cost(spec, batch, s_q, context)?;
+    memory_estimate(spec, point.kernel, batch, s_q, context, point.threads)
 }
 
 #[cfg(test)]

@@ -25,9 +25,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use crate::config::Dtype;
+pub use crate::config::{Dtype, human_bytes};
 use crate::config::{
-    BYTES_PER_GIB, LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, gib_to_bytes, named_enum,
+    LayerSpec, MAX_DIMENSION, MlaPath, ModelField, Variant, gib_to_bytes, named_enum,
 };
 use crate::error::{Error, Result};
 use crate::presets::{MissingField, ModelFields, Preset, SlidingWindow};
@@ -413,25 +413,6 @@ fn largest_count(available_bytes: u64, unit_bytes: u128) -> u64 {
     (available_bytes as u128 / unit_bytes) as u64
 }
 
-/// Bytes for a reader: `N B` below 1 KiB, then KiB and MiB with one decimal, and from 1 GiB
-/// whole MiB with GiB beside them (`1024 MiB (1.00 GiB)`). Binary units.
-pub fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    if bytes < 1 << 10 {
-        format!("{bytes} B")
-    } else if bytes < 1 << 20 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else if bytes < 1 << 30 {
-        format!("{:.1} MiB", b / (1u64 << 20) as f64)
-    } else {
-        format!(
-            "{:.0} MiB ({:.2} GiB)",
-            b / (1u64 << 20) as f64,
-            b / BYTES_PER_GIB as f64
-        )
-    }
-}
-
 /// Plans the KV cache of `request.model`: every variant at its shape, in every requested
 /// storage type, at `context × batch`, and against the budget.
 ///
@@ -533,14 +514,20 @@ fn weight_figures(request: &PlanRequest, budget_bytes: Option<u64>) -> Result<Ve
         .dtypes
         .iter()
         .map(|&dtype| {
-            let weights_bytes = params.saturating_mul(dtype.bytes());
-            WeightFigures {
+            let weights_bytes = params.checked_mul(dtype.bytes()).ok_or_else(|| {
+                invalid(
+                    "params",
+                    params,
+                    format!("the weights in {dtype} exceed 2^64 bytes (16 EiB)"),
+                )
+            })?;
+            Ok(WeightFigures {
                 dtype,
                 weights_bytes,
                 budget_share_pct: budget_bytes.map(|b| 100.0 * weights_bytes as f64 / b as f64),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if let (Some(budget), Some(gib)) = (budget_bytes, request.budget_gib)
         && weights.iter().all(|w| w.weights_bytes >= budget)
     {

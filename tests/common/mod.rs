@@ -126,6 +126,16 @@ pub fn stack(parts: &[&Matrix]) -> Matrix {
     Matrix::from_vec(data.len() / cols, cols, data).unwrap()
 }
 
+/// A fresh, empty directory `group/name` in the tests' scratch space.
+pub fn scratch(group: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(group)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Runs the `attnbench` binary with `args`.
 pub fn attnbench(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_attnbench"))

@@ -44,7 +44,7 @@ pub fn index(experiments: &[IndexEntry<'_>], machine: Option<&Machine>) -> Strin
     if let Some(m) = machine {
         let _ = writeln!(
             out,
-            "`{machine_file}` is the calibration the runs used (`attnbench calibrate`, {} on {}, {} cores): {}.",
+            "`{machine_file}` is the latest calibration (`attnbench calibrate`, {} on {}, {} cores): {}. Each `results.json` records the calibration its own run used, and its tables divide by that one.",
             m.environment.date,
             m.environment.cpu_model,
             m.environment.cores,

@@ -2,11 +2,13 @@
 //! estimate used to refuse points before anything is allocated. The roofline (`roofline.rs`,
 //! above this module) turns the FLOPs and bytes into an ideal time.
 //!
-//! Every figure is computed with checked arithmetic ([`Size`]): the sizes come from a user's
+//! Every figure is computed with checked arithmetic (`Size`): the sizes come from a user's
 //! file, and a count past 2^64 is an answer of `None`, never a wrapped number.
 
 use std::ops::{Add, Mul};
 use std::sync::OnceLock;
+
+use crate::sysinfo::{FALLBACK_LLC_BYTES, largest_cache_bytes};
 
 use serde::{Deserialize, Serialize};
 
@@ -282,9 +284,6 @@ pub fn memory_estimate(
     Some(estimate)
 }
 
-/// Last-level cache assumed when the system does not say (as large as server CPUs have).
-const FALLBACK_LLC_BYTES: u64 = 256 << 20;
-
 /// The packing buffers faer's matmul may hold per thread: three times the CPU's largest cache.
 /// On x86-64 with AVX2, faer multiplies through private-gemm-x86, which keeps two buffers of
 /// the last-level cache's size per thread; elsewhere through the gemm crate, which keeps one of
@@ -292,22 +291,6 @@ const FALLBACK_LLC_BYTES: u64 = 256 << 20;
 pub fn matmul_workspace_bytes_per_thread() -> u64 {
     static BYTES: OnceLock<u64> = OnceLock::new();
     *BYTES.get_or_init(|| 3 * largest_cache_bytes().unwrap_or(FALLBACK_LLC_BYTES))
-}
-
-/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
-fn largest_cache_bytes() -> Option<u64> {
-    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
-    dir.filter_map(|entry| {
-        let path = entry.ok()?.path();
-        let kind = std::fs::read_to_string(path.join("type")).ok()?;
-        (kind.trim() != "Instruction").then_some(())?;
-        let size = std::fs::read_to_string(path.join("size")).ok()?;
-        let size = size.trim();
-        let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
-        let shift = ["K", "M", "G"].iter().position(|&u| u == unit)? * 10 + 10;
-        digits.parse::<u64>().ok()?.checked_shl(shift as u32)
-    })
-    .max()
 }
 
 /// The step a memory estimate is for.

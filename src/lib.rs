@@ -8,7 +8,8 @@
 //! Layers of the crate, lowest first. A module imports only modules of lower layers, so no
 //! module reaches one above it and no two import each other (`tests/layering.rs` reads this
 //! list and checks every `crate::` path in `src/` against it):
-//! 1. [`error`], [`fsutil`]: the library's error type; atomic file writes.
+//! 1. [`error`], [`fsutil`], [`sysinfo`]: the library's error type; atomic file writes; the
+//!    CPU caches as the operating system reports them.
 //! 2. [`config`], [`tensor`]: layer shapes, enums and their checks; the row-major matrix.
 //! 3. [`weights`], [`kernels`], [`cost`], [`presets`]: seeded weights; the numerical kernels;
 //!    FLOPs, bytes and memory by formula; the real models' shapes and their resolver.
@@ -41,6 +42,7 @@ pub mod presets;
 pub mod report;
 pub mod results;
 pub mod roofline;
+pub mod sysinfo;
 pub mod tensor;
 pub mod variants;
 pub mod weights;

@@ -7,12 +7,10 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::results::cache_bytes;
+use crate::sysinfo::{FALLBACK_LLC_BYTES, largest_cache_bytes};
 
 /// Bytes between two reads of the eviction buffer: one per cache line is enough to load it.
 const LINE_BYTES: usize = 64;
-/// Last-level cache size assumed when the system does not say.
-const FALLBACK_LLC_BYTES: usize = 256 << 20;
 /// Largest eviction buffer.
 const MAX_BUFFER_BYTES: usize = 2 << 30;
 
@@ -27,7 +25,8 @@ impl CacheFlusher {
     pub fn shared() -> &'static CacheFlusher {
         static FLUSHER: OnceLock<CacheFlusher> = OnceLock::new();
         FLUSHER.get_or_init(|| {
-            let bytes = (2 * largest_cache_bytes().unwrap_or(FALLBACK_LLC_BYTES))
+            let llc = largest_cache_bytes().unwrap_or(FALLBACK_LLC_BYTES);
+            let bytes = (2 * usize::try_from(llc).unwrap_or(usize::MAX / 2))
                 .clamp(64 << 20, MAX_BUFFER_BYTES);
             // Distinct non-zero contents: pages of zeros could all map one shared zero page.
             let buffer = (0..bytes).map(|i| (i / LINE_BYTES) as u8 | 1).collect();
@@ -52,13 +51,4 @@ impl CacheFlusher {
             .sum();
         std::hint::black_box(sum);
     }
-}
-
-/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
-fn largest_cache_bytes() -> Option<usize> {
-    cache_bytes()
-        .into_iter()
-        .filter(|(name, _)| !name.ends_with('i'))
-        .map(|(_, bytes)| usize::try_from(bytes).unwrap_or(usize::MAX))
-        .max()
 }

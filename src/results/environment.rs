@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GibError, gib_to_bytes};
+use crate::sysinfo::cache_bytes;
 
 /// Where and how a result set was measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,41 +134,6 @@ const FEATURES: &[FeatureCheck] = {
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const FEATURES: &[FeatureCheck] = &[];
 
-/// CPU 0's data, instruction and unified caches, bytes by name: `L{level}` and `d` for data,
-/// `i` for instructions, nothing for unified (`L1d`, `L1i`, `L2`, `L3`), from Linux's sysfs.
-/// Empty where the system does not say.
-pub fn cache_bytes() -> BTreeMap<String, u64> {
-    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache") else {
-        return BTreeMap::new();
-    };
-    let read = |path: &std::path::Path, name: &str| std::fs::read_to_string(path.join(name)).ok();
-    dir.filter_map(|entry| {
-        let path = entry.ok()?.path();
-        let level = read(&path, "level")?;
-        let kind = match read(&path, "type")?.trim() {
-            "Data" => "d",
-            "Instruction" => "i",
-            _ => "",
-        };
-        let size = parse_cache_size(&read(&path, "size")?)?;
-        Some((format!("L{}{kind}", level.trim()), size))
-    })
-    .collect()
-}
-
-/// Parses sysfs cache sizes such as `48K`, `2048K`, `266240K`, `32M`.
-fn parse_cache_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = digits.parse().ok()?;
-    match unit {
-        "K" => Some(n << 10),
-        "M" => Some(n << 20),
-        "G" => Some(n << 30),
-        _ => None,
-    }
-}
-
 /// Total memory of this machine, from `/proc/meminfo`.
 pub fn total_memory_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -227,14 +193,5 @@ mod tests {
         assert_eq!(memory_limit_bytes(Some(0.0)), Err(GibError::NotPositive));
         let expected = total_memory_bytes().map_or(FALLBACK_MEMORY_LIMIT_BYTES, |m| m / 2);
         assert_eq!(memory_limit_bytes(None), Ok(expected));
-    }
-
-    #[test]
-    fn sysfs_cache_sizes_parse() {
-        assert_eq!(parse_cache_size("48K\n"), Some(48 << 10));
-        assert_eq!(parse_cache_size("266240K"), Some(266_240 << 10));
-        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
-        assert_eq!(parse_cache_size("12"), None);
-        assert_eq!(parse_cache_size("K"), None);
     }
 }

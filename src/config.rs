@@ -150,17 +150,21 @@ named_enum!(Mode, "a mode", {
 
 /// How a tensor is stored in memory (docs/design.md §5): arithmetic is f32 whatever the
 /// type; a value is rounded when stored and widened back to f32 when read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// 4 bytes (what the layers of this crate allocate today).
+    /// 4 bytes: the default, and what every file written before the stored types meant.
+    #[default]
     F32,
     /// 2 bytes, IEEE 754 binary16, rounded to nearest even.
     F16,
     /// 2 bytes, bfloat16 (the upper half of an f32), rounded to nearest even.
     Bf16,
-    /// 1 byte per value, symmetric, plus one f32 scale per row (per token and KV head) that
-    /// [`Dtype::bytes`] does not count; the planner leaves the scales out and says so.
+    /// 1 byte per value, symmetric, plus one f32 scale per row (per token and KV head; MLA:
+    /// per token for `c_kv` and per token for `k_rope`) that [`Dtype::bytes`] does not count
+    /// and [`Dtype::row_bytes`] does. KV cache only.
     Int8,
 }
 
@@ -180,6 +184,62 @@ impl Dtype {
             Dtype::F16 | Dtype::Bf16 => 2,
             Dtype::Int8 => 1,
         }
+    }
+
+    /// Bytes one stored row of `values` values takes, its scale included: `values · bytes`,
+    /// plus 4 for int8's f32 scale. The one formula the cache's analytic bytes, the cost model
+    /// and the planner all use. `None` on overflow.
+    pub fn row_bytes(self, values: u64) -> Option<u64> {
+        let scale = if self == Dtype::Int8 { 4 } else { 0 };
+        values.checked_mul(self.bytes())?.checked_add(scale)
+    }
+}
+
+/// How the projection weights of a layer are stored (docs/design.md §5): every projection
+/// matrix in this type, RMSNorm scales always f32.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// 4 bytes per weight: the default.
+    #[default]
+    F32,
+    /// 2 bytes per weight, bfloat16 rounded to nearest even (how Llama 3 and DeepSeek ship).
+    Bf16,
+}
+
+named_enum!(WeightDtype, "a weight type", {
+    F32 => "f32",
+    Bf16 => "bf16",
+});
+clap_value_enum!(WeightDtype);
+
+impl WeightDtype {
+    /// The same type as a [`Dtype`].
+    pub fn dtype(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::Bf16 => Dtype::Bf16,
+        }
+    }
+}
+
+/// What a layer stores in which type: its KV cache and its projection weights. Activations,
+/// accumulation and softmax are f32 whatever these say. The default, f32 and f32, is what an
+/// experiment file or results file that names no types means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Precision {
+    /// The KV cache's stored type.
+    pub kv_dtype: Dtype,
+    /// The projection weights' stored type.
+    pub weight_dtype: WeightDtype,
+}
+
+impl Precision {
+    /// True for f32 cache and f32 weights, the default (files leave the fields out then).
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::default()
     }
 }
 

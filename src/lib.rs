@@ -47,11 +47,14 @@ pub mod tensor;
 pub mod variants;
 pub mod weights;
 
-pub use config::{GroupedConfig, Kernel, LayerSpec, MlaConfig, MlaPath, Variant};
+pub use config::{
+    Dtype, GroupedConfig, Kernel, LayerSpec, MlaConfig, MlaPath, Precision, Variant, WeightDtype,
+};
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
 pub use layer::{AttentionLayer, LayerInfo};
 pub use tensor::Matrix;
 pub use variants::{
-    GroupedAttention, MultiHeadLatentAttention, build_layer, build_layer_with_kernel,
+    GroupedAttention, MultiHeadLatentAttention, build_layer, build_layer_with,
+    build_layer_with_kernel,
 };

@@ -1,6 +1,6 @@
 //! The one layer behind MHA, MQA and GQA: they differ only in `n_kv_heads`.
 
-use crate::config::{GroupedConfig, Kernel, LayerSpec, Variant};
+use crate::config::{GroupedConfig, Kernel, LayerSpec, Precision, Variant};
 use crate::error::Result;
 use crate::kernels::{
     AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, project, project_to,
@@ -18,6 +18,8 @@ pub struct GroupedAttention {
     variant: Variant,
     config: GroupedConfig,
     kernel: Kernel,
+    /// How the cache and the projection weights are stored.
+    precision: Precision,
     /// `(d_model, n_heads · head_dim)`
     w_q: Matrix,
     /// `(d_model, n_kv_heads · head_dim)`
@@ -45,12 +47,24 @@ impl GroupedAttention {
             variant,
             config,
             kernel: Kernel::default(),
+            precision: Precision::default(),
         })
     }
 
     /// The same layer running the attention core on `kernel`.
     pub fn with_kernel(self, kernel: Kernel) -> Self {
         Self { kernel, ..self }
+    }
+
+    /// The same layer with its cache and projection weights stored as `precision` says
+    /// (docs/design.md §5): the weights are rounded here, once.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
+    /// How the cache and the projection weights are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Builds from `[d_model, n_heads, n_kv_heads, head_dim]`: the thin `mha`, `mqa` and `gqa`

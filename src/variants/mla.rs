@@ -3,7 +3,7 @@
 use faer::{MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath};
+use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Precision};
 use crate::error::Result;
 use crate::kernels::{
     AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, matmul, matmul_threads,
@@ -37,6 +37,8 @@ pub struct MultiHeadLatentAttention {
     config: MlaConfig,
     path: MlaPath,
     kernel: Kernel,
+    /// How the cache and the projection weights are stored.
+    precision: Precision,
     query: QueryProjection,
     /// `(d_model, kv_lora_rank + qk_rope_head_dim)`: `[c_kv | k_rope_raw] = x · w_dkv`.
     w_dkv: Matrix,
@@ -76,12 +78,24 @@ impl MultiHeadLatentAttention {
             config,
             path,
             kernel: Kernel::default(),
+            precision: Precision::default(),
         })
     }
 
     /// The same layer running the attention core on `kernel`.
     pub fn with_kernel(self, kernel: Kernel) -> Self {
         Self { kernel, ..self }
+    }
+
+    /// The same layer with its cache and projection weights stored as `precision` says
+    /// (docs/design.md §5): the weights are rounded here, once.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
+    /// How the cache and the projection weights are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The shape.

@@ -10,7 +10,7 @@ pub mod mqa;
 pub use grouped::GroupedAttention;
 pub use mla::MultiHeadLatentAttention;
 
-use crate::config::{Kernel, LayerSpec};
+use crate::config::{Kernel, LayerSpec, Precision};
 use crate::error::Result;
 use crate::layer::AttentionLayer;
 
@@ -26,12 +26,28 @@ pub fn build_layer_with_kernel(
     kernel: Kernel,
     seed: u64,
 ) -> Result<Box<dyn AttentionLayer>> {
+    build_layer_with(spec, kernel, Precision::default(), seed)
+}
+
+/// [`build_layer`] with the attention core on `kernel` and the cache and weights stored as
+/// `precision` says. The master weights drawn from `seed` are the same whatever `precision`:
+/// a bf16 layer's weights are the f32 layer's, rounded (docs/design.md §5).
+pub fn build_layer_with(
+    spec: &LayerSpec,
+    kernel: Kernel,
+    precision: Precision,
+    seed: u64,
+) -> Result<Box<dyn AttentionLayer>> {
     Ok(match spec {
-        LayerSpec::Grouped { variant, config } => {
-            Box::new(GroupedAttention::new(*variant, config.clone(), seed)?.with_kernel(kernel))
-        }
+        LayerSpec::Grouped { variant, config } => Box::new(
+            GroupedAttention::new(*variant, config.clone(), seed)?
+                .with_kernel(kernel)
+                .with_precision(precision),
+        ),
         LayerSpec::Mla { config, path } => Box::new(
-            MultiHeadLatentAttention::new(config.clone(), *path, seed)?.with_kernel(kernel),
+            MultiHeadLatentAttention::new(config.clone(), *path, seed)?
+                .with_kernel(kernel)
+                .with_precision(precision),
         ),
     })
 }

@@ -585,6 +585,7 @@ mod tests {
             batch: 1,
             threads,
             kernel: Kernel::Tiled,
+            precision: Default::default(),
         };
         let mut result = PointResult::unmeasured(&point);
         let stats = |median_ns: f64, mad_ns: f64| SampleStats {

@@ -17,7 +17,8 @@ pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
 
 use crate::config::{
-    GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Variant, gib_to_bytes, human_bytes,
+    GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Precision, Variant, gib_to_bytes,
+    human_bytes,
 };
 use crate::cost::{MemoryEstimate, checked_core_cost, checked_step_cost, memory_estimate};
 use crate::error::Error;
@@ -59,6 +60,10 @@ pub struct Point {
     pub threads: usize,
     /// The attention-core kernel.
     pub kernel: Kernel,
+    /// How the cache and the weights are stored; left out of the grid's JSON (and so of its
+    /// hash) when f32, so a grid from before the stored types hashes as it did.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Point {
@@ -276,6 +281,7 @@ fn grid(specs: &[LayerSpec], axes: &Axes) -> Vec<Point> {
                                 batch,
                                 threads,
                                 kernel,
+                                precision: Precision::default(),
                             });
                         }
                     }

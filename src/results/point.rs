@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::machine::Machine;
 use super::summary::{SampleStats, Summary};
 use super::wire::{PointRow, PointWire};
-use crate::config::{Kernel, LayerSpec, MlaPath, Mode, Variant};
+use crate::config::{Dtype, Kernel, LayerSpec, MlaPath, Mode, Variant, WeightDtype};
 use crate::cost::{core_cost, step_cost};
 use crate::experiment::Point;
 
@@ -53,6 +53,14 @@ pub struct PointResult {
     pub threads: usize,
     /// The attention-core kernel (`naive` or `tiled`).
     pub kernel: Kernel,
+    /// The KV cache's stored type (f32 in files from before the stored types).
+    pub kv_dtype: Dtype,
+    /// The projection weights' stored type (f32 in files from before the stored types).
+    pub weight_dtype: WeightDtype,
+    /// `max|y − y_ref| / max|y_ref|` of one step's output `y` against the same step of the
+    /// f32 layer with the unrounded weights on the same input and cache contents
+    /// (docs/design.md §5), computed outside the timing; `None` when not measured.
+    pub max_rel_err: Option<f64>,
     /// The whole step: its timing summary, rates and roofline, over `flops` and `bytes`.
     pub step: Summary,
     /// `batch · seq_len / step median`.
@@ -128,6 +136,9 @@ impl PointResult {
             v_head_dim: mla.map(|c| c.v_head_dim),
             threads: point.threads,
             kernel: point.kernel,
+            kv_dtype: point.precision.kv_dtype,
+            weight_dtype: point.precision.weight_dtype,
+            max_rel_err: None,
             step: Summary::default(),
             tokens_per_s: None,
             flops: cost.flops(),

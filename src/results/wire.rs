@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::point::PointResult;
 use super::summary::Summary;
-use crate::config::{Kernel, MlaPath, Mode, Variant};
+use crate::config::{Dtype, Kernel, MlaPath, Mode, Variant, WeightDtype};
 
 /// A point in `results.json` and the log: the flat row, the flag of a point above its
 /// ceiling, then the samples. The flag and the samples are left out when there are none (a
@@ -54,6 +54,14 @@ pub(super) struct PointRow {
     v_head_dim: Option<usize>,
     threads: usize,
     kernel: Kernel,
+    // The stored types and the accuracy came after the format: left out when f32 (and when
+    // not measured), so that a file from before them reads as f32 and writes back as it was.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    kv_dtype: Dtype,
+    #[serde(default, skip_serializing_if = "is_f32_weights")]
+    weight_dtype: WeightDtype,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_rel_err: Option<f64>,
     median_ns: Option<f64>,
     mad_ns: Option<f64>,
     min_ns: Option<f64>,
@@ -139,6 +147,9 @@ impl From<PointWire> for PointResult {
             v_head_dim: w.v_head_dim,
             threads: w.threads,
             kernel: w.kernel,
+            kv_dtype: w.kv_dtype,
+            weight_dtype: w.weight_dtype,
+            max_rel_err: w.max_rel_err,
             step,
             tokens_per_s: w.tokens_per_s,
             flops: w.flops,
@@ -193,6 +204,9 @@ impl From<&PointResult> for PointRow {
             v_head_dim: p.v_head_dim,
             threads: p.threads,
             kernel: p.kernel,
+            kv_dtype: p.kv_dtype,
+            weight_dtype: p.weight_dtype,
+            max_rel_err: p.max_rel_err,
             median_ns: step.median_ns,
             mad_ns: step.mad_ns,
             min_ns: step.min_ns,
@@ -226,4 +240,12 @@ impl From<&PointResult> for PointRow {
             error: p.error.clone(),
         }
     }
+}
+
+fn is_f32(dtype: &Dtype) -> bool {
+    *dtype == Dtype::F32
+}
+
+fn is_f32_weights(dtype: &WeightDtype) -> bool {
+    *dtype == WeightDtype::F32
 }

@@ -496,6 +496,21 @@ impl LayerSpec {
         }
     }
 
+    /// Bytes the cache holds per token stored as `dtype`, int8's scales included
+    /// (docs/design.md §5): K and V rows of `head_dim` per KV head, each with its own scale;
+    /// for MLA the `c_kv` row and the `k_rope` row, each with its own scale. The one formula
+    /// the cache's analytic bytes, the cost model and the planner share. `None` on overflow.
+    pub fn kv_bytes_per_token(&self, dtype: Dtype) -> Option<u64> {
+        match self {
+            LayerSpec::Grouped { config, .. } => dtype
+                .row_bytes(config.head_dim as u64)?
+                .checked_mul(2 * config.n_kv_heads as u64),
+            LayerSpec::Mla { config, .. } => dtype
+                .row_bytes(config.kv_lora_rank as u64)?
+                .checked_add(dtype.row_bytes(config.qk_rope_head_dim as u64)?),
+        }
+    }
+
     /// Weights by formula (equal to what the built layer allocates).
     pub fn param_count(&self) -> usize {
         match self {
@@ -572,6 +587,43 @@ fn positive_finite(field: ModelField, value: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_bytes_per_token_counts_each_row_at_its_width_and_int8_scales() {
+        let gqa = LayerSpec::Grouped {
+            variant: Variant::Gqa,
+            config: GroupedConfig {
+                d_model: 4096,
+                n_heads: 32,
+                n_kv_heads: 8,
+                head_dim: 128,
+                rope_theta: DEFAULT_ROPE_THETA,
+            },
+        };
+        let bytes = |spec: &LayerSpec, dtype| spec.kv_bytes_per_token(dtype).unwrap();
+        // Llama 3 8B: 2 · 8 · 128 values per token.
+        assert_eq!(bytes(&gqa, Dtype::F32), 2 * 8 * 128 * 4);
+        assert_eq!(bytes(&gqa, Dtype::Bf16), 2 * 8 * 128 * 2);
+        assert_eq!(bytes(&gqa, Dtype::F16), 2 * 8 * 128 * 2);
+        assert_eq!(bytes(&gqa, Dtype::Int8), 2 * 8 * (128 + 4));
+        let mla = LayerSpec::Mla {
+            config: MlaConfig {
+                d_model: 7168,
+                n_heads: 128,
+                kv_lora_rank: 512,
+                q_lora_rank: Some(1536),
+                qk_nope_head_dim: 128,
+                qk_rope_head_dim: 64,
+                v_head_dim: 128,
+                rope_theta: DEFAULT_ROPE_THETA,
+                rms_norm_eps: 1e-6,
+            },
+            path: MlaPath::Absorbed,
+        };
+        assert_eq!(bytes(&mla, Dtype::F32), (512 + 64) * 4);
+        assert_eq!(bytes(&mla, Dtype::Bf16), (512 + 64) * 2);
+        assert_eq!(bytes(&mla, Dtype::Int8), 512 + 64 + 8);
+    }
 
     #[test]
     fn gib_to_bytes_refuses_what_is_not_a_memory_size() {

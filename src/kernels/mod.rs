@@ -42,6 +42,7 @@ mod rope;
 mod simd;
 mod softmax;
 mod tiled;
+mod weight;
 
 pub use convert::{
     INT8_NON_FINITE, bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16,
@@ -51,11 +52,15 @@ pub use layout::{AttentionOperands, HeadLayout, heads_to_rows};
 pub use naive::naive_attention;
 pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};
 pub use norm::rms_norm_rows;
-pub use projection::{matmul, matmul_threads, project, project_to};
+pub use projection::{
+    WEIGHT_ROW_BLOCK, matmul, matmul_threads, matmul_weight, matmul_weight_transposed, project,
+    project_to,
+};
 pub use rope::RopeTable;
 pub use simd::{RowsRef, fast_exp};
 pub use softmax::{causal_softmax_rows, softmax_in_place};
 pub use tiled::tiled_attention;
+pub use weight::{Weight, WeightRef};
 
 use crate::config::Kernel;
 

@@ -170,3 +170,36 @@ pub fn mla(config: &MlaConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) 
     }
     rows_times(&concat, weight(weights, "w_o"))
 }
+
+/// A layer's `weights()` widened to f32, exactly: the values it stores (bf16 weights read back
+/// as the rounded values), which is what the references compute with. Borrow the result with
+/// [`borrowed`] for [`grouped`], [`mla`] and [`weight`].
+pub fn widened(
+    weights: &[(&'static str, &attnbench::kernels::Weight)],
+) -> Vec<(&'static str, Matrix)> {
+    weights
+        .iter()
+        .map(|(name, w)| (*name, w.to_f32()))
+        .collect()
+}
+
+/// `(name, &matrix)` pairs of an owned list, the form the references take.
+pub fn borrowed<'a>(weights: &'a [(&'static str, Matrix)]) -> Vec<(&'static str, &'a Matrix)> {
+    weights.iter().map(|(name, w)| (*name, w)).collect()
+}
+
+/// The reference output `(n, d_model)`, flattened, of `layer` (of shape `spec`) over a whole
+/// sequence `x` at positions `0..n`, computed with the layer's weights as stored (widened).
+pub fn layer_rows(
+    spec: &attnbench::LayerSpec,
+    layer: &dyn attnbench::AttentionLayer,
+    x: &Matrix,
+) -> Vec<f64> {
+    let wide = widened(&layer.weights());
+    let weights = borrowed(&wide);
+    let out = match spec {
+        attnbench::LayerSpec::Grouped { config, .. } => grouped(config, &weights, x),
+        attnbench::LayerSpec::Mla { config, .. } => mla(config, &weights, x),
+    };
+    out.into_iter().flatten().collect()
+}

@@ -171,7 +171,7 @@ fn the_block_path_equals_the_widened_matmul() {
 }
 
 #[test]
-fn an_empty_depth_gives_zeros() {
+fn an_empty_depth_gives_zeros_and_no_columns_no_panic() {
     let w = bf16_weight(1, 0, 5);
     for t in [1, 3, 9] {
         let x = Matrix::zeros(t, 0);
@@ -182,6 +182,9 @@ fn an_empty_depth_gives_zeros() {
             "t {t}: {:?}",
             out.data()
         );
+        // No output columns: nothing to compute, nothing to panic on.
+        let empty = project(input(1, "x", t, 4).view(), &bf16_weight(1, 4, 0));
+        assert_eq!(empty.shape(), (t, 0));
     }
 }
 

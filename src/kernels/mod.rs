@@ -23,10 +23,19 @@
 //! its values, each stored row read once and widened in registers. No attention kernel calls
 //! them yet; [`narrow_path`] names the code they run on this CPU.
 //!
+//! # Projections with bf16 weights
+//! [`project`] takes a [`Weight`] (`weight.rs`) stored in f32 (straight to faer, as always) or
+//! bf16 (`projection.rs`): at most eight rows (decode) read each weight once through
+//! [`narrow_add_values`] ([`narrow_scores`] for MLA's `x · Wᵀ`), the output columns split into
+//! a few ranges per thread so every core streams weights; more rows widen
+//! [`WEIGHT_ROW_BLOCK`] weight rows at a time into one reused buffer for faer. The bf16 reads
+//! run on the code [`narrow_path`] names.
+//!
 //! Shared pieces, and the only modules a kernel file imports: `layout.rs` (the operand and
 //! head-layout types), `convert.rs` (the stored types' bits), `simd.rs` (the exponential, the
 //! lane reductions, how each element type reads as f32 lanes, the few-row scores and the CPU
-//! feature checks) and `softmax.rs`. On x86-64 with AVX2 and FMA (checked at run time), the
+//! feature checks) and `softmax.rs`; besides them `projection.rs` imports `narrow.rs` and
+//! `weight.rs`, whose public kernels and types it is built on. On x86-64 with AVX2 and FMA (checked at run time), the
 //! few-row scores run on explicit AVX2 instructions and the tiled kernel's block loop is
 //! compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline, like the
 //! naive kernel's softmax. The narrow kernels want F16C besides (checked with the others).

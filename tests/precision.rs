@@ -298,3 +298,29 @@ fn an_int8_row_of_zeros_reads_back_zeros_and_a_nan_stays_where_it_was() {
     assert_eq!(scales[3], 3.0 / 127.0);
     assert_eq!(scales[5], 8.0 / 127.0);
 }
+
+/// The attention core alone reads the stored cache: the tiled and naive kernels agree on it,
+/// and over a rounded cache the output moves from the f32 cache's by about the rounding.
+#[test]
+fn the_core_runs_on_stored_caches() {
+    for spec in small_specs() {
+        let core = |kernel, dtype| {
+            let layer = layer(&spec, kernel, dtype, 4);
+            let mut cache = layer.new_cache(2, 40).unwrap();
+            cache.fill_synthetic(39, 6).unwrap();
+            cache.truncate(38);
+            let inputs = layer.core_inputs(&cache, 1, 8);
+            let mut out = vec![0.0f32; inputs.out_len];
+            layer.run_core(&inputs, &cache, &mut out);
+            out
+        };
+        let exact = core(Kernel::Tiled, Dtype::F32);
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::Int8] {
+            let label = format!("{} {dtype}", spec.label());
+            let tiled = core(Kernel::Tiled, dtype);
+            assert_close_f32(&tiled, &core(Kernel::Naive, dtype), TOL, &label);
+            assert_close_f32(&tiled, &exact, 0.1, &label);
+            assert_ne!(tiled, exact, "{label}: the cache was not rounded");
+        }
+    }
+}

@@ -210,8 +210,15 @@ fn check_experiment(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(is_valid_name(&experiment.name), "{}", experiment.name);
             prop_assert!(!experiment.points.is_empty());
             for p in &experiment.points {
-                let e =
-                    memory_estimate(&p.spec, p.kernel, p.batch, p.seq_len, p.context, p.threads);
+                let e = memory_estimate(
+                    &p.spec,
+                    p.kernel,
+                    p.precision,
+                    p.batch,
+                    p.seq_len,
+                    p.context,
+                    p.threads,
+                );
                 prop_assert!(e.is_some_and(|e| e.total() <= experiment.measure.memory_limit_bytes));
             }
         }

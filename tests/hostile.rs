@@ -149,6 +149,7 @@ fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
         let e = memory_estimate(
             &point.spec,
             point.kernel,
+            point.precision,
             point.batch,
             point.seq_len,
             point.context,

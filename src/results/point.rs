@@ -244,9 +244,10 @@ impl PointResult {
     }
 
     /// The point as one CSV record: the fields of its JSON record but the samples, in the
-    /// same order (`results.csv`'s columns).
+    /// same order (`results.csv`'s columns), and those the JSON leaves out at their default
+    /// (`kv_dtype`, `weight_dtype`, `max_rel_err`) always, so that every row has every column.
     pub fn csv_record(&self) -> impl Serialize {
-        PointRow::from(self)
+        PointRow::csv(self)
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.

@@ -271,7 +271,6 @@ fn a_run_at_every_stored_type_records_the_types_their_bytes_and_accuracy() {
 }
 
 #[test]
-#[ignore = "needs branches kvstore and weights"]
 fn stored_types_lose_what_the_issue_allows_and_measure_their_analytic_bytes() {
     // Issue 11's accuracy targets, per stored type; a point storing two narrow types may lose
     // both.

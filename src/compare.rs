@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Dtype, Kernel, MlaPath, Mode, Variant, WeightDtype};
+use crate::config::{Dtype, Kernel, MlaPath, Mode, Precision, Variant, WeightDtype};
 use crate::results::{PointResult, ReadError, ResultsDir, ResultsFile, Summary, read_results};
 
 /// `σ ≈ MAD_SCALE · MAD` for normal samples.
@@ -328,7 +328,11 @@ fn is_f32_weights(dtype: &WeightDtype) -> bool {
 impl PointComparison {
     /// Whether the pair is stored in a type other than f32 (cache or weights).
     pub fn is_narrow(&self) -> bool {
-        !(is_f32(&self.kv_dtype) && is_f32_weights(&self.weight_dtype))
+        !Precision {
+            kv_dtype: self.kv_dtype,
+            weight_dtype: self.weight_dtype,
+        }
+        .is_f32()
     }
 
     /// The step's change, when both sides were measured.
@@ -464,7 +468,7 @@ impl Comparison {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Identity {
     variant: Variant,
-    stored: (Dtype, WeightDtype),
+    precision: Precision,
     mla_path: Option<MlaPath>,
     mode: Mode,
     seq_len: usize,
@@ -479,7 +483,10 @@ impl Identity {
     fn of(p: &PointResult, ignore: &[Axis]) -> Self {
         Self {
             variant: p.variant,
-            stored: (p.kv_dtype, p.weight_dtype),
+            precision: Precision {
+                kv_dtype: p.kv_dtype,
+                weight_dtype: p.weight_dtype,
+            },
             mla_path: p.mla_path,
             mode: p.mode,
             seq_len: p.seq_len,

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::config::{Dtype, Kernel, Mode, Variant, WeightDtype};
+use crate::config::{Dtype, Kernel, Mode, Precision, Variant, WeightDtype};
 use crate::results::PointResult;
 
 /// The KV-cache types in the order the tables, the charts and the docs list them: widest
@@ -38,7 +38,11 @@ impl Stored {
 
 /// Whether a point is stored in anything but f32: the cache or the weights.
 pub(super) fn is_narrow(p: &PointResult) -> bool {
-    p.kv_dtype != Dtype::F32 || p.weight_dtype != WeightDtype::F32
+    !Precision {
+        kv_dtype: p.kv_dtype,
+        weight_dtype: p.weight_dtype,
+    }
+    .is_f32()
 }
 
 /// Whether the tables and charts of `points` (a whole results set) show the stored types:

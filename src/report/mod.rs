@@ -23,10 +23,7 @@ pub use comparison::comparison_markdown;
 pub use index::{IndexEntry, index};
 pub use kv_plan::kv_plan_markdown;
 
-use crate::config::{Dtype, WeightDtype};
-use crate::results::{
-    PointResult, ReadError, ResultsDir, ResultsFile, ResultsFolder, WriteError, write_file,
-};
+use crate::results::{ReadError, ResultsDir, ResultsFile, ResultsFolder, WriteError, write_file};
 
 /// What can stop a report.
 #[derive(Debug, Error)]
@@ -56,69 +53,18 @@ pub struct OutputFile {
     pub text: String,
 }
 
-/// `results.csv` as text: a point's flat record per row, without its samples. The `csv` crate
-/// does the quoting (error messages hold commas). A record leaves out the stored types when
-/// f32 and `max_rel_err` when unmeasured (so that an all-f32 file reads as it always has), so
-/// the columns are the union of the records', in record order, and a record's missing
-/// columns read as the record left them out: `f32` for a type, empty for an unmeasured error.
+/// `results.csv` as text: a point's flat record per row, without its samples, every column
+/// on every row ([`crate::results::PointResult::csv_record`]: the stored types and the accuracy are written
+/// even where results.json leaves them out). The `csv` crate does the quoting (error messages
+/// hold commas).
 pub fn csv(results: &ResultsFile) -> String {
-    let records: Vec<(csv::StringRecord, csv::StringRecord)> =
-        results.points.iter().map(csv_fields).collect();
-    let mut columns: Vec<&str> = Vec::new();
-    for (header, _) in &records {
-        let mut at = 0;
-        for name in header {
-            match columns.iter().position(|c| *c == name) {
-                Some(i) => at = i + 1,
-                None => {
-                    columns.insert(at, name);
-                    at += 1;
-                }
-            }
-        }
-    }
     let mut writer = csv::Writer::from_writer(Vec::new());
-    if !records.is_empty() {
-        writer.write_record(&columns).expect("writing to memory");
-    }
-    for (header, values) in &records {
-        let row = columns.iter().map(|c| {
-            header
-                .iter()
-                .position(|name| name == *c)
-                .and_then(|i| values.get(i))
-                .unwrap_or_else(|| left_out(c))
-        });
-        writer.write_record(row).expect("writing to memory");
+    for point in &results.points {
+        writer
+            .serialize(point.csv_record())
+            .expect("a point result is one CSV record");
     }
     String::from_utf8(writer.into_inner().expect("writing to memory")).expect("CSV is UTF-8")
-}
-
-/// The cell of a column a point's record left out: its stored types are f32 (see
-/// [`PointResult::kv_dtype`]), anything else is `None`, an empty cell.
-fn left_out(column: &str) -> &'static str {
-    match column {
-        "kv_dtype" => Dtype::F32.name(),
-        "weight_dtype" => WeightDtype::F32.name(),
-        _ => "",
-    }
-}
-
-/// One point's CSV record alone: its header and its values.
-fn csv_fields(point: &PointResult) -> (csv::StringRecord, csv::StringRecord) {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    writer
-        .serialize(point.csv_record())
-        .expect("a point result is one CSV record");
-    let bytes = writer.into_inner().expect("writing to memory");
-    let mut reader = csv::Reader::from_reader(bytes.as_slice());
-    let header = reader.headers().expect("the header just written").clone();
-    let values = reader
-        .records()
-        .next()
-        .and_then(Result::ok)
-        .expect("the record just written");
-    (header, values)
 }
 
 /// `results.md` as text: the tables of `results` and the links to its charts.

@@ -1,6 +1,7 @@
 //! Benchmark groups, one module per group family, and the glue that turns an experiment grid
 //! into criterion benchmarks.
 
+pub mod precision;
 pub mod sweeps;
 
 use std::time::{Duration, Instant};
@@ -8,6 +9,11 @@ use std::time::{Duration, Instant};
 use attnbench::experiment::parse_experiment;
 use attnbench::harness::PreparedPoint;
 use criterion::{AxisScale, BenchmarkId, Criterion, PlotConfiguration, SamplingMode, Throughput};
+
+/// True when `ATTNBENCH_EXPERIMENT` names an experiment file: then only its grid runs.
+pub fn experiment_requested() -> bool {
+    std::env::var_os("ATTNBENCH_EXPERIMENT").is_some()
+}
 
 /// Runs every point of an experiment grid (TOML text, as in `variants/`) as one criterion
 /// group named `group`. Ids name the point: `gqa/decode/ctx4096_h32_kv8_b1_t2`.

@@ -6,7 +6,7 @@ use criterion::{Criterion, criterion_group};
 use super::bench_grid;
 
 /// The layers every default sweep shares: d_model 1024, heads of 64, MLA latent 256 + 32.
-const MODEL: &str = r#"
+pub const MODEL: &str = r#"
 [model]
 d_model = 1024
 n_heads = 16
@@ -75,7 +75,7 @@ fn experiment_from_env(c: &mut Criterion) {
 
 /// The default sweeps, or only the experiment when `ATTNBENCH_EXPERIMENT` is set.
 fn all(c: &mut Criterion) {
-    if std::env::var_os("ATTNBENCH_EXPERIMENT").is_some() {
+    if super::experiment_requested() {
         experiment_from_env(c);
     } else {
         for (name, sweep) in SWEEPS {

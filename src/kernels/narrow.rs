@@ -240,9 +240,21 @@ mod avx2 {
 
     use super::super::simd::{RowScales, RowsRef, Widen};
 
-    /// Value rows per block: a block's rows (16 KiB at d = 128 in bf16) stay in L1 while
-    /// every column range of the accumulators passes over them.
+    /// Bytes of value rows per block: a block stays in L1 while every column range of the
+    /// accumulators passes over it.
+    const VALUE_BLOCK_BYTES: usize = 32 << 10;
+
+    /// Most value rows per block (the whole 16 KiB at d = 128 in bf16).
     const VALUE_BLOCK: usize = 64;
+
+    /// Value rows per block for rows of `d` values of `T`: [`VALUE_BLOCK_BYTES`] worth, at
+    /// least 1 and at most [`VALUE_BLOCK`]. Long rows (a bf16 weight matrix's, thousands of
+    /// values) take few rows per block, so that a column pass reads a few long runs of memory
+    /// in turn instead of one cache line from each of 64 rows kilobytes apart, which the
+    /// hardware prefetchers cannot follow.
+    fn block_rows<T>(d: usize) -> usize {
+        (VALUE_BLOCK_BYTES / (d * size_of::<T>()).max(1)).clamp(1, VALUE_BLOCK)
+    }
 
     /// [`super::narrow_add_values`] on AVX2 + FMA + F16C, shapes already checked.
     ///
@@ -273,7 +285,7 @@ mod avx2 {
         }
     }
 
-    /// `R` rows: value rows in blocks of [`VALUE_BLOCK`]; in each block the columns `8 · C`
+    /// `R` rows: value rows in blocks of [`block_rows`]; in each block the columns `8 · C`
     /// at a time (`R · C` accumulators held in registers across the block), then eight at a
     /// time, then the last `d mod 8` one by one.
     ///
@@ -288,8 +300,9 @@ mod avx2 {
         let (n, d) = (values.nrows(), values.ncols());
         let wide = d - d % (8 * C);
         let whole = d - d % 8;
-        for j0 in (0..n).step_by(VALUE_BLOCK) {
-            let block = values.subrows(j0, VALUE_BLOCK.min(n - j0));
+        let block_rows = block_rows::<T>(d);
+        for j0 in (0..n).step_by(block_rows) {
+            let block = values.subrows(j0, block_rows.min(n - j0));
             let w = (&weights[j0..], n);
             for c in (0..wide).step_by(8 * C) {
                 // SAFETY: c + 8 · C ≤ d; the caller's contract covers the rest.

@@ -5,7 +5,7 @@
 //! - a few rows of `x` (at most eight: decode) read each weight once through the narrow
 //!   kernels ([`narrow_add_values`], or [`narrow_scores`] for `x · Wᵀ`), widened in
 //!   registers: the product is bound by the weight bytes, so the output columns are split
-//!   into a few contiguous ranges per thread and every thread streams its own weights;
+//!   into one contiguous range per thread and every thread streams its own weights;
 //! - more rows (prefill): [`WEIGHT_ROW_BLOCK`] weight rows at a time widened into one f32
 //!   buffer, allocated once per call and reused, and faer accumulates block after block.
 
@@ -23,9 +23,12 @@ use crate::tensor::Matrix;
 /// buffer (`256 · d_out` f32) stays a fraction of the weight.
 pub const WEIGHT_ROW_BLOCK: usize = 256;
 
-/// Output column ranges per thread on the few-row path: several, so a thread that finishes
-/// early takes another instead of waiting on the slowest.
-const RANGES_PER_THREAD: usize = 4;
+/// Output column ranges per thread on the few-row path: one. Narrower ranges make a thread
+/// read more rows of the weight at once in shorter runs (a range of 512 bf16 columns of a
+/// 4096-wide weight is 1 KiB every 8 KiB), which the prefetchers follow badly: at Llama 3 8B's
+/// 4096 × 4096 on the 2-core EPYC, ranges of 512 columns read about half as fast as ranges
+/// of 2048 (the `precision/projection` benchmark times this product in f32 and bf16).
+const RANGES_PER_THREAD: usize = 1;
 
 /// The narrowest output column range on the few-row path, a multiple of the 32 columns the
 /// vector loop of `narrow_add_values` takes at once.
@@ -139,7 +142,7 @@ enum Product {
     Transposed,
 }
 
-/// The few-row bf16 product: output columns in contiguous ranges (several per thread when
+/// The few-row bf16 product: output columns in contiguous ranges (one per thread when
 /// `par` is parallel), each range's `(t, width)` block accumulated in its own part of one
 /// buffer by the narrow kernels, then copied to `dst`.
 fn few_rows_bf16(
@@ -254,9 +257,9 @@ mod tests {
     fn ranges_are_whole_vector_widths_a_few_per_thread() {
         assert_eq!(range_width(4096, Par::Seq), 4096);
         assert_eq!(range_width(4096, Par::rayon(1)), 4096);
-        // Llama 3 8B's 4096 columns on 2 threads: 8 ranges of 512.
-        assert_eq!(range_width(4096, Par::rayon(2)), 512);
-        assert_eq!(range_width(4100, Par::rayon(2)), 544);
+        // Llama 3 8B's 4096 columns on 2 threads: 2 ranges of 2048.
+        assert_eq!(range_width(4096, Par::rayon(2)), 2048);
+        assert_eq!(range_width(4100, Par::rayon(2)), 2080);
         assert_eq!(range_width(7, Par::rayon(2)), MIN_RANGE);
         for n in [1, 33, 1000, 14336] {
             let width = range_width(n, Par::rayon(4));

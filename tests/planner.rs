@@ -475,3 +475,82 @@ fn resolve_overlays_flags_on_the_preset_and_names_the_result() {
         })
     );
 }
+
+/// int8 counts each stored row's f32 scale (docs/design.md §5): a grouped cache
+/// `2·n_kv_heads·(head_dim + 4)` bytes per token and layer, an MLA cache
+/// `kv_lora_rank + qk_rope_head_dim + 8`; the hypothetical grouped rows of an MLA model a
+/// scale for each K and each V row of their unequal widths.
+#[test]
+fn int8_counts_one_f32_scale_per_stored_row() {
+    let llama = plan(&request("llama-3-8b", 8192, 1, &[Dtype::Int8])).unwrap();
+    let int8 = |plan: &Plan, v| row(plan, v).dtypes[0].clone();
+    assert_eq!(
+        int8(&llama, Variant::Gqa).bytes_per_token_per_layer,
+        2 * 8 * (128 + 4)
+    );
+    assert_eq!(
+        int8(&llama, Variant::Gqa).cache_bytes,
+        32 * 2 * 8 * (128 + 4) * 8192
+    );
+    assert_eq!(
+        int8(&llama, Variant::Mha).bytes_per_token_per_layer,
+        2 * 32 * (128 + 4)
+    );
+    assert_eq!(
+        int8(&llama, Variant::Mqa).bytes_per_token_per_layer,
+        2 * (128 + 4)
+    );
+    assert_eq!(
+        int8(&llama, Variant::Mla).bytes_per_token_per_layer,
+        512 + 64 + 8
+    );
+
+    let deepseek = plan(&request("deepseek-v3", 32768, 1, &[Dtype::Int8])).unwrap();
+    let mla = int8(&deepseek, Variant::Mla);
+    assert_eq!(mla.bytes_per_token_per_layer, 512 + 64 + 8);
+    assert_eq!(mla.bytes_per_token, 61 * (512 + 64 + 8));
+    assert_eq!(mla.cache_bytes, 61 * (512 + 64 + 8) * 32768);
+    // Keys of 192 and values of 128 per KV head, each row with its scale.
+    assert_eq!(
+        int8(&deepseek, Variant::Mha).bytes_per_token_per_layer,
+        128 * ((192 + 4) + (128 + 4))
+    );
+    assert_eq!(
+        int8(&deepseek, Variant::Gqa).bytes_per_token_per_layer,
+        8 * ((192 + 4) + (128 + 4))
+    );
+    // The other types have no scales: bytes are values times the type's width.
+    let f16 = plan(&request("deepseek-v3", 1, 1, &[Dtype::F16])).unwrap();
+    assert_eq!(
+        row(&f16, Variant::Mha).dtypes[0].bytes_per_token_per_layer,
+        128 * (192 + 128) * 2
+    );
+}
+
+/// For every preset and storage type, the own row's figures are the one formula
+/// `LayerSpec::kv_bytes_per_token(dtype)`: per layer, over the layers, and at a context within
+/// every preset's window, `batch · tokens · n_layers` times it.
+#[test]
+fn every_presets_bytes_are_the_layers_formula_in_every_dtype() {
+    let (batch, tokens) = (3, 5);
+    for p in presets() {
+        let req = request(&p.name, tokens, batch, &Dtype::ALL);
+        let spec = req.model.layer.clone();
+        let n_layers = req.model.n_layers as u64;
+        let plan = plan(&req).unwrap();
+        let own = plan.rows.iter().find(|r| r.own).unwrap();
+        assert_eq!(own.variant, spec.variant(), "{}", p.name);
+        for (figures, dtype) in own.dtypes.iter().zip(Dtype::ALL) {
+            let label = format!("{} {dtype}", p.name);
+            assert_eq!(figures.dtype, dtype, "{label}");
+            let per_layer = spec.kv_bytes_per_token(dtype).unwrap();
+            assert_eq!(figures.bytes_per_token_per_layer, per_layer, "{label}");
+            assert_eq!(figures.bytes_per_token, n_layers * per_layer, "{label}");
+            assert_eq!(
+                figures.cache_bytes,
+                (batch * tokens) as u64 * n_layers * per_layer,
+                "{label}"
+            );
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::config::{LayerSpec, MlaPath, Variant};
+use crate::config::{LayerSpec, MlaPath, Precision, Variant};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, PlaneSpec};
 use crate::tensor::Matrix;
@@ -18,23 +18,32 @@ pub struct LayerInfo {
     pub spec: LayerSpec,
     /// Weights, counted from the allocated matrices (norm scales included).
     pub params: usize,
+    /// How the layer stores its cache and its projection weights.
+    pub precision: Precision,
     /// Values the cache holds per token (K and V, or MLA's latent and rope key).
     pub kv_values_per_token: usize,
-    /// `kv_values_per_token · 4`: the analytic f32 cache bytes per token.
+    /// Bytes the cache stores per token in the layer's `kv_dtype`, int8's scales included
+    /// ([`LayerSpec::kv_bytes_per_token`]; `kv_values_per_token · 4` for f32): what
+    /// [`KvCache::analytic_bytes`] counts per token of capacity.
     pub kv_bytes_per_token: usize,
 }
 
 impl LayerInfo {
-    /// The record of a layer of shape `spec` holding `weights`: the variant and path from the
-    /// shape, the parameters counted from the matrices, the cache width by formula.
-    pub fn of(spec: LayerSpec, weights: &[(&'static str, &Matrix)]) -> Self {
+    /// The record of a layer of shape `spec` storing as `precision` and holding `weights`:
+    /// the variant and path from the shape, the parameters counted from the matrices, the
+    /// cache width and bytes by formula.
+    pub fn of(spec: LayerSpec, precision: Precision, weights: &[(&'static str, &Matrix)]) -> Self {
         let kv_values_per_token = spec.kv_values_per_token();
+        let kv_bytes = spec.kv_bytes_per_token(precision.kv_dtype);
         Self {
             variant: spec.variant(),
             mla_path: spec.mla_path(),
             params: weights.iter().map(|(_, w)| w.len()).sum(),
+            precision,
             kv_values_per_token,
-            kv_bytes_per_token: kv_values_per_token * size_of::<f32>(),
+            kv_bytes_per_token: kv_bytes
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or(usize::MAX),
             spec,
         }
     }
@@ -81,9 +90,11 @@ pub trait AttentionLayer: Send + Sync {
     /// `out` has `inputs.out_len` values. Uses the same code as the full step.
     fn run_core(&self, inputs: &CoreInputs, cache: &KvCache, out: &mut [f32]);
 
-    /// A cache of `capacity` tokens for each of `batch` sequences, allocated up front.
+    /// A cache of `capacity` tokens for each of `batch` sequences, stored in the layer's
+    /// `kv_dtype`, allocated up front.
     fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
-        KvCache::new(batch, capacity, &self.cache_planes())
+        let dtype = self.info().precision.kv_dtype;
+        KvCache::new(batch, capacity, &self.cache_planes(), dtype)
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use attnbench::Matrix;
 use attnbench::config::Kernel;
-use attnbench::kernels::{AttentionOperands, HeadLayout, attention, fast_exp};
+use attnbench::kernels::{AttentionOperands, HeadLayout, KvHead, attention, fast_exp};
 use attnbench::weights::SeededRng;
 use common::assert_close_f32;
 use faer::MatRef;
@@ -77,10 +77,10 @@ impl Case {
                     q.cols(),
                 ),
                 k: (0..self.n_kv_heads)
-                    .map(|g| k.view().subcols(g * self.qk_dim, self.qk_dim))
+                    .map(|g| KvHead::F32(k.view().subcols(g * self.qk_dim, self.qk_dim)))
                     .collect(),
                 v: (0..self.n_kv_heads)
-                    .map(|g| v.view().subcols(g * self.v_dim, self.v_dim))
+                    .map(|g| KvHead::F32(v.view().subcols(g * self.v_dim, self.v_dim)))
                     .collect(),
                 first_query_position: self.context,
             })

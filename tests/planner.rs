@@ -243,14 +243,16 @@ fn per_layer_f32_figure_equals_a_real_allocation_for_every_row() {
                             name: "k",
                             heads: n_kv_heads,
                             head_width: k_head_dim,
+                            scale_split: None,
                         },
                         PlaneSpec {
                             name: "v",
                             heads: n_kv_heads,
                             head_width: v_head_dim,
+                            scale_split: None,
                         },
                     ];
-                    KvCache::new(batch, tokens, &planes)
+                    KvCache::new(batch, tokens, &planes, Dtype::F32)
                         .unwrap()
                         .allocated_bytes()
                 }

@@ -3,6 +3,138 @@
 
 use faer::MatRef;
 
+use super::narrow::StoredRows;
+
+/// The keys or values of one KV head as a kernel reads them: `(s_k, width)`, rows contiguous.
+#[derive(Clone, Copy, Debug)]
+pub enum KvHead<'a> {
+    /// f32 rows, any strides (a cache stored in f32, or keys a layer built itself).
+    F32(MatRef<'a, f32>),
+    /// Rows stored in bf16, f16 or int8 (one scale per row), read widened (docs/design.md §5).
+    Stored(StoredRows<'a>),
+    /// A row of two stored parts side by side, columns `0..a` from the first and `a..` from
+    /// the second, each with its own scales: MLA's int8 latent `[c_kv | k_rope]`, whose two
+    /// parts have a scale each. Both parts have the same rows.
+    Split(StoredRows<'a>, StoredRows<'a>),
+}
+
+impl<'a> KvHead<'a> {
+    /// Rows (tokens), `s_k`.
+    pub fn nrows(&self) -> usize {
+        match self {
+            KvHead::F32(m) => m.nrows(),
+            KvHead::Stored(rows) | KvHead::Split(rows, _) => rows.nrows(),
+        }
+    }
+
+    /// Values per row.
+    pub fn ncols(&self) -> usize {
+        match self {
+            KvHead::F32(m) => m.ncols(),
+            KvHead::Stored(rows) => rows.ncols(),
+            KvHead::Split(a, b) => a.ncols() + b.ncols(),
+        }
+    }
+
+    /// Rows `start..start + n`.
+    ///
+    /// # Panics
+    /// If the range is not within the rows.
+    #[track_caller]
+    pub fn subrows(self, start: usize, n: usize) -> Self {
+        match self {
+            KvHead::F32(m) => KvHead::F32(m.subrows(start, n)),
+            KvHead::Stored(rows) => KvHead::Stored(rows.subrows(start, n)),
+            KvHead::Split(a, b) => KvHead::Split(a.subrows(start, n), b.subrows(start, n)),
+        }
+    }
+
+    /// Columns `start..start + n` (of a split row: of the parts they fall in, a part alone
+    /// when they fall in one).
+    ///
+    /// # Panics
+    /// If the range is not within the columns.
+    #[track_caller]
+    pub fn subcols(self, start: usize, n: usize) -> Self {
+        match self {
+            KvHead::F32(m) => KvHead::F32(m.subcols(start, n)),
+            KvHead::Stored(rows) => KvHead::Stored(rows.subcols(start, n)),
+            KvHead::Split(a, b) => {
+                let split = a.ncols();
+                assert!(start + n <= split + b.ncols(), "columns out of range");
+                if start + n <= split {
+                    KvHead::Stored(a.subcols(start, n))
+                } else if start >= split {
+                    KvHead::Stored(b.subcols(start - split, n))
+                } else {
+                    KvHead::Split(
+                        a.subcols(start, split - start),
+                        b.subcols(0, start + n - split),
+                    )
+                }
+            }
+        }
+    }
+
+    /// The rows as f32 values (the stored values widened), into `dst`, row-major
+    /// `(s_k, width)`.
+    ///
+    /// # Panics
+    /// If `dst` is not `s_k · width` long.
+    #[track_caller]
+    pub fn widen_into(&self, dst: &mut [f32]) {
+        let (n, d) = (self.nrows(), self.ncols());
+        assert_eq!(dst.len(), n * d, "widened head length");
+        match self {
+            KvHead::F32(m) => {
+                for (j, out) in dst.chunks_exact_mut(d.max(1)).take(n).enumerate() {
+                    for (c, o) in out.iter_mut().enumerate() {
+                        *o = m[(j, c)];
+                    }
+                }
+            }
+            KvHead::Stored(rows) => rows.widen_into(dst, d),
+            KvHead::Split(a, b) => {
+                let split = a.ncols();
+                a.widen_into(dst, d);
+                if n > 0 {
+                    b.widen_into(&mut dst[split..], d);
+                }
+            }
+        }
+    }
+
+    /// The rows as f32: an f32 head as it is, a stored one widened into `scratch` (replacing
+    /// what it held) and viewed row-major `(s_k, width)`.
+    pub fn to_f32<'b>(self, scratch: &'b mut Vec<f32>) -> MatRef<'b, f32>
+    where
+        'a: 'b,
+    {
+        match self {
+            KvHead::F32(m) => m,
+            stored => {
+                *scratch = stored.widened();
+                MatRef::from_row_major_slice(scratch, stored.nrows(), stored.ncols())
+            }
+        }
+    }
+
+    /// True when every value reads back finite.
+    pub fn is_all_finite(&self) -> bool {
+        match self {
+            KvHead::F32(m) => m.is_all_finite(),
+            stored => stored.widened().iter().all(|v| v.is_finite()),
+        }
+    }
+
+    /// The rows as an owned f32 `(s_k, width)` row-major buffer.
+    pub fn widened(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.nrows() * self.ncols()];
+        self.widen_into(&mut out);
+        out
+    }
+}
+
 /// How query heads map onto key/value heads, and the widths of each.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HeadLayout {
@@ -24,10 +156,10 @@ pub struct HeadLayout {
 pub struct AttentionOperands<'a> {
     /// Queries, `(s_q, n_heads · qk_dim)`, already rotated.
     pub q: MatRef<'a, f32>,
-    /// Keys per KV head, each `(s_k, qk_dim)`, at positions `0..s_k`.
-    pub k: Vec<MatRef<'a, f32>>,
-    /// Values per KV head, each `(s_k, v_dim)`.
-    pub v: Vec<MatRef<'a, f32>>,
+    /// Keys per KV head, each `(s_k, qk_dim)`, at positions `0..s_k`, in f32 or as stored.
+    pub k: Vec<KvHead<'a>>,
+    /// Values per KV head, each `(s_k, v_dim)`, in f32 or as stored.
+    pub v: Vec<KvHead<'a>>,
     /// Absolute position of query row 0; query `i` sees keys `0..=first_query_position + i`.
     pub first_query_position: usize,
 }

@@ -18,10 +18,20 @@
 //!   loop of `simd.rs`; larger blocks take keys 256 at a time and get their scores from faer.
 //!
 //! # Reading a cache stored in bf16, f16 or int8
-//! [`narrow_scores`] and [`narrow_add_values`] (`narrow.rs`) are decode's two passes over a
-//! stored KV head ([`StoredRows`]): the few-row scores against its keys and `acc += p · V` over
-//! its values, each stored row read once and widened in registers. No attention kernel calls
-//! them yet; [`narrow_path`] names the code they run on this CPU.
+//! The operands' keys and values are [`KvHead`]s: f32 rows (the f32 fast paths above, unchanged)
+//! or rows in a stored type ([`StoredRows`]; MLA's int8 latent as two parts, `c_kv` and
+//! `k_rope`, with a scale each). The tiled kernel reads them by the size of its packed block:
+//! - at most eight rows (decode): [`narrow_scores`] and [`narrow_add_values`] (`narrow.rs`),
+//!   decode's two passes over a stored KV head, each stored row read once and widened in
+//!   registers, over the same one long block of keys (and the same thread split of long
+//!   ranges) as the f32 few-row path; no f32 copy of the cache is made, so decode reads a
+//!   half (bf16, f16) or about a quarter (int8) of the f32 bytes. Split int8 keys are scored
+//!   part by part against the queries' matching columns and the scores added;
+//! - larger blocks (prefill): each block of keys and values is widened into f32 buffers,
+//!   allocated once per task and reused, and read by the f32 block loop.
+//!
+//! The naive kernel widens each stored head to f32 whole before its products. [`narrow_path`]
+//! names the code the narrow kernels run on this CPU.
 //!
 //! Shared pieces, and the only modules a kernel file imports: `layout.rs` (the operand and
 //! head-layout types), `convert.rs` (the stored types' bits), `simd.rs` (the exponential, the
@@ -47,7 +57,7 @@ pub use convert::{
     INT8_NON_FINITE, bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16,
     widen_bf16, widen_f16,
 };
-pub use layout::{AttentionOperands, HeadLayout, heads_to_rows};
+pub use layout::{AttentionOperands, HeadLayout, KvHead, heads_to_rows};
 pub use naive::naive_attention;
 pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};
 pub use norm::rms_norm_rows;

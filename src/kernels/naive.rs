@@ -1,7 +1,7 @@
 //! The naive kernel: per query head, `softmax_causal(q_h · k_gᵀ · scale) · v_g` with the whole
 //! `s_q × s_k` score block materialised, where query head `h` reads KV head
 //! `g = h / (n_heads / n_kv_heads)`. The plain formulation, kept to show what the tiled kernel
-//! gains.
+//! gains. A head stored in bf16, f16 or int8 is widened to f32 whole before it is read.
 
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -35,8 +35,12 @@ pub fn naive_attention(seqs: &[AttentionOperands<'_>], layout: &HeadLayout, out:
             let seq = &seqs[b];
             let g = h / group;
             let q_h = seq.q.subcols(h * layout.qk_dim, layout.qk_dim);
-            let (k_g, v_g) = (seq.k[g], seq.v[g]);
             let out_h = MatMut::from_row_major_slice_mut(out_h, s_q, layout.v_dim);
+            // A stored head is widened to f32 whole, then read as an f32 one: the plain
+            // baseline, with the values the tiled kernel reads.
+            let (mut k_wide, mut v_wide) = (Vec::new(), Vec::new());
+            let k_g = seq.k[g].to_f32(&mut k_wide);
+            let v_g = seq.v[g].to_f32(&mut v_wide);
             attend_one_head(q_h, k_g, v_g, layout.scale, seq.first_query_position, out_h);
         });
 }

@@ -10,7 +10,7 @@
 
 use faer::ColRef;
 
-use super::convert::{bf16, f16};
+use super::convert::{bf16, dequantize_int8, f16, widen_bf16, widen_f16};
 use super::simd::{FEW_ROWS_MAX, RowScales, RowsRef, Unscaled, Widen, stored_row_scores};
 use crate::config::Dtype;
 
@@ -74,6 +74,50 @@ impl<'a> StoredRows<'a> {
                 codes: codes.subrows(start, n),
                 scales: scales.subrows(start, n),
             },
+        }
+    }
+}
+
+impl<'a> StoredRows<'a> {
+    /// Columns `start..start + n` of every row (an int8 row keeps its one scale: the caller
+    /// takes columns that share it).
+    ///
+    /// # Panics
+    /// If the range is not within the columns.
+    #[track_caller]
+    pub fn subcols(self, start: usize, n: usize) -> Self {
+        match self {
+            StoredRows::Bf16(rows) => StoredRows::Bf16(rows.subcols(start, n)),
+            StoredRows::F16(rows) => StoredRows::F16(rows.subcols(start, n)),
+            StoredRows::Int8 { codes, scales } => StoredRows::Int8 {
+                codes: codes.subcols(start, n),
+                scales,
+            },
+        }
+    }
+
+    /// The rows widened to f32 (int8: dequantised, docs/design.md §5), into `dst`, row-major
+    /// `(n, d)` with row stride `stride ≥ d`: the values the narrow kernels read.
+    ///
+    /// # Panics
+    /// If `dst` is too short for `n` rows of stride `stride`, or `stride < d`.
+    #[track_caller]
+    pub fn widen_into(&self, dst: &mut [f32], stride: usize) {
+        let (n, d) = (self.nrows(), self.ncols());
+        assert!(stride >= d, "row stride {stride} below the width {d}");
+        assert!(
+            n == 0 || dst.len() >= (n - 1) * stride + d,
+            "widened rows buffer"
+        );
+        for j in 0..n {
+            let out = &mut dst[j * stride..][..d];
+            match self {
+                StoredRows::Bf16(rows) => widen_bf16(rows.row(j).as_slice(), out),
+                StoredRows::F16(rows) => widen_f16(rows.row(j).as_slice(), out),
+                StoredRows::Int8 { codes, scales } => {
+                    dequantize_int8(codes.row(j).as_slice(), *scales.get(j), out);
+                }
+            }
         }
     }
 }

@@ -12,7 +12,8 @@
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::layout::{AttentionOperands, HeadLayout};
+use super::layout::{AttentionOperands, HeadLayout, KvHead};
+use super::narrow::{StoredRows, narrow_add_values, narrow_scores};
 use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_keeping_nan, max_of};
 
 /// Rows of a packed query block (group heads × tile queries) aimed for.
@@ -112,6 +113,75 @@ struct Partial {
     sum: Vec<f32>,
 }
 
+impl Partial {
+    /// Nothing seen yet, for `rows` rows of `dv` values.
+    fn new(rows: usize, dv: usize) -> Self {
+        Self {
+            acc: vec![0.0; rows * dv],
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+        }
+    }
+}
+
+/// Where the f32 block loop reads its keys and values: `block(j0, nb)` gives keys
+/// `(nb, qk_dim)` and values `(nb, v_dim)` of keys `j0..j0 + nb` as f32.
+trait Blocks {
+    fn block(&mut self, j0: usize, nb: usize) -> (MatRef<'_, f32>, MatRef<'_, f32>);
+}
+
+/// f32 heads: the blocks are views of them.
+struct F32Blocks<'a> {
+    k: MatRef<'a, f32>,
+    v: MatRef<'a, f32>,
+}
+
+impl Blocks for F32Blocks<'_> {
+    #[inline(always)]
+    fn block(&mut self, j0: usize, nb: usize) -> (MatRef<'_, f32>, MatRef<'_, f32>) {
+        (self.k.subrows(j0, nb), self.v.subrows(j0, nb))
+    }
+}
+
+/// Heads in any type, each block widened into f32 buffers that grow to the largest block
+/// and are reused (allocated once per range, not per block).
+struct Widened<'a> {
+    k: KvHead<'a>,
+    v: KvHead<'a>,
+    k_buf: Vec<f32>,
+    v_buf: Vec<f32>,
+}
+
+impl<'a> Widened<'a> {
+    fn new(k: KvHead<'a>, v: KvHead<'a>) -> Self {
+        Self {
+            k,
+            v,
+            k_buf: Vec::new(),
+            v_buf: Vec::new(),
+        }
+    }
+}
+
+impl Blocks for Widened<'_> {
+    fn block(&mut self, j0: usize, nb: usize) -> (MatRef<'_, f32>, MatRef<'_, f32>) {
+        let widen = |head: KvHead<'_>, buf: &mut Vec<f32>| {
+            let n = nb * head.ncols();
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
+            head.subrows(j0, nb).widen_into(&mut buf[..n]);
+        };
+        widen(self.k, &mut self.k_buf);
+        widen(self.v, &mut self.v_buf);
+        let (dk, dv) = (self.k.ncols(), self.v.ncols());
+        (
+            MatRef::from_row_major_slice(&self.k_buf[..nb * dk], nb, dk),
+            MatRef::from_row_major_slice(&self.v_buf[..nb * dv], nb, dv),
+        )
+    }
+}
+
 impl Task<'_> {
     fn rows(&self) -> usize {
         self.group * self.tq
@@ -207,37 +277,69 @@ impl Task<'_> {
         self.attend_blocks(packed, range)
     }
 
+    /// Dispatches on how the group's keys and values are stored: f32 heads go through the
+    /// f32 block loop as they are; stored ones, for a few rows (decode), through the narrow
+    /// kernels that widen each row in registers; otherwise (prefill) each block of keys and
+    /// values is widened into f32 buffers reused across blocks, then read as f32.
     #[inline(always)]
-    fn attend_blocks(&self, packed: &[f32], (start, end): (usize, usize)) -> Partial {
-        let (d, dv, rows) = (self.layout.qk_dim, self.layout.v_dim, self.rows());
-        let (k, v) = (self.seq.k[self.g], self.seq.v[self.g]);
+    fn attend_blocks(&self, packed: &[f32], range: (usize, usize)) -> Partial {
+        let few = self.rows() <= WIDE_BLOCK_MAX_ROWS;
+        match (self.seq.k[self.g], self.seq.v[self.g]) {
+            (KvHead::F32(k), KvHead::F32(v)) => self.attend_f32(packed, range, F32Blocks { k, v }),
+            (KvHead::Stored(k), KvHead::Stored(v)) if few => {
+                self.attend_narrow(packed, range, (k, None), v)
+            }
+            (KvHead::Split(a, b), KvHead::Stored(v)) if few => {
+                self.attend_narrow(packed, range, (a, Some(b)), v)
+            }
+            (k, v) => self.attend_f32(packed, range, Widened::new(k, v)),
+        }
+    }
+
+    /// The block length of a key range: the whole range (up to [`WIDE_BLOCK_MAX_KEYS`]) for a
+    /// few rows, else [`KEY_BLOCK`].
+    fn block_len(&self, (start, end): (usize, usize)) -> usize {
+        if self.rows() <= WIDE_BLOCK_MAX_ROWS {
+            (end - start).clamp(1, WIDE_BLOCK_MAX_KEYS)
+        } else {
+            KEY_BLOCK
+        }
+    }
+
+    /// Whether the values of keys after the tile's first query (hidden from some rows, which
+    /// give them weight 0) are all finite. 0 · NaN (or 0 · ∞) is NaN, so a non-finite value
+    /// among them would leak into rows that cannot see it. They are fewer than `tq` (none at
+    /// decode): checked once per range, this decides how the values are weighed.
+    fn hidden_values_finite(&self, v: KvHead<'_>, (start, end): (usize, usize)) -> bool {
+        let hidden = (self.seq.first_query_position + self.q0 + 1).clamp(start, end);
+        v.subrows(hidden, end - hidden).is_all_finite()
+    }
+
+    /// The online softmax over keys `range` with keys and values read as f32 blocks from
+    /// `blocks` (the heads themselves, or stored heads widened block by block).
+    #[inline(always)]
+    fn attend_f32(
+        &self,
+        packed: &[f32],
+        (start, end): (usize, usize),
+        mut blocks: impl Blocks,
+    ) -> Partial {
+        let (d, rows) = (self.layout.qk_dim, self.rows());
         let q = MatRef::from_row_major_slice(packed, rows, d);
         // Few rows (decode): one block spans the whole range, so the group's keys are scored
         // in one pass (`few_row_scores`, or one faer matmul for keys that are not contiguous)
         // and its values read by one long matmul (faer's matrix-vector path streams them),
         // instead of many short calls; the score buffer stays small because the rows are few.
-        let block_len = if rows <= WIDE_BLOCK_MAX_ROWS {
-            (end - start).clamp(1, WIDE_BLOCK_MAX_KEYS)
-        } else {
-            KEY_BLOCK
-        };
-        let mut partial = Partial {
-            acc: vec![0.0; rows * dv],
-            max: vec![f32::NEG_INFINITY; rows],
-            sum: vec![0.0; rows],
-        };
+        let block_len = self.block_len((start, end));
+        let mut partial = Partial::new(rows, self.layout.v_dim);
         let mut scores = vec![0.0f32; rows * block_len];
-        // Keys after the tile's first query are hidden from some rows, which give them weight
-        // 0; but 0 · NaN (or 0 · ∞) is NaN, so a non-finite value among them would leak into
-        // rows that cannot see it. They are fewer than `tq` (none at decode): checked once
-        // here, they decide how `add_values` weighs the values.
-        let hidden = (self.seq.first_query_position + self.q0 + 1).clamp(start, end);
-        let hidden_finite = v.subrows(hidden, end - hidden).is_all_finite();
+        let hidden_finite = self.hidden_values_finite(self.seq.v[self.g], (start, end));
         for j0 in (start..end).step_by(block_len) {
             let nb = block_len.min(end - j0);
             let block = &mut scores[..rows * nb];
+            let (k, v) = blocks.block(j0, nb);
             if rows <= WIDE_BLOCK_MAX_ROWS
-                && let Some(keys) = k.subrows(j0, nb).try_as_row_major()
+                && let Some(keys) = k.try_as_row_major()
             {
                 few_row_scores(keys, packed, rows, self.layout.scale, block);
             } else {
@@ -247,38 +349,110 @@ impl Task<'_> {
                 faer::linalg::matmul::matmul(
                     MatMut::from_column_major_slice_mut(block, nb, rows),
                     Accum::Replace,
-                    k.subrows(j0, nb),
+                    k,
                     q.transpose(),
                     self.layout.scale,
                     Par::Seq,
                 );
             }
-            for r in 0..rows {
-                let visible = self.visible(r, j0, nb);
-                let row = &mut block[r * nb..(r + 1) * nb];
-                let acc = &mut partial.acc[r * dv..(r + 1) * dv];
-                if visible == 0 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let block_max = max_of(&row[..visible]);
-                let new_max = max_keeping_nan(partial.max[r], block_max);
-                let rescale = if partial.max[r] == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (partial.max[r] - new_max).exp()
-                };
-                let block_sum = exp_shifted_sum(&mut row[..visible], new_max);
-                row[visible..].fill(0.0);
-                partial.sum[r] = partial.sum[r] * rescale + block_sum;
-                partial.max[r] = new_max;
-                if rescale != 1.0 {
-                    acc.iter_mut().for_each(|a| *a *= rescale);
-                }
-            }
-            self.add_values(&mut partial.acc, block, (j0, nb), hidden_finite);
+            self.softmax_block(&mut partial, block, (j0, nb));
+            self.add_values(&mut partial.acc, block, v, (j0, nb), hidden_finite);
         }
         partial
+    }
+
+    /// The online softmax at decode over keys and values stored in bf16, f16 or int8, read
+    /// by the narrow kernels: one block over the whole range, like the f32 few-row path, and
+    /// no f32 copy of the cache. `keys` is one stored part, or two side by side with a scale
+    /// each (MLA's int8 latent): then each part is scored against its columns of the queries
+    /// and the scores added.
+    #[inline(always)]
+    fn attend_narrow(
+        &self,
+        packed: &[f32],
+        (start, end): (usize, usize),
+        keys: (StoredRows<'_>, Option<StoredRows<'_>>),
+        values: StoredRows<'_>,
+    ) -> Partial {
+        let (dv, rows) = (self.layout.v_dim, self.rows());
+        let block_len = self.block_len((start, end));
+        let mut partial = Partial::new(rows, dv);
+        let mut scores = vec![0.0f32; rows * block_len];
+        // Split keys: the queries' columns of each part, and the second part's scores.
+        let mut split = keys.1.map(|_| {
+            let (d, first) = (self.layout.qk_dim, keys.0.ncols());
+            let columns = |range: std::ops::Range<usize>| -> Vec<f32> {
+                packed
+                    .chunks_exact(d)
+                    .flat_map(|q| q[range.clone()].iter().copied())
+                    .collect()
+            };
+            let second_scores = vec![0.0f32; rows * block_len];
+            (columns(0..first), columns(first..d), second_scores)
+        });
+        let hidden_finite = self.hidden_values_finite(KvHead::Stored(values), (start, end));
+        let scale = self.layout.scale;
+        for j0 in (start..end).step_by(block_len) {
+            let nb = block_len.min(end - j0);
+            let block = &mut scores[..rows * nb];
+            match (keys.1, &mut split) {
+                (Some(second), Some((q_first, q_second, more))) => {
+                    let more = &mut more[..rows * nb];
+                    narrow_scores(keys.0.subrows(j0, nb), q_first, rows, scale, block);
+                    narrow_scores(second.subrows(j0, nb), q_second, rows, scale, more);
+                    block.iter_mut().zip(more.iter()).for_each(|(s, m)| *s += m);
+                }
+                _ => narrow_scores(keys.0.subrows(j0, nb), packed, rows, scale, block),
+            }
+            self.softmax_block(&mut partial, block, (j0, nb));
+            if hidden_finite {
+                narrow_add_values(values.subrows(j0, nb), block, rows, &mut partial.acc);
+                continue;
+            }
+            // Each row over its visible keys only, so 0 · NaN never reaches a row that cannot
+            // see the NaN (as in `add_values`).
+            for r in 0..rows {
+                let visible = self.visible(r, j0, nb);
+                narrow_add_values(
+                    values.subrows(j0, visible),
+                    &block[r * nb..][..visible],
+                    1,
+                    &mut partial.acc[r * dv..][..dv],
+                );
+            }
+        }
+        partial
+    }
+
+    /// One block's step of the online softmax: `block` holds the scores of keys
+    /// `j0..j0 + nb`, row-major `(rows, nb)`; each row's are turned into its weights (0 for
+    /// keys it cannot see), and its maximum, sum and accumulators rescaled.
+    #[inline(always)]
+    fn softmax_block(&self, partial: &mut Partial, block: &mut [f32], (j0, nb): (usize, usize)) {
+        let dv = self.layout.v_dim;
+        for r in 0..self.rows() {
+            let visible = self.visible(r, j0, nb);
+            let row = &mut block[r * nb..(r + 1) * nb];
+            let acc = &mut partial.acc[r * dv..(r + 1) * dv];
+            if visible == 0 {
+                row.fill(0.0);
+                continue;
+            }
+            let block_max = max_of(&row[..visible]);
+            let new_max = max_keeping_nan(partial.max[r], block_max);
+            let rescale = if partial.max[r] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (partial.max[r] - new_max).exp()
+            };
+            let block_sum = exp_shifted_sum(&mut row[..visible], new_max);
+            row[visible..].fill(0.0);
+            partial.sum[r] = partial.sum[r] * rescale + block_sum;
+            partial.max[r] = new_max;
+            if rescale != 1.0 {
+                acc.iter_mut().for_each(|a| *a *= rescale);
+            }
+        }
     }
 
     /// Keys of the `nb` from `j0` that row `r` sees: row r is query `q0 + i`, `i = r mod tq`,
@@ -291,7 +465,8 @@ impl Task<'_> {
     }
 
     /// `accᵀ += V_blockᵀ · weights`: `acc` column-major `(v_dim, rows)`, `weights` the
-    /// column-major `(nb, rows)` block of keys `j0..j0 + nb`, 0 where a row cannot see a key.
+    /// column-major `(nb, rows)` block of keys `j0..j0 + nb`, 0 where a row cannot see a key,
+    /// `v` those keys' values `(nb, v_dim)`.
     /// One product for the block when `hidden_finite` (the values of keys hidden from some row
     /// are all finite, so their zero weights add exactly 0); otherwise one product per row
     /// over its visible keys only, so that 0 · NaN never reaches a row that cannot see the
@@ -301,16 +476,16 @@ impl Task<'_> {
         &self,
         acc: &mut [f32],
         weights: &[f32],
+        v: MatRef<'_, f32>,
         (j0, nb): (usize, usize),
         hidden_finite: bool,
     ) {
         let (dv, rows) = (self.layout.v_dim, self.rows());
-        let v = self.seq.v[self.g];
         if hidden_finite {
             faer::linalg::matmul::matmul(
                 MatMut::from_column_major_slice_mut(acc, dv, rows),
                 Accum::Add,
-                v.subrows(j0, nb).transpose(),
+                v.transpose(),
                 MatRef::from_column_major_slice(weights, nb, rows),
                 1.0f32,
                 Par::Seq,
@@ -323,7 +498,7 @@ impl Task<'_> {
                 MatMut::from_row_major_slice_mut(&mut acc[r * dv..][..dv], 1, dv),
                 Accum::Add,
                 MatRef::from_row_major_slice(&weights[r * nb..][..visible], 1, visible),
-                v.subrows(j0, visible),
+                v.subrows(0, visible),
                 1.0f32,
                 Par::Seq,
             );

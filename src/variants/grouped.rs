@@ -98,7 +98,7 @@ impl AttentionLayer for GroupedAttention {
             variant: self.variant,
             config: self.config.clone(),
         };
-        LayerInfo::of(spec, &self.weights())
+        LayerInfo::of(spec, self.precision, &self.weights())
     }
 
     fn d_model(&self) -> usize {
@@ -111,11 +111,13 @@ impl AttentionLayer for GroupedAttention {
                 name: "k",
                 heads: self.config.n_kv_heads,
                 head_width: self.config.head_dim,
+                scale_split: None,
             },
             PlaneSpec {
                 name: "v",
                 heads: self.config.n_kv_heads,
                 head_width: self.config.head_dim,
+                scale_split: None,
             },
         ]
     }

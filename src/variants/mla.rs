@@ -6,8 +6,8 @@ use rayon::prelude::*;
 use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Precision};
 use crate::error::Result;
 use crate::kernels::{
-    AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, matmul, matmul_threads,
-    project, project_to, rms_norm_rows,
+    AttentionOperands, HeadLayout, KvHead, RopeTable, attention, heads_to_rows, matmul,
+    matmul_threads, project, project_to, rms_norm_rows,
 };
 use crate::kv_cache::{KvCache, PlaneSpec, SequenceCache};
 use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positions};
@@ -127,20 +127,23 @@ impl MultiHeadLatentAttention {
         latent
     }
 
-    /// Naive path, first half: each sequence's latent expanded into per-head keys
-    /// `[k_nope_h | k_rope]` `(len, n_heads · qk_head_dim)` and values `(len, n_heads · v)`.
+    /// Naive path, first half: each sequence's latent, as stored and widened to f32,
+    /// expanded into per-head keys `[k_nope_h | k_rope]` `(len, n_heads · qk_head_dim)` and
+    /// values `(len, n_heads · v)`.
     fn expand(&self, seqs: &[SequenceCache]) -> Vec<(Matrix, Matrix)> {
         let c = &self.config;
         let (nope, qk, latent_width) =
             (c.qk_nope_head_dim, c.qk_head_dim(), c.kv_values_per_token());
         seqs.iter()
             .map(|seq| {
-                let latent = seq.head(0, 0);
+                // One head: token-major is the head's own layout, so for f32 this is the
+                // cache's values in the cache's strides.
+                let rows = seq.token_rows(0);
+                let latent = MatRef::from_row_major_slice(&rows, seq.len(), latent_width);
                 let c_kv = latent.subcols(0, c.kv_lora_rank);
                 let k_nope = project(c_kv, &self.w_uk);
                 let values = project(c_kv, &self.w_uv);
                 let mut keys = Matrix::zeros(seq.len(), c.n_heads * qk);
-                let rows = seq.token_rows(0);
                 for (j, latent) in rows.chunks_exact(latent_width).enumerate() {
                     let k_rope = &latent[c.kv_lora_rank..];
                     let row = keys.row_mut(j);
@@ -173,10 +176,10 @@ impl MultiHeadLatentAttention {
             .map(|(b, (keys, values))| AttentionOperands {
                 q: q.view().subrows(b * s_q, s_q),
                 k: (0..c.n_heads)
-                    .map(|h| keys.view().subcols(h * qk, qk))
+                    .map(|h| KvHead::F32(keys.view().subcols(h * qk, qk)))
                     .collect(),
                 v: (0..c.n_heads)
-                    .map(|h| values.view().subcols(h * c.v_head_dim, c.v_head_dim))
+                    .map(|h| KvHead::F32(values.view().subcols(h * c.v_head_dim, c.v_head_dim)))
                     .collect(),
                 first_query_position: first[b],
             })
@@ -274,7 +277,7 @@ impl AttentionLayer for MultiHeadLatentAttention {
             config: self.config.clone(),
             path: self.path,
         };
-        LayerInfo::of(spec, &self.weights())
+        LayerInfo::of(spec, self.precision, &self.weights())
     }
 
     fn d_model(&self) -> usize {
@@ -286,6 +289,8 @@ impl AttentionLayer for MultiHeadLatentAttention {
             name: "latent",
             heads: 1,
             head_width: self.config.kv_values_per_token(),
+            // int8: one scale for `c_kv`, one for `k_rope` (docs/design.md §5).
+            scale_split: Some(self.config.kv_lora_rank),
         }]
     }
 

@@ -7,7 +7,7 @@ use attnbench::planner::{
     Alternatives, CacheShape, ContextBound, Dtype, ModelShape, Plan, PlanRequest, VariantPlan, plan,
 };
 use attnbench::presets::{SlidingWindow, WindowLayers};
-use attnbench::{Error, LayerSpec, Variant, build_layer};
+use attnbench::{Error, Kernel, LayerSpec, Precision, Variant, WeightDtype, build_layer_with};
 
 fn request(name: &str, context: usize, batch: usize, dtypes: &[Dtype]) -> PlanRequest {
     PlanRequest {
@@ -198,10 +198,11 @@ fn deepseek_v3_at_32768_tokens_in_f16_is_2196_mib() {
     assert_eq!(mla.dtypes[0].cache_bytes, 2196 << 20);
 }
 
-/// The planner's f32 bytes per token and layer, times the tokens of a cache, equal the bytes
-/// a real cache of that row's shape allocates.
+/// The planner's bytes per token and layer in each storage type, times the tokens of a cache,
+/// equal the bytes a real cache of that row's shape allocates in that type (int8: codes and
+/// scales): what `kv` prints is what the layers hold.
 #[test]
-fn per_layer_f32_figure_equals_a_real_allocation_for_every_row() {
+fn per_layer_figure_equals_a_real_allocation_for_every_row_and_dtype() {
     let (batch, tokens) = (2, 3);
     let names = [
         "gpt2-small",
@@ -212,66 +213,69 @@ fn per_layer_f32_figure_equals_a_real_allocation_for_every_row() {
         "kimi-k2",
     ];
     for name in names {
-        let plan = plan(&request(name, tokens, batch, &[Dtype::F32])).unwrap();
+        let plan = plan(&request(name, tokens, batch, &Dtype::ALL)).unwrap();
         assert!(plan.rows.iter().filter(|r| r.own).count() == 1, "{name}");
         for r in &plan.rows {
-            let allocated = match &r.layer {
-                Some(spec) => {
-                    // d_model does not enter the cache; a small one keeps the weights small.
-                    let mut spec = spec.clone();
-                    match &mut spec {
-                        LayerSpec::Grouped { config, .. } => config.d_model = 64,
-                        LayerSpec::Mla { config, .. } => config.d_model = 64,
-                    }
-                    let layer = build_layer(&spec, 0).unwrap();
-                    assert_eq!(layer.info().variant, r.variant);
-                    layer.new_cache(batch, tokens).unwrap().allocated_bytes()
-                }
-                // Keys and values of different widths: the cache's own planes, as a layer
-                // with such heads would declare them.
-                None => {
-                    let CacheShape::Heads {
-                        n_kv_heads,
-                        k_head_dim,
-                        v_head_dim,
-                    } = r.cache
-                    else {
-                        panic!("{name} {}: a latent row without a layer", r.variant)
-                    };
-                    let planes = [
-                        PlaneSpec {
-                            name: "k",
-                            heads: n_kv_heads,
-                            head_width: k_head_dim,
-                            scale_split: None,
-                        },
-                        PlaneSpec {
-                            name: "v",
-                            heads: n_kv_heads,
-                            head_width: v_head_dim,
-                            scale_split: None,
-                        },
-                    ];
-                    KvCache::new(batch, tokens, &planes, Dtype::F32)
-                        .unwrap()
-                        .allocated_bytes()
-                }
-            };
-            let f32 = &r.dtypes[0];
-            assert_eq!(
-                f32.bytes_per_token_per_layer * (batch * tokens) as u64,
-                allocated as u64,
-                "{name} {}",
-                r.variant
-            );
-            assert_eq!(
-                f32.cache_bytes,
-                allocated as u64 * plan.n_layers as u64,
-                "{name} {}",
-                r.variant
-            );
+            for figures in &r.dtypes {
+                let label = format!("{name} {} {}", r.variant, figures.dtype);
+                let allocated = allocated_bytes(r, figures.dtype, batch, tokens) as u64;
+                assert_eq!(
+                    figures.bytes_per_token_per_layer * (batch * tokens) as u64,
+                    allocated,
+                    "{label}"
+                );
+                assert_eq!(
+                    figures.cache_bytes,
+                    allocated * plan.n_layers as u64,
+                    "{label}"
+                );
+            }
         }
     }
+}
+
+/// Bytes a real cache of `batch × tokens` for one layer of row `r`, stored as `dtype`,
+/// allocates: the layer's own cache, or for keys and values of different widths the cache's
+/// planes as a layer with such heads would declare them.
+fn allocated_bytes(r: &VariantPlan, dtype: Dtype, batch: usize, tokens: usize) -> usize {
+    if let Some(spec) = &r.layer {
+        // Widths that do not enter the cache, made small to keep the weights small.
+        let mut spec = spec.clone();
+        match &mut spec {
+            LayerSpec::Grouped { config, .. } => config.d_model = 64,
+            LayerSpec::Mla { config, .. } => {
+                config.d_model = 64;
+                config.n_heads = 2;
+                config.q_lora_rank = None;
+                (config.qk_nope_head_dim, config.v_head_dim) = (8, 8);
+            }
+        }
+        let precision = Precision {
+            kv_dtype: dtype,
+            weight_dtype: WeightDtype::F32,
+        };
+        let layer = build_layer_with(&spec, Kernel::default(), precision, 0).unwrap();
+        assert_eq!(layer.info().variant, r.variant);
+        return layer.new_cache(batch, tokens).unwrap().allocated_bytes();
+    }
+    let CacheShape::Heads {
+        n_kv_heads,
+        k_head_dim,
+        v_head_dim,
+    } = r.cache
+    else {
+        panic!("{}: a latent row without a layer", r.variant)
+    };
+    let plane = |name, head_width| PlaneSpec {
+        name,
+        heads: n_kv_heads,
+        head_width,
+        scale_split: None,
+    };
+    let planes = [plane("k", k_head_dim), plane("v", v_head_dim)];
+    KvCache::new(batch, tokens, &planes, dtype)
+        .unwrap()
+        .allocated_bytes()
 }
 
 #[test]

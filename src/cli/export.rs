@@ -8,7 +8,7 @@ use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::presets::{MissingField, ModelFields};
 use attnbench::results::memory_limit_bytes;
-use attnbench::{LayerSpec, MlaPath, Variant};
+use attnbench::{Dtype, LayerSpec, MlaPath, Precision, Variant, WeightDtype};
 use clap::Args;
 
 use super::{flag, flag_error, outln};
@@ -60,6 +60,13 @@ pub struct ExportArgs {
     /// Single-token decode steps after the prefill.
     #[arg(long, default_value_t = 2)]
     decode_steps: usize,
+    /// How the KV cache is stored (docs/design.md §5): each new K and V row (MLA: the latent
+    /// row) rounded once when appended; int8 with one f32 scale per row.
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_dtype: Dtype,
+    /// How the projection weights are stored (RMSNorm scales stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    weight_dtype: WeightDtype,
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -130,6 +137,10 @@ impl ExportArgs {
 pub fn run(args: &ExportArgs) -> Result<()> {
     let request = CaseRequest {
         spec: args.spec()?,
+        precision: Precision {
+            kv_dtype: args.kv_dtype,
+            weight_dtype: args.weight_dtype,
+        },
         seq_len: args.seq_len,
         decode_steps: args.decode_steps,
         seed: args.seed,

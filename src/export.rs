@@ -211,3 +211,134 @@ fn columns<T: Copy + Serialize>(rows: &[T], row_width: usize, columns: &Range<us
         .collect();
     json!({ "shape": [rows.len() / row_width, columns.len()], "data": data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DEFAULT_ROPE_THETA, GroupedConfig, MlaConfig, MlaPath, Variant};
+
+    fn export(spec: LayerSpec, kv_dtype: Dtype, weight_dtype: WeightDtype) -> Value {
+        export_case(&CaseRequest {
+            spec,
+            precision: Precision {
+                kv_dtype,
+                weight_dtype,
+            },
+            seq_len: 3,
+            decode_steps: 1,
+            seed: 5,
+        })
+        .unwrap()
+    }
+
+    fn gqa() -> LayerSpec {
+        LayerSpec::Grouped {
+            variant: Variant::Gqa,
+            config: GroupedConfig {
+                d_model: 32,
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 8,
+                rope_theta: DEFAULT_ROPE_THETA,
+            },
+        }
+    }
+
+    fn mla() -> LayerSpec {
+        LayerSpec::Mla {
+            config: MlaConfig {
+                d_model: 32,
+                n_heads: 2,
+                kv_lora_rank: 16,
+                q_lora_rank: None,
+                qk_nope_head_dim: 8,
+                qk_rope_head_dim: 4,
+                v_head_dim: 8,
+                rope_theta: DEFAULT_ROPE_THETA,
+                rms_norm_eps: 1e-6,
+            },
+            path: MlaPath::Naive,
+        }
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+
+    fn floats(t: &Value) -> Vec<f32> {
+        let data = t["data"].as_array().unwrap();
+        data.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    }
+
+    fn shape(t: &Value) -> Vec<u64> {
+        let shape = t["shape"].as_array().unwrap();
+        shape.iter().map(|x| x.as_u64().unwrap()).collect()
+    }
+
+    /// Reads an int8 part back as `code · scale` in f32 and checks it equals the exported
+    /// values, with `groups` scales per row, each the largest |value| of its group over 127.
+    fn assert_int8_part(cache: &Value, name: &str, len: u64, width: u64, groups: u64) {
+        let (codes, scales) = (
+            &cache[format!("{name}_codes")],
+            &cache[format!("{name}_scales")],
+        );
+        assert_eq!(shape(codes), [len, width], "{name}");
+        assert_eq!(shape(scales), [len, groups], "{name}");
+        let (values, codes, scales) = (floats(&cache[name]), floats(codes), floats(scales));
+        let group = (width / groups) as usize;
+        for (i, (&v, &q)) in values.iter().zip(&codes).enumerate() {
+            assert!(q.abs() <= 127.0 && q == q.round(), "{name} code {q}");
+            assert_eq!(v, q * scales[i / group], "{name}[{i}]");
+        }
+        // The largest code of every group is ±127: each group has its own scale.
+        for (g, chunk) in codes.chunks(group).enumerate() {
+            let largest = chunk.iter().fold(0.0f32, |m, q| m.max(q.abs()));
+            assert_eq!(largest, 127.0, "{name} group {g}");
+        }
+    }
+
+    #[test]
+    fn an_f32_case_has_no_dtype_fields_and_no_codes() {
+        for (spec, parts) in [(gqa(), ["k", "v"]), (mla(), ["c_kv", "k_rope"])] {
+            let case = export(spec, Dtype::F32, WeightDtype::F32);
+            assert!(case.get("kv_dtype").is_none() && case.get("weight_dtype").is_none());
+            assert_eq!(keys(&case["cache"]), parts);
+        }
+    }
+
+    #[test]
+    fn an_int8_case_writes_codes_and_a_scale_per_row_and_head() {
+        let case = export(gqa(), Dtype::Int8, WeightDtype::F32);
+        assert_eq!(case["kv_dtype"], "int8");
+        assert!(case.get("weight_dtype").is_none());
+        let cache = &case["cache"];
+        assert_eq!(
+            keys(cache),
+            ["k", "k_codes", "k_scales", "v", "v_codes", "v_scales"]
+        );
+        for name in ["k", "v"] {
+            assert_int8_part(cache, name, 4, 16, 2);
+        }
+        let case = export(mla(), Dtype::Int8, WeightDtype::F32);
+        let cache = &case["cache"];
+        assert_int8_part(cache, "c_kv", 4, 16, 1);
+        assert_int8_part(cache, "k_rope", 4, 4, 1);
+        assert_ne!(
+            floats(&cache["c_kv_scales"]),
+            floats(&cache["k_rope_scales"])
+        );
+    }
+
+    #[test]
+    fn a_narrow_cache_is_written_as_stored() {
+        for spec in [gqa(), mla()] {
+            let case = export(spec, Dtype::Bf16, WeightDtype::F32);
+            assert_eq!(case["kv_dtype"], "bf16");
+            for name in keys(&case["cache"]) {
+                for v in floats(&case["cache"][name]) {
+                    assert_eq!(v.to_bits() & 0xFFFF, 0, "{name}: {v} is not a bf16");
+                }
+            }
+        }
+    }
+}

@@ -109,16 +109,19 @@ const CASE_BYTES_PER_VALUE: u64 = 64;
 
 impl ExportArgs {
     /// Refuses a case too large to build on this machine (half its memory): its weights, every
-    /// step's input and output, and the cache at `--seq-len + --decode-steps` tokens, each
-    /// value held as an f32, a JSON value and text. `spec` is checked.
+    /// step's input and output, and the cache at `--seq-len + --decode-steps` tokens (an int8
+    /// cache twice: its values and its codes), each value held as an f32, a JSON value and
+    /// text. `spec` is checked.
     fn check_size(&self, spec: &LayerSpec) -> Result<()> {
         let (seq_len, steps) = (self.seq_len, self.decode_steps);
         let tokens = seq_len.checked_add(steps).ok_or_else(|| {
             anyhow!("--seq-len {seq_len} + --decode-steps {steps} pass 2^64 tokens")
         })? as u64;
+        let copies = if self.kv_dtype == Dtype::Int8 { 2 } else { 1 };
+        let cache_values = copies * spec.kv_values_per_token() as u64;
         let bytes = (tokens.checked_mul(2 * spec.d_model() as u64))
             .and_then(|rows| rows.checked_add(spec.param_count() as u64))
-            .and_then(|v| v.checked_add(tokens.checked_mul(spec.kv_values_per_token() as u64)?))
+            .and_then(|v| v.checked_add(tokens.checked_mul(cache_values)?))
             .and_then(|values| values.checked_mul(CASE_BYTES_PER_VALUE));
         let limit = memory_limit_bytes(None)?;
         if bytes.is_none_or(|b| b > limit) {

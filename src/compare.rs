@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Kernel, MlaPath, Mode, Variant};
+use crate::config::{Dtype, Kernel, MlaPath, Mode, Precision, Variant, WeightDtype};
 use crate::results::{PointResult, ReadError, ResultsDir, ResultsFile, Summary, read_results};
 
 /// `σ ≈ MAD_SCALE · MAD` for normal samples.
@@ -305,12 +305,36 @@ pub struct PointComparison {
     pub key_a: String,
     /// B's key (differs from A's only in ignored axes).
     pub key_b: String,
+    /// The KV cache's stored type, the same on both sides (it is part of a point's identity);
+    /// left out of the JSON when f32, as in `results.json`.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub kv_dtype: Dtype,
+    /// The weights' stored type, the same on both sides; left out of the JSON when f32.
+    #[serde(skip_serializing_if = "is_f32_weights")]
+    pub weight_dtype: WeightDtype,
     /// The comparison.
     #[serde(flatten)]
     pub outcome: Outcome,
 }
 
+fn is_f32(dtype: &Dtype) -> bool {
+    *dtype == Dtype::F32
+}
+
+fn is_f32_weights(dtype: &WeightDtype) -> bool {
+    *dtype == WeightDtype::F32
+}
+
 impl PointComparison {
+    /// Whether the pair is stored in a type other than f32 (cache or weights).
+    pub fn is_narrow(&self) -> bool {
+        !Precision {
+            kv_dtype: self.kv_dtype,
+            weight_dtype: self.weight_dtype,
+        }
+        .is_f32()
+    }
+
     /// The step's change, when both sides were measured.
     pub fn step(&self) -> Option<&Change> {
         match &self.outcome {
@@ -437,11 +461,14 @@ impl Comparison {
     }
 }
 
-/// What identifies a point for matching: its whole configuration (the key's fields and the
-/// shape fields the key leaves out), with the ignored axes blanked.
+/// What identifies a point for matching: its whole configuration (the key's fields, the
+/// shape fields the key leaves out, and the stored types), with the ignored axes blanked.
+/// The stored types are never ignored: a bf16 point is another measurement than an f32 one,
+/// not the same one run again.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Identity {
     variant: Variant,
+    precision: Precision,
     mla_path: Option<MlaPath>,
     mode: Mode,
     seq_len: usize,
@@ -456,6 +483,10 @@ impl Identity {
     fn of(p: &PointResult, ignore: &[Axis]) -> Self {
         Self {
             variant: p.variant,
+            precision: Precision {
+                kv_dtype: p.kv_dtype,
+                weight_dtype: p.weight_dtype,
+            },
             mla_path: p.mla_path,
             mode: p.mode,
             seq_len: p.seq_len,
@@ -543,6 +574,8 @@ pub fn compare(
         points.push(PointComparison {
             key_a: pa.key.clone(),
             key_b: pb.key.clone(),
+            kv_dtype: pa.kv_dtype,
+            weight_dtype: pa.weight_dtype,
             outcome,
         });
     }
@@ -770,6 +803,41 @@ mod tests {
         .unwrap();
         assert!(matches!(c.points[0].outcome, Outcome::Failed { .. }));
         assert_eq!(c.counts().failed, 1);
+    }
+
+    #[test]
+    fn points_of_other_stored_types_never_pair_up() {
+        // The same configuration and key in bf16: another point, whatever is ignored.
+        let bf16 = |p: PointResult| PointResult {
+            kv_dtype: Dtype::Bf16,
+            weight_dtype: WeightDtype::Bf16,
+            ..p
+        };
+        let a = vec![point(64, 2, 1e6, 0.0), bf16(point(64, 2, 1e6, 0.0))];
+        let b = vec![bf16(point(64, 1, 2e6, 0.0))];
+        let settings = CompareSettings {
+            ignore: vec![Axis::Threads, Axis::Kernel],
+            ..CompareSettings::default()
+        };
+        let c = compare(&a, &b, &settings).unwrap();
+        assert_eq!(c.points.len(), 1);
+        let pair = &c.points[0];
+        assert_eq!(
+            (pair.kv_dtype, pair.weight_dtype),
+            (Dtype::Bf16, WeightDtype::Bf16)
+        );
+        assert!(pair.is_narrow());
+        assert_eq!(c.only_in_a, ["gqa/decode/ctx64_h4_kv2_b1_t2"]);
+        let json = serde_json::to_string(pair).unwrap();
+        assert!(
+            json.contains(r#""kv_dtype":"bf16","weight_dtype":"bf16""#),
+            "{json}"
+        );
+        // f32 pairs write the JSON they always have.
+        let c = compare(&a[..1], &a[..1], &settings).unwrap();
+        assert!(!c.points[0].is_narrow());
+        let json = serde_json::to_string(&c.points[0]).unwrap();
+        assert!(!json.contains("dtype"), "{json}");
     }
 
     #[test]

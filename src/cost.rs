@@ -12,7 +12,7 @@ use crate::sysinfo::{FALLBACK_LLC_BYTES, largest_cache_bytes};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Kernel, LayerSpec, MlaPath};
+use crate::config::{Dtype, Kernel, LayerSpec, MlaConfig, MlaPath, Precision, WeightDtype};
 
 const F32: u64 = size_of::<f32>() as u64;
 const USIZE: u64 = size_of::<usize>() as u64;
@@ -73,7 +73,9 @@ pub struct StepCost {
     pub projection_flops: u64,
     /// `2 · batch · n_heads · visible (query, key) pairs · (d_qk + d_v)`.
     pub attention_flops: u64,
-    /// Weights once, the KV cache read, the cache appended, activations in and out, f32.
+    /// Bytes moved, each tensor at its stored width: the weights once (at `weight_dtype`), the
+    /// KV cache read and the cache appended (at `kv_dtype`, int8's scales included), the
+    /// activations in and out (f32).
     pub bytes: u64,
 }
 
@@ -109,19 +111,47 @@ fn mm(rows: Size, d_in: Size, d_out: Size) -> Size {
     rows * d_in * d_out * 2
 }
 
-/// The cost of a step of `batch` sequences of `s_q` new tokens over `context` cached ones.
+/// Bytes of the layer's weights stored as `weight_dtype` (docs/design.md §5): every projection
+/// matrix at that width, MLA's RMSNorm scales in f32 whatever it says. `None` on overflow.
+pub fn weights_bytes(spec: &LayerSpec, weight_dtype: WeightDtype) -> Option<u64> {
+    weights(spec, weight_dtype).get()
+}
+
+fn weights(spec: &LayerSpec, weight_dtype: WeightDtype) -> Size {
+    let norm_scales = match spec {
+        LayerSpec::Grouped { .. } => 0,
+        LayerSpec::Mla { config: c, .. } => c.kv_lora_rank + c.q_lora_rank.unwrap_or(0),
+    };
+    let projections = spec.param_count().saturating_sub(norm_scales);
+    n(projections) * weight_dtype.dtype().bytes() + n(norm_scales) * F32
+}
+
+/// Bytes of one token's cache row stored as `kv_dtype`: [`LayerSpec::kv_bytes_per_token`].
+fn kv_token(spec: &LayerSpec, kv_dtype: Dtype) -> Size {
+    Size(spec.kv_bytes_per_token(kv_dtype))
+}
+
+/// The cost of a step of `batch` sequences of `s_q` new tokens over `context` cached ones,
+/// with the cache and the weights stored as `precision` says.
 ///
 /// # Panics
 /// If a figure passes `u64::MAX`; the experiment loader refuses such points
 /// ([`checked_step_cost`]).
-pub fn step_cost(spec: &LayerSpec, batch: usize, s_q: usize, context: usize) -> StepCost {
-    checked_step_cost(spec, batch, s_q, context)
+pub fn step_cost(
+    spec: &LayerSpec,
+    precision: Precision,
+    batch: usize,
+    s_q: usize,
+    context: usize,
+) -> StepCost {
+    checked_step_cost(spec, precision, batch, s_q, context)
         .expect("the experiment loader refuses points whose cost passes 2^64")
 }
 
 /// [`step_cost`], `None` when a figure (or the FLOPs' sum) passes `u64::MAX`.
 pub fn checked_step_cost(
     spec: &LayerSpec,
+    precision: Precision,
     batch: usize,
     s_q: usize,
     context: usize,
@@ -159,46 +189,55 @@ pub fn checked_step_cost(
             }
         }
     };
-    let kv = n(spec.kv_values_per_token());
-    let bytes = (n(spec.param_count()) + b * total * kv + t * kv + t * d * 2) * F32;
+    let kv = kv_token(spec, precision.kv_dtype);
+    let bytes = weights(spec, precision.weight_dtype) + b * total * kv + t * kv + t * d * 2 * F32;
     StepCost::checked(projection_flops, attention_flops, bytes)
 }
 
 /// The attention core alone: its FLOPs (the step's `attention_flops`) and its minimum
-/// traffic: what it reads as keys and values (the cache; MLA naive: the expanded per-head keys
-/// and values), the queries in and the head outputs out, f32. `projection_flops` is 0.
+/// traffic: what it reads as keys and values (the cache at `precision.kv_dtype`, int8's
+/// scales included; MLA naive: the expanded per-head keys and values, f32 activations), the
+/// queries in and the head outputs out, f32. `projection_flops` is 0.
 ///
 /// # Panics
 /// If a figure passes `u64::MAX`, as [`step_cost`].
-pub fn core_cost(spec: &LayerSpec, batch: usize, s_q: usize, context: usize) -> StepCost {
-    checked_core_cost(spec, batch, s_q, context)
+pub fn core_cost(
+    spec: &LayerSpec,
+    precision: Precision,
+    batch: usize,
+    s_q: usize,
+    context: usize,
+) -> StepCost {
+    checked_core_cost(spec, precision, batch, s_q, context)
         .expect("the experiment loader refuses points whose cost passes 2^64")
 }
 
 /// [`core_cost`], `None` when a figure passes `u64::MAX`.
 pub fn checked_core_cost(
     spec: &LayerSpec,
+    precision: Precision,
     batch: usize,
     s_q: usize,
     context: usize,
 ) -> Option<StepCost> {
-    let step = checked_step_cost(spec, batch, s_q, context)?;
+    let step = checked_step_cost(spec, precision, batch, s_q, context)?;
     let (b, t, total) = (n(batch), n(batch) * n(s_q), n(context) + n(s_q));
+    let cache_read = b * total * kv_token(spec, precision.kv_dtype);
     let (kv_read, q_width, out_width) = match spec {
         LayerSpec::Grouped { config: c, .. } => {
             let width = n(c.n_heads) * n(c.head_dim);
-            (b * total * n(c.kv_values_per_token()), width, width)
+            (cache_read, width, width)
         }
         LayerSpec::Mla { config: c, path } => {
             let h = n(c.n_heads);
             match path {
                 MlaPath::Naive => (
-                    b * total * h * (n(c.qk_head_dim()) + n(c.v_head_dim)),
+                    b * total * h * (n(c.qk_head_dim()) + n(c.v_head_dim)) * F32,
                     h * n(c.qk_head_dim()),
                     h * n(c.v_head_dim),
                 ),
                 MlaPath::Absorbed => (
-                    b * total * n(c.kv_values_per_token()),
+                    cache_read,
                     h * n(c.kv_values_per_token()),
                     h * n(c.kv_lora_rank),
                 ),
@@ -208,7 +247,7 @@ pub fn checked_core_cost(
     Some(StepCost {
         projection_flops: 0,
         attention_flops: step.attention_flops,
-        bytes: ((kv_read + t * (q_width + out_width)) * F32).get()?,
+        bytes: (kv_read + t * (q_width + out_width) * F32).get()?,
     })
 }
 
@@ -216,41 +255,50 @@ pub fn checked_core_cost(
 /// harness holds while it measures the point (the process-wide cache-eviction buffer aside).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryEstimate {
-    /// The layer's weights.
+    /// The layer's weights at their stored width ([`weights_bytes`]).
     pub weights_bytes: u64,
-    /// The KV cache at capacity (`context + s_q` tokens per sequence).
+    /// The KV cache at capacity (`context + s_q` tokens per sequence), at its stored width,
+    /// int8's scales included.
     pub cache_bytes: u64,
     /// The step's input and output, `(batch · s_q, d_model)` each, held while the point runs.
     pub activations_bytes: u64,
     /// An upper bound of what one step allocates beyond the above (the results'
     /// `peak_transient_bytes`): the projections of the `batch · s_q` new rows, the RoPE table,
     /// the attention output and its row-major copy, MLA's latents, expanded keys and values
-    /// (naive) or absorbed queries (absorbed), and the kernel's scratch on every thread. It
-    /// covers the attention core measured alone too, whose inputs are a subset of these.
+    /// (naive) or absorbed queries (absorbed), the kernel's scratch on every thread, and, for
+    /// a narrow cache or narrow weights, the f32 buffers they are widened into. It covers the
+    /// attention core measured alone too, whose inputs are a subset of these.
     pub transient_bytes: u64,
     /// The packing buffers faer's matmul keeps per thread, sized by the CPU's caches
     /// ([`matmul_workspace_bytes_per_thread`]); a thread allocates them on its first large
     /// matmul, so they show in a step's measured peak on a fresh thread.
     pub matmul_workspace_bytes: u64,
+    /// For a point not all in f32: the f32 layer, its f32 cache and its output that the
+    /// accuracy check (`max_rel_err`) holds beside the point's own, before the timing. 0 for
+    /// f32 points, which are their own reference.
+    #[serde(default)]
+    pub reference_bytes: u64,
 }
 
 impl MemoryEstimate {
-    /// All five (an estimate from [`memory_estimate`] guarantees the sum fits).
+    /// All six (an estimate from [`memory_estimate`] guarantees the sum fits).
     pub fn total(&self) -> u64 {
         self.weights_bytes
             + self.cache_bytes
             + self.activations_bytes
             + self.transient_bytes
             + self.matmul_workspace_bytes
+            + self.reference_bytes
     }
 }
 
 /// Memory for a step of `batch × s_q` new tokens over `context` cached ones, run on `threads`
-/// threads with the attention core on `kernel`. `None` when a part or the total passes
-/// `u64::MAX` bytes.
+/// threads with the attention core on `kernel`, the cache and weights stored as `precision`
+/// says. `None` when a part or the total passes `u64::MAX` bytes.
 pub fn memory_estimate(
     spec: &LayerSpec,
     kernel: Kernel,
+    precision: Precision,
     batch: usize,
     s_q: usize,
     context: usize,
@@ -258,25 +306,35 @@ pub fn memory_estimate(
 ) -> Option<MemoryEstimate> {
     let step = StepShape {
         kernel,
+        precision,
         batch,
         s_q,
         keys: n(context) + n(s_q),
         threads,
     };
     let t = step.rows();
+    let activations = t * n(spec.d_model()) * 2 * F32;
+    let cache = |kv_dtype| n(batch) * step.keys * kv_token(spec, kv_dtype);
+    let reference = if precision.is_f32() {
+        Size(Some(0))
+    } else {
+        weights(spec, WeightDtype::F32) + cache(Dtype::F32) + activations.half()
+    };
     let estimate = MemoryEstimate {
-        weights_bytes: (n(spec.param_count()) * F32).get()?,
-        cache_bytes: (n(batch) * step.keys * n(spec.kv_values_per_token()) * F32).get()?,
-        activations_bytes: (t * n(spec.d_model()) * 2 * F32).get()?,
+        weights_bytes: weights(spec, precision.weight_dtype).get()?,
+        cache_bytes: cache(precision.kv_dtype).get()?,
+        activations_bytes: activations.get()?,
         transient_bytes: step.transient_bytes(spec).get()?,
         matmul_workspace_bytes: (n(threads) * Size(Some(matmul_workspace_bytes_per_thread())))
             .get()?,
+        reference_bytes: reference.get()?,
     };
     let parts = [
         estimate.cache_bytes,
         estimate.activations_bytes,
         estimate.transient_bytes,
         estimate.matmul_workspace_bytes,
+        estimate.reference_bytes,
     ];
     parts
         .iter()
@@ -296,6 +354,7 @@ pub fn matmul_workspace_bytes_per_thread() -> u64 {
 /// The step a memory estimate is for.
 struct StepShape {
     kernel: Kernel,
+    precision: Precision,
     batch: usize,
     s_q: usize,
     /// Keys per sequence during the step: `context + s_q`.
@@ -304,12 +363,14 @@ struct StepShape {
 }
 
 /// How the attention core sees its operands: query heads, KV heads and their widths (the
-/// kernels' `HeadLayout`).
+/// kernels' `HeadLayout`), and whether it reads them from the stored cache (false for MLA
+/// naive, whose expanded keys and values are f32 activations).
 struct CoreShape {
     n_heads: usize,
     n_kv_heads: usize,
     qk_dim: usize,
     v_dim: usize,
+    from_cache: bool,
 }
 
 /// Bytes of a faer view (pointer, rows, columns, two strides).
@@ -352,8 +413,13 @@ impl StepShape {
                     n_kv_heads: c.n_kv_heads,
                     qk_dim: c.head_dim,
                     v_dim: c.head_dim,
+                    from_cache: true,
                 };
-                positions + rope_table_bytes(t, c.head_dim) + activations + self.attention(&core)
+                positions
+                    + rope_table_bytes(t, c.head_dim)
+                    + activations
+                    + self.attention(&core)
+                    + self.weight_widening(spec)
             }
             LayerSpec::Mla { config: c, path } => {
                 let h = n(c.n_heads);
@@ -376,17 +442,22 @@ impl StepShape {
                                 n_kv_heads: 1,
                                 qk_dim: c.kv_values_per_token(),
                                 v_dim: c.kv_lora_rank,
+                                from_cache: true,
                             })
                     }
                 };
-                positions + rope_table_bytes(t, c.qk_rope_head_dim) + activations + path_bytes
+                positions
+                    + rope_table_bytes(t, c.qk_rope_head_dim)
+                    + activations
+                    + path_bytes
+                    + self.weight_widening(spec)
             }
         }
     }
 
     /// MLA naive: every sequence's keys and values expanded per head, plus, while one sequence
     /// expands, its `k_nope` and its gathered latent rows; then MHA over them.
-    fn expansion_bytes(&self, c: &crate::config::MlaConfig) -> Size {
+    fn expansion_bytes(&self, c: &MlaConfig) -> Size {
         let (h, keys) = (n(c.n_heads), self.keys);
         let (qk, v, nope) = (n(c.qk_head_dim()), n(c.v_head_dim), n(c.qk_nope_head_dim));
         let expanded = n(self.batch) * keys * h * (qk + v) * F32 + n(self.batch) * MATRIX_BYTES * 2;
@@ -396,11 +467,13 @@ impl StepShape {
             n_kv_heads: c.n_heads,
             qk_dim: c.qk_head_dim(),
             v_dim: c.v_head_dim,
+            from_cache: false,
         };
         expanded + one_sequence + self.attention(&core)
     }
 
-    /// The attention core's allocations: each sequence's operands, and the kernel's scratch.
+    /// The attention core's allocations: each sequence's operands, the kernel's scratch, and
+    /// the f32 buffers a narrow cache's keys and values are widened into.
     fn attention(&self, core: &CoreShape) -> Size {
         let b = n(self.batch);
         let operands = b * (Size(Some(OPERANDS_BYTES)) + n(core.n_kv_heads) * 2 * VIEW_BYTES);
@@ -408,7 +481,36 @@ impl StepShape {
             Kernel::Naive => self.naive_scratch(core),
             Kernel::Tiled => self.tiled_scratch(core),
         };
-        operands + scratch
+        operands + scratch + self.cache_widening(core)
+    }
+
+    /// A narrow cache read by the core: a task widens the keys and values it attends into f32
+    /// (prefill: blocks of at most 256 keys; decode widens in registers and needs none). As
+    /// an upper bound: every range of keys alive at once ([`Self::tiled_scratch`]: fewer than
+    /// three per thread) widens its whole block; the naive kernel's running tasks their whole
+    /// key range.
+    fn cache_widening(&self, core: &CoreShape) -> Size {
+        if self.precision.kv_dtype == Dtype::F32 || !core.from_cache {
+            return Size(Some(0));
+        }
+        let (ranges, keys) = match self.kernel {
+            Kernel::Naive => (
+                n(self.threads).min(n(self.batch) * n(core.n_heads)),
+                self.keys,
+            ),
+            Kernel::Tiled => (n(self.threads) * 3, self.tiled_block(core)),
+        };
+        ranges * keys * (n(core.qk_dim) + n(core.v_dim)) * F32
+    }
+
+    /// Narrow weights widened into f32 by blocks for the products that need them (prefill;
+    /// decode reads them directly). As an upper bound: the largest projection matrix whole, on
+    /// every thread.
+    fn weight_widening(&self, spec: &LayerSpec) -> Size {
+        if self.precision.weight_dtype == WeightDtype::F32 {
+            return Size(Some(0));
+        }
+        n(self.threads) * largest_projection(spec) * F32
     }
 
     /// One `s_q × keys` score block per (sequence, head) task running, at most one per thread.
@@ -425,15 +527,10 @@ impl StepShape {
     /// `2 · threads / tasks` ranges), so three per thread bound both. Besides, each
     /// (sequence, KV head) keeps its list of tiles and of output slices.
     fn tiled_scratch(&self, core: &CoreShape) -> Size {
-        let group = core.n_heads / core.n_kv_heads.max(1);
-        let tile = (TILED_TARGET_ROWS / group.max(1)).clamp(1, self.s_q.max(1));
+        let (group, tile) = self.tiled_tile(core);
         let rows = n(group) * n(tile);
         let n_tiles = n(self.s_q.div_ceil(tile));
-        let block = if group * tile <= TILED_WIDE_MAX_ROWS {
-            self.keys.min(n(TILED_WIDE_MAX_KEYS)).max(n(1))
-        } else {
-            n(TILED_KEY_BLOCK)
-        };
+        let block = self.tiled_block(core);
         // Packed queries; scores, output, maxima and sums; a range and a `Partial` record.
         let per_range = rows * (n(core.qk_dim) + block + n(core.v_dim) + n(2)) * F32
             + Size(Some(2 * USIZE + 9 * USIZE));
@@ -442,10 +539,247 @@ impl StepShape {
         let per_chunk = n(group) * slice + n_tiles * (Size(Some(5 * USIZE)) + n(group) * slice);
         ranges + n(self.batch) * n(core.n_kv_heads) * per_chunk
     }
+
+    /// Query heads per KV head (`group`) and the tiled kernel's query tile (rows of each query
+    /// head in a packed block).
+    fn tiled_tile(&self, core: &CoreShape) -> (usize, usize) {
+        let group = core.n_heads / core.n_kv_heads.max(1);
+        let tile = (TILED_TARGET_ROWS / group.max(1)).clamp(1, self.s_q.max(1));
+        (group, tile)
+    }
+
+    /// Keys of one block of the tiled kernel: few packed rows take a long block, more rows
+    /// blocks of 256.
+    fn tiled_block(&self, core: &CoreShape) -> Size {
+        let (group, tile) = self.tiled_tile(core);
+        if group * tile <= TILED_WIDE_MAX_ROWS {
+            self.keys.min(n(TILED_WIDE_MAX_KEYS)).max(n(1))
+        } else {
+            n(TILED_KEY_BLOCK)
+        }
+    }
+}
+
+/// Weights of the layer's largest projection matrix.
+fn largest_projection(spec: &LayerSpec) -> Size {
+    let d = n(spec.d_model());
+    match spec {
+        LayerSpec::Grouped { config: c, .. } => {
+            d * n(c.n_heads) * n(c.head_dim) // W_q and W_o; W_k and W_v are no larger
+        }
+        LayerSpec::Mla { config: c, .. } => {
+            let h = n(c.n_heads);
+            let (qk, d_c) = (h * n(c.qk_head_dim()), n(c.kv_lora_rank));
+            let query = match c.q_lora_rank {
+                None => d * qk,
+                Some(r) => (d * n(r)).max(n(r) * qk),
+            };
+            [
+                d * n(c.kv_values_per_token()),
+                d_c * h * n(c.qk_nope_head_dim),
+                d_c * h * n(c.v_head_dim),
+                h * n(c.v_head_dim) * d,
+            ]
+            .into_iter()
+            .fold(query, Size::max)
+        }
+    }
 }
 
 /// A RoPE table for `rows` rows of `rotary_dim` rotated values: a cosine and a sine per pair,
 /// and the pairs' frequencies in f64.
 fn rope_table_bytes(rows: Size, rotary_dim: usize) -> Size {
     rows * n(rotary_dim) * F32 + n(rotary_dim / 2) * 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DEFAULT_ROPE_THETA, GroupedConfig, Variant};
+
+    fn llama_gqa() -> LayerSpec {
+        LayerSpec::Grouped {
+            variant: Variant::Gqa,
+            config: GroupedConfig {
+                d_model: 4096,
+                n_heads: 32,
+                n_kv_heads: 8,
+                head_dim: 128,
+                rope_theta: DEFAULT_ROPE_THETA,
+            },
+        }
+    }
+
+    fn deepseek_mla(path: MlaPath) -> LayerSpec {
+        LayerSpec::Mla {
+            config: MlaConfig {
+                d_model: 5120,
+                n_heads: 128,
+                kv_lora_rank: 512,
+                q_lora_rank: Some(1536),
+                qk_nope_head_dim: 128,
+                qk_rope_head_dim: 64,
+                v_head_dim: 128,
+                rope_theta: DEFAULT_ROPE_THETA,
+                rms_norm_eps: 1e-6,
+            },
+            path,
+        }
+    }
+
+    fn precision(kv_dtype: Dtype, weight_dtype: WeightDtype) -> Precision {
+        Precision {
+            kv_dtype,
+            weight_dtype,
+        }
+    }
+
+    /// Every (kv_dtype, weight_dtype) pair.
+    fn precisions() -> impl Iterator<Item = Precision> {
+        Dtype::ALL
+            .into_iter()
+            .flat_map(|kv| WeightDtype::ALL.into_iter().map(move |w| precision(kv, w)))
+    }
+
+    #[test]
+    fn f32_step_bytes_are_the_design_formula() {
+        // docs/design.md §3: 4 · (params + batch·(c + s)·kv + batch·s·kv + 2·batch·s·d).
+        let spec = llama_gqa();
+        let (b, s, c) = (2u64, 3u64, 1000u64);
+        let params = 2 * 4096 * 4096 + 2 * 4096 * 1024;
+        let kv = 2 * 8 * 128;
+        let expected = 4 * (params + b * (c + s) * kv + b * s * kv + 2 * b * s * 4096);
+        let cost = step_cost(&spec, Precision::default(), 2, 3, 1000);
+        assert_eq!(cost.bytes, expected);
+    }
+
+    #[test]
+    fn step_bytes_count_weights_and_cache_at_their_stored_widths() {
+        let spec = llama_gqa();
+        let (b, s, c) = (2u64, 3u64, 1000u64);
+        let params = 2 * 4096 * 4096 + 2 * 4096 * 1024;
+        let activations = 4 * 2 * b * s * 4096;
+        // K and V rows of 128 per KV head: 8 KV heads, int8 with one f32 scale per row.
+        let kv_row = |dtype| match dtype {
+            Dtype::F32 => 2 * 8 * 128 * 4,
+            Dtype::F16 | Dtype::Bf16 => 2 * 8 * 128 * 2,
+            Dtype::Int8 => 2 * 8 * (128 + 4),
+        };
+        for p in precisions() {
+            let weight_width = if p.weight_dtype == WeightDtype::Bf16 {
+                2
+            } else {
+                4
+            };
+            let expected =
+                params * weight_width + (b * (c + s) + b * s) * kv_row(p.kv_dtype) + activations;
+            assert_eq!(step_cost(&spec, p, 2, 3, 1000).bytes, expected, "{p:?}");
+            // The FLOPs do not depend on what is stored.
+            assert_eq!(
+                step_cost(&spec, p, 2, 3, 1000).flops(),
+                step_cost(&spec, Precision::default(), 2, 3, 1000).flops()
+            );
+        }
+    }
+
+    #[test]
+    fn mla_norm_scales_stay_f32_when_the_weights_are_bf16() {
+        let spec = deepseek_mla(MlaPath::Absorbed);
+        let norms = 512 + 1536;
+        let params = spec.param_count() as u64;
+        assert_eq!(weights_bytes(&spec, WeightDtype::F32), Some(4 * params));
+        assert_eq!(
+            weights_bytes(&spec, WeightDtype::Bf16),
+            Some(2 * (params - norms) + 4 * norms)
+        );
+    }
+
+    #[test]
+    fn the_core_reads_the_cache_at_its_width_but_mla_naive_reads_f32_expansions() {
+        let (b, s, c) = (1u64, 1u64, 4095u64);
+        let gqa = llama_gqa();
+        let queries_and_outputs = 4 * b * s * (32 * 128 + 32 * 128);
+        let absorbed = deepseek_mla(MlaPath::Absorbed);
+        let absorbed_q_out = 4 * b * s * 128 * ((512 + 64) + 512);
+        let naive = deepseek_mla(MlaPath::Naive);
+        let naive_f32 = core_cost(&naive, Precision::default(), 1, 1, 4095).bytes;
+        assert_eq!(
+            naive_f32,
+            4 * (b * (c + s) * 128 * (192 + 128) + b * s * 128 * (192 + 128))
+        );
+        for p in precisions() {
+            let kv = p.kv_dtype;
+            assert_eq!(
+                core_cost(&gqa, p, 1, 1, 4095).bytes,
+                b * (c + s) * gqa.kv_bytes_per_token(kv).unwrap() + queries_and_outputs,
+                "{p:?}"
+            );
+            // c_kv and k_rope rows, each with its own int8 scale.
+            let latent_row = match kv {
+                Dtype::F32 => (512 + 64) * 4,
+                Dtype::F16 | Dtype::Bf16 => (512 + 64) * 2,
+                Dtype::Int8 => 512 + 64 + 8,
+            };
+            assert_eq!(
+                core_cost(&absorbed, p, 1, 1, 4095).bytes,
+                b * (c + s) * latent_row + absorbed_q_out,
+                "{p:?}"
+            );
+            assert_eq!(core_cost(&naive, p, 1, 1, 4095).bytes, naive_f32, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_memory_estimate_holds_the_stored_cache_and_weights_and_an_f32_reference() {
+        let spec = llama_gqa();
+        let estimate =
+            |p, s_q, context| memory_estimate(&spec, Kernel::Tiled, p, 1, s_q, context, 2).unwrap();
+        let f32 = estimate(Precision::default(), 512, 1024);
+        assert_eq!(f32.reference_bytes, 0);
+        for p in precisions().filter(|p| !p.is_f32()) {
+            let e = estimate(p, 512, 1024);
+            let cache = 1536 * spec.kv_bytes_per_token(p.kv_dtype).unwrap();
+            assert_eq!(e.cache_bytes, cache, "{p:?}");
+            assert_eq!(
+                e.weights_bytes,
+                weights_bytes(&spec, p.weight_dtype).unwrap()
+            );
+            // The f32 layer, its f32 cache and its output, beside the point's own.
+            assert_eq!(
+                e.reference_bytes,
+                f32.weights_bytes + f32.cache_bytes + f32.activations_bytes / 2,
+                "{p:?}"
+            );
+            // Narrow storage is widened into f32 buffers: the step allocates more.
+            assert!(e.transient_bytes > f32.transient_bytes, "{p:?}");
+            assert_eq!(
+                e.total(),
+                e.weights_bytes
+                    + e.cache_bytes
+                    + e.activations_bytes
+                    + e.transient_bytes
+                    + e.matmul_workspace_bytes
+                    + e.reference_bytes
+            );
+        }
+        // The widening buffers are those the precision needs and no others.
+        let kv_only = estimate(precision(Dtype::Int8, WeightDtype::F32), 512, 1024);
+        let weights_only = estimate(precision(Dtype::F32, WeightDtype::Bf16), 512, 1024);
+        let both = estimate(precision(Dtype::Int8, WeightDtype::Bf16), 512, 1024);
+        assert_eq!(
+            both.transient_bytes - f32.transient_bytes,
+            (kv_only.transient_bytes - f32.transient_bytes)
+                + (weights_only.transient_bytes - f32.transient_bytes)
+        );
+        // Bf16 weights: the largest projection (W_q, 4096 × 4096) in f32 on each thread.
+        assert_eq!(
+            weights_only.transient_bytes - f32.transient_bytes,
+            2 * 4096 * 4096 * 4
+        );
+        // An int8 cache at 512 new rows: 3 ranges per thread, blocks of 256 keys of K and V.
+        assert_eq!(
+            kv_only.transient_bytes - f32.transient_bytes,
+            2 * 3 * 256 * (128 + 128) * 4
+        );
+    }
 }

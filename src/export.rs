@@ -110,7 +110,7 @@ pub fn export_case(request: &CaseRequest) -> Result<Value> {
     let weights: Map<String, Value> = layer
         .weights()
         .into_iter()
-        .map(|(name, w)| (name.to_string(), json!(tensor(w))))
+        .map(|(name, w)| (name.to_string(), json!(tensor(&w.to_f32()))))
         .collect();
 
     let mut case = json!({

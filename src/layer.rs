@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::config::{LayerSpec, MlaPath, Precision, Variant};
 use crate::error::{Error, Result};
+use crate::kernels::Weight;
 use crate::kv_cache::{KvCache, PlaneSpec};
 use crate::tensor::Matrix;
 
@@ -16,7 +17,8 @@ pub struct LayerInfo {
     pub mla_path: Option<MlaPath>,
     /// The full shape.
     pub spec: LayerSpec,
-    /// Weights, counted from the allocated matrices (norm scales included).
+    /// Weights, counted from the allocated matrices (norm scales included), whatever their
+    /// stored type.
     pub params: usize,
     /// How the layer stores its cache and its projection weights.
     pub precision: Precision,
@@ -32,7 +34,7 @@ impl LayerInfo {
     /// The record of a layer of shape `spec` storing as `precision` and holding `weights`:
     /// the variant and path from the shape, the parameters counted from the matrices, the
     /// cache width and bytes by formula.
-    pub fn of(spec: LayerSpec, precision: Precision, weights: &[(&'static str, &Matrix)]) -> Self {
+    pub fn of(spec: LayerSpec, precision: Precision, weights: &[(&'static str, &Weight)]) -> Self {
         let kv_values_per_token = spec.kv_values_per_token();
         let kv_bytes = spec.kv_bytes_per_token(precision.kv_dtype);
         Self {
@@ -66,8 +68,9 @@ pub trait AttentionLayer: Send + Sync {
     /// The cache planes one sequence needs, in order.
     fn cache_planes(&self) -> Vec<PlaneSpec>;
 
-    /// The weights by their names in docs/design.md (`w_q`, `w_k`, ..., `kv_norm`), in export order.
-    fn weights(&self) -> Vec<(&'static str, &Matrix)>;
+    /// The weights as stored, by their names in docs/design.md (`w_q`, `w_k`, ..., `kv_norm`),
+    /// in export order: projections in the layer's `weight_dtype`, RMSNorm scales in f32.
+    fn weights(&self) -> Vec<(&'static str, &Weight)>;
 
     /// Runs `seq_len` new tokens per sequence through the layer, appending them to the cache.
     ///

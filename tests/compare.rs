@@ -340,3 +340,64 @@ fn bad_input_exits_2_naming_the_file() {
         assert!(!stderr(&out).contains("panicked"));
     }
 }
+
+/// The trimmed cells of a Markdown table row.
+fn cells(row: &str) -> Vec<&str> {
+    let inner = row.trim().trim_start_matches('|').trim_end_matches('|');
+    inner.split('|').map(str::trim).collect()
+}
+
+#[test]
+fn points_of_other_stored_types_never_pair_and_the_table_names_the_types() {
+    let (a, _) = two_runs();
+    // B: A with one point measured in bf16 instead, keyed as the harness keys it.
+    let narrow_key = format!("{SLOWED}_kvbf16_wbf16");
+    let b = edited("stored.json", |points| {
+        let p = point(points, SLOWED);
+        p["key"] = Value::from(narrow_key.as_str());
+        p["kv_dtype"] = Value::from("bf16");
+        p["weight_dtype"] = Value::from("bf16");
+    });
+    let out = compare(a, &b, &["--ignore", "threads,kernel"]);
+    assert_success(&out);
+    let text = stdout(&out);
+    assert!(text.contains(&format!("only in A: {SLOWED}\n")), "{text}");
+    assert!(
+        text.contains(&format!("only in B: {narrow_key}\n")),
+        "{text}"
+    );
+    assert!(text.contains("step: 5 points: 0 faster"), "{text}");
+    // Every pair is f32: the table is as it always was.
+    assert_eq!(
+        cells(text.lines().find(|l| l.starts_with("| point")).unwrap())[1],
+        "A"
+    );
+
+    // The same point in bf16 on both sides pairs up, and the table names its types.
+    let out = compare(&b, &b, &[]);
+    assert_success(&out);
+    let text = stdout(&out);
+    let header = cells(text.lines().find(|l| l.starts_with("| point")).unwrap());
+    assert_eq!(header[..4], ["point", "kv", "weights", "A"]);
+    assert_eq!(cells(row(&text, &narrow_key))[1..3], ["bf16", "bf16"]);
+    assert_eq!(
+        cells(row(&text, "gqa/decode/ctx16_h4_kv2_b1_t1"))[1..3],
+        ["f32", "f32"]
+    );
+    let out = compare(&b, &b, &["--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = json["comparison"]["points"].as_array().unwrap();
+    let narrow = points
+        .iter()
+        .find(|p| p["key_a"] == narrow_key.as_str())
+        .unwrap();
+    assert_eq!(
+        (&narrow["kv_dtype"], &narrow["weight_dtype"]),
+        (&Value::from("bf16"), &Value::from("bf16"))
+    );
+    let f32_pair = points
+        .iter()
+        .find(|p| p["key_a"] != narrow_key.as_str())
+        .unwrap();
+    assert!(f32_pair.get("kv_dtype").is_none(), "{f32_pair}");
+}

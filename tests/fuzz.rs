@@ -64,8 +64,8 @@ const KEYS: &[&str] = &[
     "rope_theta", "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
     "v_head_dim", "rms_norm_eps", "variant", "mla_path", "mode", "seq_len", "cache_len",
     "context", "batch", "threads", "kernel", "warmup_iters", "warmup_ms", "min_samples",
-    "max_samples", "time_budget_ms", "memory_limit_gib", "flush_caches", "contxt", "é",
-    "\"a.b\"",
+    "max_samples", "time_budget_ms", "memory_limit_gib", "flush_caches", "kv_dtype",
+    "weight_dtype", "contxt", "é", "\"a.b\"",
 ];
 
 /// Values of every type, in range and far out of it.
@@ -78,7 +78,8 @@ const VALUES: &[&str] = &[
     "\"mla\"", "\"decode\"", "\"prefill\"", "\"naive\"", "\"tiled\"", "\"é\"", "[]", "[0]",
     "[1]", "[1, 1]", "[1, 2]", "[4611686018427387903]", "[18446744073709551615]", "[-1]",
     "[\"mha\", \"mqa\", \"gqa\", \"mla\"]", "[\"prefill\", \"decode\"]", "[\"absorbed\"]",
-    "[\"x\"]", "[[1]]", "{}", "{ a = 1 }", "1979-05-27",
+    "[\"x\"]", "[[1]]", "{}", "{ a = 1 }", "1979-05-27", "\"bf16\"", "[\"int8\"]",
+    "[\"f32\", \"bf16\"]", "[\"f16\", \"int8\", \"bf16\"]", "[\"fp4\"]", "[\"bf16\", \"bf16\"]",
 ];
 
 /// One change to a text, its indices taken modulo what the text has.
@@ -210,8 +211,15 @@ fn check_experiment(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(is_valid_name(&experiment.name), "{}", experiment.name);
             prop_assert!(!experiment.points.is_empty());
             for p in &experiment.points {
-                let e =
-                    memory_estimate(&p.spec, p.kernel, p.batch, p.seq_len, p.context, p.threads);
+                let e = memory_estimate(
+                    &p.spec,
+                    p.kernel,
+                    p.precision,
+                    p.batch,
+                    p.seq_len,
+                    p.context,
+                    p.threads,
+                );
                 prop_assert!(e.is_some_and(|e| e.total() <= experiment.measure.memory_limit_bytes));
             }
         }

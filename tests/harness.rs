@@ -10,6 +10,10 @@ use std::process::{Command, Output, Stdio};
 use common::{assert_success, attnbench};
 use std::time::{Duration, Instant};
 
+use attnbench::config::{Dtype, WeightDtype};
+use attnbench::cost::{core_cost, step_cost};
+use attnbench::experiment::{Experiment, parse_experiment};
+use attnbench::kernels::narrow_path;
 use attnbench::results::{ResultsDir, ResultsFile, SampleStats, read_log};
 
 /// A quick calibration shared by the tests.
@@ -177,6 +181,131 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
     assert_eq!(csv.lines().next(), published.lines().next());
     let md = fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| variant") && md.contains("against MHA"));
+}
+
+/// TINY at every stored type: GQA and both MLA paths (grouped K/V rows and MLA's latent),
+/// both modes, one length each, every kv_dtype with every weight_dtype: 48 points.
+fn tiny_at_every_stored_type() -> String {
+    TINY.replace(
+        "variant = [\"mha\", \"mqa\", \"gqa\", \"mla\"]",
+        "variant = [\"gqa\", \"mla\"]",
+    )
+    .replace("seq_len = [4, 9]", "seq_len = [9]")
+    .replace("context = [16, 33]", "context = [33]")
+    .replace(
+        "threads = [1]",
+        "threads = [1]\nkv_dtype = [\"f32\", \"bf16\", \"f16\", \"int8\"]\nweight_dtype = [\"f32\", \"bf16\"]",
+    )
+}
+
+/// Runs [`tiny_at_every_stored_type`] into a fresh `name` directory: the grid and the results
+/// directory.
+fn run_every_stored_type(name: &str) -> (Experiment, PathBuf) {
+    let dir = scratch(name);
+    let text = tiny_at_every_stored_type();
+    let file = write(&dir, "dtypes.toml", &text);
+    let out = dir.join("out");
+    assert_success(&run(&file, &out, &["--quiet"]));
+    let experiment = parse_experiment(&text, "dtypes.toml", "dtypes", u64::MAX / 2).unwrap();
+    assert_eq!(experiment.points.len(), 3 * 2 * 8);
+    (experiment, out)
+}
+
+#[test]
+fn a_run_at_every_stored_type_records_the_types_their_bytes_and_accuracy() {
+    let (experiment, out) = run_every_stored_type("dtypes");
+    let r = results(&out);
+    assert_eq!(r.points.len(), experiment.points.len());
+    assert_eq!(r.environment.narrow_path.as_deref(), Some(narrow_path()));
+    for (point, p) in experiment.points.iter().zip(&r.points) {
+        let precision = point.precision;
+        assert_eq!(p.key, point.key());
+        assert!(p.error.is_none(), "{}: {:?}", p.key, p.error);
+        assert_eq!(
+            (p.kv_dtype, p.weight_dtype),
+            (precision.kv_dtype, precision.weight_dtype)
+        );
+        // Bytes at the stored widths, from the one formula.
+        let per_token = point.spec.kv_bytes_per_token(precision.kv_dtype).unwrap();
+        assert_eq!(p.kv_bytes_per_token as u64, per_token, "{}", p.key);
+        let tokens = (p.context + p.seq_len) as u64;
+        assert_eq!(p.kv_cache_bytes_analytic, tokens * per_token, "{}", p.key);
+        let (b, s, c) = (point.batch, point.seq_len, point.context);
+        assert_eq!(p.bytes, step_cost(&point.spec, precision, b, s, c).bytes);
+        assert_eq!(
+            p.core_bytes,
+            core_cost(&point.spec, precision, b, s, c).bytes
+        );
+        // Measured for every point: set to 0 for f32, which is its own reference.
+        let err = p.max_rel_err.unwrap();
+        assert!(err.is_finite() && err >= 0.0, "{}: {err}", p.key);
+        if precision.is_f32() {
+            assert_eq!(err, 0.0, "{}", p.key);
+        }
+    }
+    // The JSON names a type only where it is not f32.
+    let json = fs::read_to_string(out.join("results.json")).unwrap();
+    let narrow_kv = r.points.iter().filter(|p| p.kv_dtype != Dtype::F32).count();
+    assert_eq!(json.matches("\"kv_dtype\"").count(), narrow_kv);
+    let bf16_weights = r
+        .points
+        .iter()
+        .filter(|p| p.weight_dtype == WeightDtype::Bf16)
+        .count();
+    assert_eq!(json.matches("\"weight_dtype\"").count(), bf16_weights);
+    assert_eq!(json.matches("\"max_rel_err\"").count(), r.points.len());
+    // The CSV names them on every row.
+    let csv = fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let at = header.iter().position(|&c| c == "kv_dtype").unwrap();
+    assert_eq!(
+        header[at - 1..at + 3],
+        ["kernel", "kv_dtype", "weight_dtype", "max_rel_err"]
+    );
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    for (row, p) in reader.records().map(Result::unwrap).zip(&r.points) {
+        assert_eq!(row.len(), header.len(), "{}", p.key);
+        assert_eq!(&row[at], p.kv_dtype.name());
+        assert_eq!(&row[at + 1], p.weight_dtype.name());
+    }
+}
+
+#[test]
+fn stored_types_lose_what_the_issue_allows_and_measure_their_analytic_bytes() {
+    // Issue 11's accuracy targets, per stored type; a point storing two narrow types may lose
+    // both.
+    let kv_bound = |dtype| match dtype {
+        Dtype::F32 => 0.0,
+        Dtype::Bf16 => 2e-2,
+        Dtype::F16 => 2e-3,
+        Dtype::Int8 => 3e-2,
+    };
+    let weight_bound = |dtype| match dtype {
+        WeightDtype::F32 => 0.0,
+        WeightDtype::Bf16 => 2e-2,
+    };
+    let (experiment, out) = run_every_stored_type("dtypes_accuracy");
+    let r = results(&out);
+    for (point, p) in experiment.points.iter().zip(&r.points) {
+        assert!(p.error.is_none(), "{}: {:?}", p.key, p.error);
+        assert_eq!(
+            p.kv_cache_bytes,
+            Some(p.kv_cache_bytes_analytic),
+            "{}",
+            p.key
+        );
+        let err = p.max_rel_err.unwrap();
+        let bound = kv_bound(p.kv_dtype) + weight_bound(p.weight_dtype);
+        if point.precision.is_f32() {
+            assert_eq!(err, 0.0, "{}", p.key);
+        } else {
+            assert!(
+                err > 0.0 && err <= bound,
+                "{}: max_rel_err {err:e}, bound {bound:e}",
+                p.key
+            );
+        }
+    }
 }
 
 #[test]

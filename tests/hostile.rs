@@ -122,10 +122,14 @@ time_budget_ms = 1
 flush_caches = false
 "#;
 
-#[test]
-fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
-    let dir = scratch("memory");
-    let file = write(&dir, "memory.toml", MEMORY_SHAPES);
+/// Runs `text` (named `name`) and checks, point by point, that the memory estimate bounds
+/// the measured peaks of the step and of the core; returns the (layer, mode) pairs covered.
+fn assert_estimates_bound_peaks(
+    name: &str,
+    text: &str,
+) -> std::collections::BTreeSet<(String, attnbench::config::Mode)> {
+    let dir = scratch(name);
+    let file = write(&dir, &format!("{name}.toml"), text);
     let out_dir = dir.join("out");
     let out = attnbench(&[
         "run",
@@ -137,7 +141,7 @@ fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
         "--quiet",
     ]);
     assert_success(&out);
-    let experiment = parse(MEMORY_SHAPES).unwrap();
+    let experiment = parse(text).unwrap();
     let results: serde_json::Value =
         serde_json::from_slice(&fs::read(out_dir.join("results.json")).unwrap()).unwrap();
     let rows = results["points"].as_array().unwrap();
@@ -149,6 +153,7 @@ fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
         let e = memory_estimate(
             &point.spec,
             point.kernel,
+            point.precision,
             point.batch,
             point.seq_len,
             point.context,
@@ -168,7 +173,56 @@ fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
         }
         labels.insert((point.spec.label(), point.mode));
     }
+    labels
+}
+
+#[test]
+fn the_memory_estimate_bounds_the_measured_peak_of_every_variant_and_mode() {
+    let labels = assert_estimates_bound_peaks("memory", MEMORY_SHAPES);
     assert_eq!(labels.len(), 5 * 2, "{labels:?}");
+}
+
+#[test]
+fn the_memory_estimate_bounds_the_measured_peak_at_every_stored_type() {
+    // Fewer lengths, batches and threads, every kv_dtype with every weight_dtype.
+    let text = MEMORY_SHAPES
+        .replace("seq_len = [1, 33]", "seq_len = [33]")
+        .replace("cache_len = [0, 40]", "cache_len = [40]")
+        .replace("context = [1, 600]", "context = [600]")
+        .replace("batch = [1, 3]", "batch = [3]")
+        .replace(
+            "threads = [1, 2]",
+            "threads = [2]\nkv_dtype = [\"f32\", \"bf16\", \"f16\", \"int8\"]\nweight_dtype = [\"f32\", \"bf16\"]",
+        );
+    assert_eq!(parse(&text).unwrap().points.len(), 5 * 2 * 2 * 8);
+    let labels = assert_estimates_bound_peaks("memory_dtypes", &text);
+    assert_eq!(labels.len(), 5 * 2, "{labels:?}");
+}
+
+#[test]
+fn a_stored_type_that_does_not_exist_is_refused_at_its_value_with_the_valid_ones() {
+    let dir = scratch("dtypes");
+    // (the line added to [sweep], the bad value, what the error must say)
+    let cases = [
+        (
+            "kv_dtype = [\"bf16\", \"fp4\"]",
+            "\"fp4\"",
+            "key `sweep.kv_dtype`: unknown variant `fp4`, expected one of `f32`, `f16`, `bf16`, `int8`",
+        ),
+        (
+            "weight_dtype = [\"int8\"]",
+            "\"int8\"",
+            "key `sweep.weight_dtype`: unknown variant `int8`, expected `f32` or `bf16`",
+        ),
+    ];
+    for (line, bad, message) in cases {
+        let text = decode_at("8").replace("threads = [1]", &format!("threads = [1]\n{line}"));
+        let file = write(&dir, "dtype.toml", &text);
+        let (at_line, column) = position(&text, bad);
+        let stderr = refusal("validate", file.to_str().unwrap());
+        let expected = format!("dtype.toml:{at_line}:{column}: {message}");
+        assert!(stderr.contains(&expected), "`{expected}` not in {stderr}");
+    }
 }
 
 #[test]

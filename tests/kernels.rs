@@ -3,9 +3,11 @@
 
 mod common;
 
+use attnbench::Dtype;
 use attnbench::Matrix;
 use attnbench::config::Kernel;
 use attnbench::kernels::{AttentionOperands, HeadLayout, KvHead, attention, fast_exp};
+use attnbench::kv_cache::{KvCache, PlaneSpec};
 use attnbench::weights::SeededRng;
 use common::assert_close_f32;
 use faer::MatRef;
@@ -18,6 +20,21 @@ struct Case {
     v_dim: usize,
     s_q: usize,
     context: usize,
+    /// Where the kernels read the keys and values: the f32 matrices, or a cache of them.
+    storage: Storage,
+}
+
+/// How a case hands its keys and values to the kernels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Storage {
+    /// Views of the f32 matrices.
+    Matrices,
+    /// A K and a V plane of a cache stored in the type.
+    Cache(Dtype),
+    /// One latent plane (the keys, `n_kv_heads == 1`) stored in the type, int8 rows with one
+    /// scale for the first `v_dim` columns and one for the rest; the values are its first
+    /// `v_dim` columns (MLA absorbed).
+    Latent(Dtype),
 }
 
 /// A case's operands, owned: queries `(batch · s_q, n_heads · qk_dim)` and per sequence keys
@@ -42,7 +59,55 @@ impl Case {
             v_dim,
             s_q,
             context,
+            storage: Storage::Matrices,
         }
+    }
+
+    /// The same case reading its keys and values from `storage`.
+    fn stored(self, storage: Storage) -> Self {
+        Self { storage, ..self }
+    }
+
+    /// Per sequence, a cache holding the keys and values of `inputs` as `self.storage` says.
+    fn caches(&self, inputs: &Inputs) -> Vec<KvCache> {
+        let plane = |name, heads, head_width, scale_split| PlaneSpec {
+            name,
+            heads,
+            head_width,
+            scale_split,
+        };
+        inputs
+            .kv
+            .iter()
+            .map(|(k, v)| {
+                let (specs, dtype, rows) = match self.storage {
+                    Storage::Cache(dtype) => (
+                        vec![
+                            plane("k", self.n_kv_heads, self.qk_dim, None),
+                            plane("v", self.n_kv_heads, self.v_dim, None),
+                        ],
+                        dtype,
+                        vec![k.data(), v.data()],
+                    ),
+                    _ => {
+                        let Storage::Latent(dtype) = self.storage else {
+                            unreachable!("f32 matrices need no cache")
+                        };
+                        let split = Some(self.v_dim);
+                        (
+                            vec![plane("latent", 1, self.qk_dim, split)],
+                            dtype,
+                            vec![k.data()],
+                        )
+                    }
+                };
+                let mut cache = KvCache::new(1, self.s_k(), &specs, dtype).unwrap();
+                cache.sequences_mut()[0]
+                    .append(0, self.s_k(), &rows)
+                    .unwrap();
+                cache
+            })
+            .collect()
     }
 
     fn s_k(&self) -> usize {
@@ -66,9 +131,39 @@ impl Case {
     /// The head-major output `(batch, n_heads, s_q, v_dim)` of `kernel` on `threads` threads.
     fn attend(&self, inputs: &Inputs, kernel: Kernel, threads: usize) -> Vec<f32> {
         let q = &inputs.q;
-        let operands: Vec<AttentionOperands<'_>> = inputs
-            .kv
-            .iter()
+        let caches = match self.storage {
+            Storage::Matrices => Vec::new(),
+            _ => self.caches(inputs),
+        };
+        let kv: Vec<(Vec<KvHead<'_>>, Vec<KvHead<'_>>)> = match self.storage {
+            Storage::Matrices => inputs
+                .kv
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (0..self.n_kv_heads)
+                            .map(|g| KvHead::F32(k.view().subcols(g * self.qk_dim, self.qk_dim)))
+                            .collect(),
+                        (0..self.n_kv_heads)
+                            .map(|g| KvHead::F32(v.view().subcols(g * self.v_dim, self.v_dim)))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            Storage::Cache(_) => caches
+                .iter()
+                .map(|c| (c.sequences()[0].heads(0), c.sequences()[0].heads(1)))
+                .collect(),
+            Storage::Latent(_) => caches
+                .iter()
+                .map(|c| {
+                    let latent = c.sequences()[0].head(0, 0);
+                    (vec![latent], vec![latent.subcols(0, self.v_dim)])
+                })
+                .collect(),
+        };
+        let operands: Vec<AttentionOperands<'_>> = kv
+            .into_iter()
             .enumerate()
             .map(|(b, (k, v))| AttentionOperands {
                 q: MatRef::from_row_major_slice(
@@ -76,12 +171,8 @@ impl Case {
                     self.s_q,
                     q.cols(),
                 ),
-                k: (0..self.n_kv_heads)
-                    .map(|g| KvHead::F32(k.view().subcols(g * self.qk_dim, self.qk_dim)))
-                    .collect(),
-                v: (0..self.n_kv_heads)
-                    .map(|g| KvHead::F32(v.view().subcols(g * self.v_dim, self.v_dim)))
-                    .collect(),
+                k,
+                v,
                 first_query_position: self.context,
             })
             .collect();
@@ -103,14 +194,15 @@ impl Case {
 
     fn label(&self, threads: usize) -> String {
         format!(
-            "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads}",
+            "b{} h{} kv{} d{}/{} s_q{} ctx{} t{threads} {:?}",
             self.batch,
             self.n_heads,
             self.n_kv_heads,
             self.qk_dim,
             self.v_dim,
             self.s_q,
-            self.context
+            self.context,
+            self.storage
         )
     }
 }
@@ -257,7 +349,16 @@ impl Poison {
 /// kernel may take an exact path for keys a query cannot see when their values are not
 /// finite).
 fn check_poison(case: &Case, poison: Poison, threads: usize) {
-    let clean_inputs = case.inputs();
+    let mut clean_inputs = case.inputs();
+    if case.storage != Storage::Matrices {
+        // The clean run holds 0 where the poison goes: an int8 row's scale is taken over its
+        // finite values, so a NaN and a 0 leave the rest of the row the same codes and scale.
+        Poison {
+            value: 0.0,
+            ..poison
+        }
+        .inject(case, &mut clean_inputs);
+    }
     let mut poisoned = case.inputs();
     poison.inject(case, &mut poisoned);
     for kernel in [Kernel::Naive, Kernel::Tiled] {
@@ -318,7 +419,15 @@ fn poison_cases() -> Vec<(Case, usize)> {
 /// every query sees (in the first key block and the first split) and one at the causal edge
 /// (seen by the later half of the queries only). Then checks what each reaches.
 fn poison_every_case(operand: Operand, col: fn(&Case) -> usize, values: &[f32]) {
-    for (case, threads) in poison_cases() {
+    let stored = [Dtype::Bf16, Dtype::F16, Dtype::Int8].into_iter();
+    let storages = [Storage::Matrices]
+        .into_iter()
+        .chain(stored.map(Storage::Cache));
+    for (case, threads) in storages.flat_map(|storage| {
+        poison_cases()
+            .into_iter()
+            .map(move |(case, threads)| (case.stored(storage), threads))
+    }) {
         let (heads, rows) = match operand {
             Operand::Query => (case.n_heads, vec![case.s_q / 2]),
             Operand::Key | Operand::Value => {
@@ -370,4 +479,91 @@ fn a_nan_value_makes_its_column_of_the_rows_that_see_it_nan_and_nothing_else() {
 fn fast_exp_of_nan_is_nan() {
     assert!(fast_exp(f32::NAN).is_nan());
     assert!(fast_exp(-f32::NAN).is_nan());
+}
+
+const KV_DTYPES: [Dtype; 4] = [Dtype::F32, Dtype::Bf16, Dtype::F16, Dtype::Int8];
+
+/// Tiled against naive on keys and values read from a cache in every type, at the block
+/// edges of the key blocks (1, 255, 256, 257 keys), for a decode, a short step and a block of
+/// queries, every group size of the few-row paths and a wide group, at head widths that are
+/// not multiples of the vector lanes.
+#[test]
+fn tiled_equals_naive_on_stored_caches_at_block_edges() {
+    for dtype in KV_DTYPES {
+        for s_k in [1, 255, 256, 257] {
+            for s_q in [1, 9, 64].into_iter().filter(|&s_q| s_q <= s_k) {
+                for (n_heads, n_kv_heads) in [(2, 2), (4, 2), (8, 2), (16, 2), (32, 1)] {
+                    for width in [12, 20] {
+                        let case =
+                            Case::new(2, (n_heads, n_kv_heads), (width, width), (s_q, s_k - s_q));
+                        run(&case.stored(Storage::Cache(dtype)), 2);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// MLA absorbed's shape on a latent cache: keys the whole row, values its first columns; in
+/// int8 two scales a row, so the decode scores are the sum of two narrow passes.
+#[test]
+fn tiled_equals_naive_on_stored_latent_caches() {
+    for dtype in KV_DTYPES {
+        for s_k in [1, 255, 256, 257] {
+            for s_q in [1, 9, 64].into_iter().filter(|&s_q| s_q <= s_k) {
+                for n_heads in [1, 4, 8, 32] {
+                    let case = Case::new(2, (n_heads, 1), (20, 12), (s_q, s_k - s_q));
+                    run(&case.stored(Storage::Latent(dtype)), 2);
+                }
+            }
+        }
+    }
+}
+
+/// Long stored contexts at decode, split across threads and merged.
+#[test]
+fn long_stored_decode_contexts_split_across_threads() {
+    for dtype in KV_DTYPES {
+        for storage in [Storage::Cache(dtype), Storage::Latent(dtype)] {
+            for s_q in [1, 3] {
+                let heads = if matches!(storage, Storage::Latent(_)) {
+                    (16, 1)
+                } else {
+                    (8, 2)
+                };
+                let case = Case::new(1, heads, (72, 64), (s_q, 2100)).stored(storage);
+                for threads in [2, 4] {
+                    run(&case, threads);
+                }
+            }
+        }
+    }
+}
+
+/// A NaN or an infinity in a latent row, in `c_kv` or in `k_rope`, poisons exactly the rows
+/// that see its key, whatever the type (int8 stores it as its −128, the rest of the row keeps
+/// its part's scale).
+#[test]
+fn a_non_finite_latent_value_poisons_the_rows_that_see_its_key() {
+    for dtype in KV_DTYPES {
+        for (s_q, context) in [(1, 600), (3, 40), (20, 300)] {
+            let case =
+                Case::new(1, (8, 1), (20, 12), (s_q, context)).stored(Storage::Latent(dtype));
+            for col in [3, 15] {
+                for value in [f32::NAN, f32::INFINITY] {
+                    for row in [2, context + s_q / 2] {
+                        let poison = Poison {
+                            operand: Operand::Key,
+                            b: 0,
+                            head: 0,
+                            row,
+                            col,
+                            value,
+                        };
+                        check_poison(&case, poison, 2);
+                    }
+                }
+            }
+        }
+    }
 }

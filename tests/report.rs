@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use attnbench::results::{ResultsDir, ResultsFolder};
+use attnbench::config::{Dtype, Variant, WeightDtype};
+use attnbench::report::{accuracy_bound, chart_plan, markdown, render, write_rendered};
+use attnbench::results::{ResultsDir, ResultsFile, ResultsFolder};
 use common::{assert_success, attnbench, quick_machine};
 
 fn scratch(name: &str) -> PathBuf {
@@ -532,4 +534,327 @@ fn a_point_without_a_field_the_tables_show_is_refused_unless_it_failed() {
         p.insert("error".into(), "cannot allocate".into());
     });
     assert_success(&attnbench(&["report", one.to_str().unwrap()]));
+}
+
+/// The trimmed cells of a Markdown table row.
+fn cells(row: &str) -> Vec<&str> {
+    let inner = row.trim().trim_start_matches('|').trim_end_matches('|');
+    inner.split('|').map(str::trim).collect()
+}
+
+/// `text` is well-formed SVG: one `<svg>` root holding every element, each tag closed in
+/// order (plotters writes no comments, CDATA or unescaped `<` in text).
+fn assert_svg(text: &str, what: &str) {
+    assert!(
+        text.trim_start().starts_with("<svg"),
+        "{what}: no <svg> root"
+    );
+    assert!(
+        text.trim_end().ends_with("</svg>"),
+        "{what}: root not closed"
+    );
+    let mut open: Vec<&str> = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        let end = at
+            + rest[at..]
+                .find('>')
+                .unwrap_or_else(|| panic!("{what}: unclosed <"));
+        let tag = &rest[at + 1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') || tag.ends_with('/') {
+            continue;
+        }
+        if let Some(closing) = tag.strip_prefix('/') {
+            assert_eq!(
+                open.pop(),
+                Some(closing),
+                "{what}: </{closing}> closes the wrong tag"
+            );
+        } else {
+            open.push(tag.split_whitespace().next().unwrap_or(tag));
+        }
+        if open.is_empty() {
+            assert!(rest.trim().is_empty(), "{what}: content after the root");
+        }
+    }
+    assert!(open.is_empty(), "{what}: {open:?} left open");
+}
+
+/// The stored types of the synthetic set: every KV-cache type with f32 weights, and bf16
+/// with bf16 weights; the factors a decode step's time and the cache's bytes take from f32.
+const STORED: [(Dtype, WeightDtype, f64, f64); 5] = [
+    (Dtype::F32, WeightDtype::F32, 1.0, 1.0),
+    (Dtype::Bf16, WeightDtype::F32, 0.55, 0.5),
+    (Dtype::F16, WeightDtype::F32, 0.6, 0.5),
+    (Dtype::Int8, WeightDtype::F32, 0.35, 0.26),
+    (Dtype::Bf16, WeightDtype::Bf16, 0.5, 0.5),
+];
+
+/// results/llama3_8b (five variants, decode at 1K to 32K, prefill) in every type of
+/// [`STORED`], keys suffixed as the harness suffixes them, a `max_rel_err` on each point:
+/// within its bound but for int8 MQA at decode 1024. MHA's narrow types lack context 32768,
+/// so the charts against `kv_dtype` are drawn at 16384, the longest every variant has.
+fn stored_types_set() -> ResultsFile {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3_8b");
+    let mut set = ResultsDir::new(&results).read_results().unwrap();
+    let f32_points = std::mem::take(&mut set.points);
+    for (kv, w, time, bytes) in STORED {
+        for p in &f32_points {
+            let narrow = kv != Dtype::F32 || w != WeightDtype::F32;
+            if narrow && p.variant == Variant::Mha && p.context == 32768 {
+                continue;
+            }
+            let mut q = p.clone();
+            q.kv_dtype = kv;
+            q.weight_dtype = w;
+            if narrow {
+                q.key = format!("{}_kv{kv}_w{w}", p.key);
+            }
+            q.step.median_ns = p.step.median_ns.map(|m| m * time);
+            q.step.mad_ns = p.step.mad_ns.map(|m| m * time);
+            q.kv_cache_bytes = p.kv_cache_bytes.map(|b| (b as f64 * bytes) as u64);
+            let above = kv == Dtype::Int8 && p.variant == Variant::Mqa && p.context == 1024;
+            q.max_rel_err = Some(match (above, accuracy_bound(kv, w)) {
+                (true, Some(bound)) => 1.5 * bound,
+                (false, Some(bound)) => 0.25 * bound,
+                (_, None) => 0.0,
+            });
+            set.points.push(q);
+        }
+    }
+    set
+}
+
+#[test]
+fn a_set_of_stored_types_shows_them_in_tables_accuracy_and_charts() {
+    let set = stored_types_set();
+    let md = markdown(&set);
+    assert!(md.contains("KV cache stored in f32, bf16, f16, int8, weights in f32, bf16"));
+    // Every table has the types beside the variant, and the types of one variant sit
+    // together: GQA's five rows follow each other, f32 first, bf16 weights last.
+    let headers: Vec<Vec<&str>> = md
+        .split("## Accuracy")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| variant "))
+        .map(cells)
+        .collect();
+    assert_eq!(headers.len(), 10, "five tables per mode");
+    assert!(
+        headers
+            .iter()
+            .all(|h| h[..3] == ["variant", "kv", "weights"])
+    );
+    let decode_latency = md
+        .split("### decode: latency")
+        .nth(1)
+        .unwrap()
+        .split("###")
+        .next()
+        .unwrap();
+    let gqa: Vec<(&str, &str)> = decode_latency
+        .lines()
+        .filter(|l| l.starts_with("| gqa "))
+        .map(|l| {
+            let cells = cells(l);
+            (cells[1], cells[2])
+        })
+        .collect();
+    assert_eq!(
+        gqa,
+        [
+            ("f32", "f32"),
+            ("bf16", "f32"),
+            ("f16", "f32"),
+            ("int8", "f32"),
+            ("bf16", "bf16")
+        ]
+    );
+    let rows: Vec<&str> = decode_latency
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(2)
+        .collect();
+    let first_gqa = rows.iter().position(|l| l.starts_with("| gqa ")).unwrap();
+    assert!(
+        rows[first_gqa..first_gqa + 5]
+            .iter()
+            .all(|l| l.starts_with("| gqa "))
+    );
+    // The speed-up is over MHA of the same types: bf16 GQA against bf16 MHA, not f32 MHA.
+    let against = md.split("### decode: against MHA").nth(1).unwrap();
+    let bf16_mha = against
+        .lines()
+        .find(|l| l.starts_with("| mha ") && l.contains("| bf16 | f32 "))
+        .unwrap();
+    assert!(bf16_mha.contains("1.00× / 1.000"), "{bf16_mha}");
+    // The roofline's note says how bytes count.
+    assert!(
+        md.contains("Bytes, each tensor at its stored width"),
+        "{md}"
+    );
+    assert!(!md.contains("Bytes, all f32,"));
+
+    // The accuracy table: a row per point, the bound per type, the one above it flagged.
+    let accuracy = md.split("## Accuracy").nth(1).unwrap();
+    let rows: Vec<Vec<&str>> = accuracy
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(cells)
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "variant",
+            "mode",
+            "length",
+            "kv",
+            "weights",
+            "max_rel_err",
+            "bound"
+        ]
+    );
+    // Every point but MHA's four missing at 32768, each type of one variant and length
+    // together, f32 first.
+    assert_eq!(rows.len() - 1, 35 * 5 - 4, "the header and a row per point");
+    let mqa_1024: Vec<&[&str]> = rows
+        .iter()
+        .filter(|r| r[..3] == ["mqa", "decode", "1024"])
+        .map(|r| &r[3..])
+        .collect();
+    assert_eq!(
+        mqa_1024,
+        [
+            ["f32", "f32", "0.0e0", "—"],
+            ["bf16", "f32", "5.0e-3", "2e-2"],
+            ["f16", "f32", "5.0e-4", "2e-3"],
+            ["int8", "f32", "4.5e-2 ✗", "3e-2"],
+            ["bf16", "bf16", "5.0e-3", "2e-2"],
+        ]
+    );
+    let at = rows
+        .iter()
+        .position(|r| r[..3] == ["mqa", "decode", "1024"])
+        .unwrap();
+    assert!(
+        rows[at..at + 5]
+            .iter()
+            .all(|r| r[..3] == ["mqa", "decode", "1024"])
+    );
+    assert_eq!(accuracy.matches('✗').count(), 2, "the cell and the note");
+    assert!(accuracy.contains("✗ above its bound: 1 point(s)"));
+
+    // Both charts against kv_dtype, at the longest context every variant has.
+    let dir = ResultsDir::new(scratch("stored_types"));
+    let files = render(&set).unwrap();
+    write_rendered(&dir, &files).unwrap();
+
+    // The CSV: every row has every column; the f32 rows say f32, their error is 0.
+    let csv_text = fs::read_to_string(dir.path().join("results.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (kv, w, err) = (
+        column("kv_dtype"),
+        column("weight_dtype"),
+        column("max_rel_err"),
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), set.points.len());
+    for (row, p) in rows.iter().zip(&set.points) {
+        assert_eq!(row.len(), header.len());
+        assert_eq!(
+            (&row[kv], &row[w]),
+            (p.kv_dtype.name(), p.weight_dtype.name())
+        );
+        assert_eq!(row[err].parse::<f64>().ok(), p.max_rel_err);
+    }
+    for (file, title) in [
+        (
+            "decode_latency_by_kv_dtype.svg",
+            "decode latency against kv_dtype at context 16384 (f32 weights)",
+        ),
+        (
+            "kv_cache_by_kv_dtype.svg",
+            "KV-cache memory against kv_dtype at context 16384 (f32 weights)",
+        ),
+    ] {
+        assert!(md.contains(&format!("![{title}](charts/{file})")), "{md}");
+        let svg = fs::read_to_string(dir.charts().join(file)).unwrap();
+        assert_svg(&svg, file);
+        for needle in [
+            "f32",
+            "bf16",
+            "f16",
+            "int8",
+            "kv_dtype",
+            "gqa",
+            "mla-absorbed",
+            title,
+        ] {
+            assert!(svg.contains(needle), "{file}: no `{needle}`");
+        }
+        assert!(
+            !svg.contains("kv=bf16"),
+            "{file}: a line per variant, not per type"
+        );
+    }
+    // The charts per variant name the types, so no two series share a label.
+    let latency = fs::read_to_string(dir.charts().join("decode_latency.svg")).unwrap();
+    assert_svg(&latency, "decode_latency.svg");
+    for needle in [
+        "gqa kv8 kv=f32 w=f32",
+        "gqa kv8 kv=int8 w=f32",
+        "mqa kv=bf16 w=bf16",
+    ] {
+        assert!(
+            latency.contains(needle),
+            "decode_latency.svg: no `{needle}`"
+        );
+    }
+}
+
+#[test]
+fn a_set_of_f32_shows_no_stored_types() {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3_8b");
+    let mut set = ResultsDir::new(&results).read_results().unwrap();
+    // Measured accuracy alone does not call for the table: only types other than f32 do.
+    for p in &mut set.points {
+        p.max_rel_err = Some(0.0);
+    }
+    let md = markdown(&set);
+    for absent in [
+        "## Accuracy",
+        "| kv ",
+        "weights |",
+        "kv=f32",
+        "by_kv_dtype",
+        "stored",
+    ] {
+        assert!(!md.contains(absent), "`{absent}` in an all-f32 set");
+    }
+    assert!(md.contains("Bytes, all f32,"));
+    assert!(
+        chart_plan(&set)
+            .iter()
+            .all(|c| !c.file.contains("kv_dtype"))
+    );
+    // One type other than f32, and a set with a single KV-cache type: the columns and the
+    // accuracy table, but no chart against kv_dtype (it needs two types to compare).
+    for p in &mut set.points {
+        p.weight_dtype = WeightDtype::Bf16;
+    }
+    let md = markdown(&set);
+    assert!(md.contains("## Accuracy"));
+    assert!(
+        md.lines()
+            .any(|l| cells(l).starts_with(&["variant", "kv", "weights"]))
+    );
+    assert!(
+        chart_plan(&set)
+            .iter()
+            .all(|c| !c.file.contains("kv_dtype"))
+    );
 }

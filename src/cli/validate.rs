@@ -26,6 +26,16 @@ pub fn run(args: &ValidateArgs) -> Result<()> {
         experiment.points.len(),
         experiment.skipped.len()
     );
+    // The key names a stored type only when it is not f32: say which types the grid holds.
+    let mut precisions: Vec<String> = Vec::new();
+    for point in &experiment.points {
+        let p = point.precision;
+        let shown = format!("kv_dtype {}, weight_dtype {}", p.kv_dtype, p.weight_dtype);
+        if !precisions.contains(&shown) {
+            precisions.push(shown);
+        }
+    }
+    outln!("  stored types: {}", precisions.join("; "));
     for point in &experiment.points {
         outln!("  {}", point.key());
     }

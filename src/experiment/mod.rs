@@ -17,8 +17,8 @@ pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
 
 use crate::config::{
-    GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Precision, Variant, gib_to_bytes,
-    human_bytes,
+    Dtype, GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Precision, Variant, WeightDtype,
+    gib_to_bytes, human_bytes,
 };
 use crate::cost::{MemoryEstimate, checked_core_cost, checked_step_cost, memory_estimate};
 use crate::error::Error;
@@ -75,7 +75,9 @@ impl Point {
         }
     }
 
-    /// The point's parameters without variant and mode, e.g. `ctx4096_h32_kv8_b1_t2`.
+    /// The point's parameters without variant and mode, e.g. `ctx4096_h32_kv8_b1_t2`; a kernel
+    /// other than tiled adds `_naive`, a stored type other than f32 `_kvbf16` (cache) or
+    /// `_wbf16` (weights).
     pub fn parameters(&self) -> String {
         let mut s = match self.mode {
             Mode::Prefill if self.context > 0 => format!("s{}_cache{}", self.seq_len, self.context),
@@ -89,6 +91,17 @@ impl Point {
         s.push_str(&format!("_b{}_t{}", self.batch, self.threads));
         if self.kernel != Kernel::default() {
             s.push_str(&format!("_{}", self.kernel));
+        }
+        // Only the stored types that are not f32, so that an f32 point keeps its key.
+        let Precision {
+            kv_dtype,
+            weight_dtype,
+        } = self.precision;
+        if kv_dtype != Dtype::F32 {
+            s.push_str(&format!("_kv{kv_dtype}"));
+        }
+        if weight_dtype != WeightDtype::F32 {
+            s.push_str(&format!("_w{weight_dtype}"));
         }
         s
     }
@@ -253,10 +266,12 @@ struct Axes {
     batches: Vec<usize>,
     threads: Vec<usize>,
     kernels: Vec<Kernel>,
+    /// Each `kv_dtype` with each `weight_dtype`, in that order.
+    precisions: Vec<Precision>,
 }
 
 /// Every point, in order: layer, mode, lengths (prefill: each seq_len at each cache_len;
-/// decode: each context), batch, threads, kernel.
+/// decode: each context), batch, threads, kernel, kv_dtype, weight_dtype.
 fn grid(specs: &[LayerSpec], axes: &Axes) -> Vec<Point> {
     let mut points = Vec::new();
     for spec in specs {
@@ -273,16 +288,18 @@ fn grid(specs: &[LayerSpec], axes: &Axes) -> Vec<Point> {
                 for &batch in &axes.batches {
                     for &threads in &axes.threads {
                         for &kernel in &axes.kernels {
-                            points.push(Point {
-                                spec: spec.clone(),
-                                mode,
-                                seq_len,
-                                context,
-                                batch,
-                                threads,
-                                kernel,
-                                precision: Precision::default(),
-                            });
+                            for &precision in &axes.precisions {
+                                points.push(Point {
+                                    spec: spec.clone(),
+                                    mode,
+                                    seq_len,
+                                    context,
+                                    batch,
+                                    threads,
+                                    kernel,
+                                    precision,
+                                });
+                            }
                         }
                     }
                 }
@@ -508,10 +525,19 @@ impl Builder<'_> {
         };
         let batches = self.axis(&sweep.batch, "sweep.batch", Some(vec![1]))?;
         let threads = self.threads(&sweep.threads)?;
-        let kernels = match &sweep.kernel {
-            Some(list) => self.distinct(list, "sweep.kernel", "kernel")?,
-            None => vec![Kernel::default()],
-        };
+        let kernels = self.names(&sweep.kernel, "sweep.kernel", "kernel")?;
+        let kv_dtypes = self.names(&sweep.kv_dtype, "sweep.kv_dtype", "kv_dtype")?;
+        let weight_dtypes =
+            self.names(&sweep.weight_dtype, "sweep.weight_dtype", "weight_dtype")?;
+        let precisions = kv_dtypes
+            .iter()
+            .flat_map(|&kv_dtype| {
+                weight_dtypes.iter().map(move |&weight_dtype| Precision {
+                    kv_dtype,
+                    weight_dtype,
+                })
+            })
+            .collect();
         Ok(Axes {
             variants,
             modes,
@@ -524,11 +550,25 @@ impl Builder<'_> {
             batches,
             threads,
             kernels,
+            precisions,
         })
     }
 
+    /// An optional list of names, each once, at least one; `[default]` when absent.
+    fn names<T: Copy + Default + PartialEq + std::fmt::Display>(
+        &self,
+        list: &Option<Spanned<Vec<T>>>,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<T>, ExperimentError> {
+        match list {
+            Some(list) => self.distinct(list, key, what),
+            None => Ok(vec![T::default()]),
+        }
+    }
+
     /// The values of a list of names, each once, at least one; `what` names one in the error.
-    fn distinct<T: Copy + PartialEq + std::fmt::Debug>(
+    fn distinct<T: Copy + PartialEq + std::fmt::Display>(
         &self,
         list: &Spanned<Vec<T>>,
         key: &str,
@@ -710,11 +750,16 @@ impl Builder<'_> {
                 Mode::Prefill => ("sweep.seq_len", &sweep.get_ref().seq_len),
                 Mode::Decode => ("sweep.context", &sweep.get_ref().context),
             };
+            // Only a point not in f32 holds an f32 reference for its accuracy check.
+            let reference = match estimate.reference_bytes {
+                0 => String::new(),
+                bytes => format!(", f32 reference {}", human_bytes(bytes)),
+            };
             return Err(self.error(
                 list_span(list),
                 key,
                 format!(
-                    "point {} needs an estimated {} (weights {}, KV cache {}, activations {}, transient {}, matmul workspace {}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
+                    "point {} needs an estimated {} (weights {}, KV cache {}, activations {}, transient {}, matmul workspace {}{reference}), over the memory limit of {}; shrink the point or raise measure.memory_limit_gib",
                     point.key(),
                     human_bytes(estimate.total()),
                     human_bytes(estimate.weights_bytes),
@@ -885,7 +930,9 @@ impl Builder<'_> {
 }
 
 /// The values of a list, refusing an empty list or a repeated value (returned as text).
-fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Result<Vec<T>, String> {
+fn unique<T: Copy + PartialEq + std::fmt::Display>(
+    list: &Spanned<Vec<T>>,
+) -> Result<Vec<T>, String> {
     let values = list.get_ref();
     if values.is_empty() {
         return Err("the list is empty".into());
@@ -893,7 +940,7 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
     let mut out: Vec<T> = Vec::new();
     for &v in values {
         if out.contains(&v) {
-            return Err(format!("{v:?} is listed twice"));
+            return Err(format!("{v} is listed twice"));
         }
         out.push(v);
     }
@@ -904,9 +951,18 @@ fn unique<T: Copy + PartialEq + std::fmt::Debug>(list: &Spanned<Vec<T>>) -> Resu
 /// results record, passes 2^64.
 fn point_sizes(point: &Point) -> Option<MemoryEstimate> {
     let (spec, batch, s_q, context) = (&point.spec, point.batch, point.seq_len, point.context);
-    checked_step_cost(spec, batch, s_q, context)?;
-    checked_core_cost(spec, batch, s_q, context)?;
-    memory_estimate(spec, point.kernel, batch, s_q, context, point.threads)
+    let precision = point.precision;
+    checked_step_cost(spec, precision, batch, s_q, context)?;
+    checked_core_cost(spec, precision, batch, s_q, context)?;
+    memory_estimate(
+        spec,
+        point.kernel,
+        precision,
+        batch,
+        s_q,
+        context,
+        point.threads,
+    )
 }
 
 #[cfg(test)]
@@ -953,5 +1009,84 @@ mod tests {
         let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 0.5\n");
         let experiment = parse_experiment(&text, "f.toml", "f", 1).unwrap();
         assert_eq!(experiment.measure.memory_limit_bytes, 1 << 29);
+    }
+
+    #[test]
+    fn a_file_without_the_keys_means_f32_and_keeps_its_keys() {
+        let experiment = parse_experiment(LLAMA, "f.toml", "f", u64::MAX / 2).unwrap();
+        assert_eq!(experiment.points.len(), 1);
+        let point = &experiment.points[0];
+        assert!(point.precision.is_f32());
+        assert_eq!(point.key(), "gqa/decode/ctx16_h32_kv8_b1_t1");
+    }
+
+    #[test]
+    fn the_stored_types_multiply_the_grid_and_name_their_points() {
+        let text = format!(
+            "{LLAMA}kv_dtype = [\"f32\", \"bf16\", \"f16\", \"int8\"]\nweight_dtype = [\"f32\", \"bf16\"]\n"
+        );
+        let experiment = parse_experiment(&text, "f.toml", "f", u64::MAX / 2).unwrap();
+        let keys: Vec<String> = experiment.points.iter().map(Point::key).collect();
+        let base = "gqa/decode/ctx16_h32_kv8_b1_t1";
+        let expected: Vec<String> = [
+            "",
+            "_wbf16",
+            "_kvbf16",
+            "_kvbf16_wbf16",
+            "_kvf16",
+            "_kvf16_wbf16",
+            "_kvint8",
+            "_kvint8_wbf16",
+        ]
+        .iter()
+        .map(|suffix| format!("{base}{suffix}"))
+        .collect();
+        assert_eq!(keys, expected);
+        let precisions: Vec<Precision> = experiment.points.iter().map(|p| p.precision).collect();
+        assert_eq!(
+            precisions[3],
+            Precision {
+                kv_dtype: Dtype::Bf16,
+                weight_dtype: WeightDtype::Bf16
+            }
+        );
+        assert_eq!(precisions.iter().filter(|p| p.is_f32()).count(), 1);
+        // One axis alone, the other at its default.
+        let int8 = parse_experiment(
+            &format!("{LLAMA}kv_dtype = [\"int8\"]\n"),
+            "f.toml",
+            "f",
+            u64::MAX / 2,
+        )
+        .unwrap();
+        assert_eq!(int8.points.len(), 1);
+        assert_eq!(
+            int8.points[0].precision,
+            Precision {
+                kv_dtype: Dtype::Int8,
+                weight_dtype: WeightDtype::F32
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_stored_type_is_refused_at_its_value_with_the_valid_ones() {
+        assert_eq!(
+            error(&format!("{LLAMA}kv_dtype = [\"f32\", \"fp4\"]\n")),
+            "f.toml:8:20: key `sweep.kv_dtype`: unknown variant `fp4`, expected one of `f32`, `f16`, `bf16`, `int8`"
+        );
+        // int8 is a cache type only: weights are f32 or bf16.
+        assert_eq!(
+            error(&format!("{LLAMA}weight_dtype = [\"int8\"]\n")),
+            "f.toml:8:17: key `sweep.weight_dtype`: unknown variant `int8`, expected `f32` or `bf16`"
+        );
+        assert_eq!(
+            error(&format!("{LLAMA}kv_dtype = [\"bf16\", \"bf16\"]\n")),
+            "f.toml:8:12: key `sweep.kv_dtype`: must list each kv_dtype once and at least one (bf16 is listed twice)"
+        );
+        assert_eq!(
+            error(&format!("{LLAMA}weight_dtype = []\n")),
+            "f.toml:8:16: key `sweep.weight_dtype`: must list each weight_dtype once and at least one (the list is empty)"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{Kernel, MlaPath, Mode, ModelField, Variant};
+use crate::config::{Dtype, Kernel, MlaPath, Mode, ModelField, Variant, WeightDtype};
 use crate::presets::ModelFields;
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +99,8 @@ pub(super) struct SweepWire {
     pub batch: Option<Spanned<Vec<usize>>>,
     pub threads: Option<Spanned<Vec<usize>>>,
     pub kernel: Option<Spanned<Vec<Kernel>>>,
+    pub kv_dtype: Option<Spanned<Vec<Dtype>>>,
+    pub weight_dtype: Option<Spanned<Vec<WeightDtype>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

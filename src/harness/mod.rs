@@ -9,5 +9,5 @@ mod run;
 
 pub use alloc::{CountingAllocator, measure_peak};
 pub use flush::CacheFlusher;
-pub use measure::{PreparedPoint, sample};
+pub use measure::{PreparedPoint, max_rel_err, sample};
 pub use run::{Existing, Progress, RunError, measure_point, run_experiment};

@@ -207,6 +207,8 @@ pub fn measure_point(point: &Point, seed: u64, settings: &MeasureSettings) -> Po
             .map_err(|e| format!("cannot start {} threads: {e}", point.threads))?;
         pool.install(|| {
             let mut prepared = PreparedPoint::new(point, seed).map_err(|e| e.to_string())?;
+            // Before the timing: the reference it builds is gone by the time sampling starts.
+            result.max_rel_err = prepared.max_rel_err().map_err(|e| e.to_string())?;
             let samples = sample(settings, || prepared.step()).map_err(|e| e.to_string())?;
             if let Some(bad) = prepared.output().data().iter().find(|v| !v.is_finite()) {
                 return Err(format!("the step produced a non-finite output ({bad})"));

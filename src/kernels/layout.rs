@@ -190,3 +190,82 @@ pub fn heads_to_rows(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use faer::MatRef;
+
+    use super::super::convert::{bf16, quantize_int8, round_to_bf16};
+    use super::*;
+
+    /// Three rows of width 7 quantised as two parts (columns 0..4 and 4..7), each with its
+    /// own scale, as MLA's int8 latent; the codes, the scales `(3, 2)` and the values read back.
+    fn split_rows() -> (Vec<i8>, Vec<f32>, Vec<f32>) {
+        let values: Vec<f32> = (0..21)
+            .map(|i| (i as f32 * 0.37).sin() * (1 + i % 5) as f32)
+            .collect();
+        let (mut codes, mut scales, mut read) = (vec![0i8; 21], vec![0.0f32; 6], vec![0.0; 21]);
+        for t in 0..3 {
+            for (p, (start, w)) in [(0, 4), (4, 3)].into_iter().enumerate() {
+                let at = t * 7 + start;
+                let scale = quantize_int8(&values[at..at + w], &mut codes[at..at + w]);
+                scales[t * 2 + p] = scale;
+                for c in 0..w {
+                    read[at + c] = f32::from(codes[at + c]) * scale;
+                }
+            }
+        }
+        (codes, scales, read)
+    }
+
+    #[test]
+    fn a_split_head_widens_and_slices_as_its_values_read_back() {
+        let (codes, scales, read) = split_rows();
+        let codes = MatRef::from_row_major_slice(&codes, 3, 7)
+            .try_as_row_major()
+            .unwrap();
+        let scales = MatRef::from_row_major_slice(&scales, 3, 2);
+        let part = |i: usize, start: usize, w: usize| StoredRows::Int8 {
+            codes: codes.subcols(start, w),
+            scales: scales.col(i),
+        };
+        let head = KvHead::Split(part(0, 0, 4), part(1, 4, 3));
+        assert_eq!((head.nrows(), head.ncols()), (3, 7));
+        assert_eq!(head.widened(), read);
+        for (start, n) in [(0, 7), (0, 4), (1, 2), (4, 3), (5, 1), (2, 4), (3, 2)] {
+            let want: Vec<f32> = read
+                .chunks(7)
+                .skip(1)
+                .take(2)
+                .flat_map(|r| r[start..start + n].to_vec())
+                .collect();
+            let got = head.subcols(start, n).subrows(1, 2).widened();
+            assert_eq!(got, want, "columns {start}..{}", start + n);
+        }
+        assert!(matches!(head.subcols(0, 4), KvHead::Stored(_)));
+        assert!(matches!(head.subcols(2, 4), KvHead::Split(..)));
+    }
+
+    #[test]
+    fn an_f32_head_reads_as_itself_and_a_stored_one_widened() {
+        let values: Vec<f32> = (0..12).map(|i| i as f32 / 3.0).collect();
+        let f32_head = KvHead::F32(MatRef::from_row_major_slice(&values, 4, 3));
+        let mut scratch = Vec::new();
+        let view = f32_head.to_f32(&mut scratch);
+        assert_eq!(view.as_ptr(), values.as_ptr(), "an f32 head is not copied");
+        assert_eq!(view[(3, 2)], values[11]);
+        let mut narrow = vec![bf16::ZERO; 12];
+        round_to_bf16(&values, &mut narrow);
+        let rows = MatRef::from_row_major_slice(&narrow, 4, 3)
+            .try_as_row_major()
+            .unwrap();
+        let stored = KvHead::Stored(StoredRows::Bf16(rows));
+        let view = stored.to_f32(&mut scratch);
+        for j in 0..4 {
+            for c in 0..3 {
+                assert_eq!(view[(j, c)], narrow[j * 3 + c].to_f32());
+            }
+        }
+        assert!(stored.is_all_finite());
+    }
+}

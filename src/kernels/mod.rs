@@ -33,10 +33,19 @@
 //! The naive kernel widens each stored head to f32 whole before its products. [`narrow_path`]
 //! names the code the narrow kernels run on this CPU.
 //!
+//! # Projections with bf16 weights
+//! [`project`] takes a [`Weight`] (`weight.rs`) stored in f32 (straight to faer, as always) or
+//! bf16 (`projection.rs`): at most eight rows (decode) read each weight once through
+//! [`narrow_add_values`] ([`narrow_scores`] for MLA's `x · Wᵀ`), the output columns split into
+//! a few ranges per thread so every core streams weights; more rows widen
+//! [`WEIGHT_ROW_BLOCK`] weight rows at a time into one reused buffer for faer. The bf16 reads
+//! run on the code [`narrow_path`] names.
+//!
 //! Shared pieces, and the only modules a kernel file imports: `layout.rs` (the operand and
 //! head-layout types), `convert.rs` (the stored types' bits), `simd.rs` (the exponential, the
 //! lane reductions, how each element type reads as f32 lanes, the few-row scores and the CPU
-//! feature checks) and `softmax.rs`. On x86-64 with AVX2 and FMA (checked at run time), the
+//! feature checks) and `softmax.rs`; besides them `projection.rs` imports `narrow.rs` and
+//! `weight.rs`, whose public kernels and types it is built on. On x86-64 with AVX2 and FMA (checked at run time), the
 //! few-row scores run on explicit AVX2 instructions and the tiled kernel's block loop is
 //! compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline, like the
 //! naive kernel's softmax. The narrow kernels want F16C besides (checked with the others).
@@ -52,6 +61,7 @@ mod rope;
 mod simd;
 mod softmax;
 mod tiled;
+mod weight;
 
 pub use convert::{
     INT8_NON_FINITE, bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16,
@@ -61,11 +71,15 @@ pub use layout::{AttentionOperands, HeadLayout, KvHead, heads_to_rows};
 pub use naive::naive_attention;
 pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};
 pub use norm::rms_norm_rows;
-pub use projection::{matmul, matmul_threads, project, project_to};
+pub use projection::{
+    WEIGHT_ROW_BLOCK, matmul, matmul_threads, matmul_weight, matmul_weight_transposed, project,
+    project_to,
+};
 pub use rope::RopeTable;
 pub use simd::{RowsRef, fast_exp};
 pub use softmax::{causal_softmax_rows, softmax_in_place};
 pub use tiled::tiled_attention;
+pub use weight::{Weight, WeightRef};
 
 use crate::config::Kernel;
 

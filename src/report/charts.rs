@@ -9,13 +9,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use thiserror::Error;
 
-use super::rows::{MODES, RowKey, Varies, length_name, of_mode};
-use crate::config::{MlaPath, Mode, Variant};
+use super::rows::{
+    KV_DTYPE_ORDER, MODES, RowKey, Varies, kv_dtype_rank, length_name, of_mode, shows_stored_types,
+};
+use crate::config::{MlaPath, Mode, Variant, WeightDtype};
 use crate::results::{PointResult, ResultsDir, ResultsFile};
 
 /// One chart a results set supports: its file name (in
@@ -92,10 +95,15 @@ enum Kind {
     /// GQA's latency and KV-cache bytes against KV heads, a line per mode and length (and
     /// varying setting).
     KvHeads,
+    /// Decode latency against the KV cache's stored type, a line per variant, at one context
+    /// and weight type ([`KvDtypeSlice`]).
+    KvDtypeLatency,
+    /// Decode's KV-cache bytes against the cache's stored type, as [`KvDtypeLatency`](Kind::KvDtypeLatency).
+    KvDtypeMemory,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 9] = [
         Kind::Latency(Mode::Prefill),
         Kind::Latency(Mode::Decode),
         Kind::KvCache,
@@ -103,6 +111,8 @@ impl Kind {
         Kind::Roofline(Mode::Decode),
         Kind::MlaPaths,
         Kind::KvHeads,
+        Kind::KvDtypeLatency,
+        Kind::KvDtypeMemory,
     ];
 
     /// The file name without its extension.
@@ -113,11 +123,21 @@ impl Kind {
             Kind::Roofline(mode) => format!("roofline_{mode}"),
             Kind::MlaPaths => "mla_paths".into(),
             Kind::KvHeads => "kv_heads".into(),
+            Kind::KvDtypeLatency => "decode_latency_by_kv_dtype".into(),
+            Kind::KvDtypeMemory => "kv_cache_by_kv_dtype".into(),
         }
     }
 
-    fn title(self) -> String {
+    /// The title; the charts against `kv_dtype` name the context and weights they show.
+    fn title(self, results: &ResultsFile) -> String {
+        let slice = || {
+            kv_dtype_slice(results).map_or_else(String::new, |s| {
+                format!(" at context {} ({} weights)", s.context, s.weight_dtype)
+            })
+        };
         match self {
+            Kind::KvDtypeLatency => format!("decode latency against kv_dtype{}", slice()),
+            Kind::KvDtypeMemory => format!("KV-cache memory against kv_dtype{}", slice()),
             Kind::Latency(Mode::Prefill) => "prefill latency against prefill length".into(),
             Kind::Latency(Mode::Decode) => "decode latency against context".into(),
             Kind::KvCache => "KV-cache memory against context".into(),
@@ -146,6 +166,7 @@ impl Kind {
             Kind::KvHeads => MODES
                 .iter()
                 .any(|&m| !kv_head_points(results, m).is_empty()),
+            Kind::KvDtypeLatency | Kind::KvDtypeMemory => kv_dtype_slice(results).is_some(),
         }
     }
 }
@@ -197,6 +218,52 @@ fn kv_head_points(results: &ResultsFile, mode: Mode) -> Vec<&PointResult> {
     }
 }
 
+/// Decode points of one context and one weight type, over two KV-cache types or more: what
+/// the charts against `kv_dtype` draw.
+struct KvDtypeSlice<'a> {
+    /// The longest context where every variant has every KV-cache type of the set (failing
+    /// that, the one with the most points, the longest of those).
+    context: usize,
+    /// f32 when some point has f32 weights, else the first type there is.
+    weight_dtype: WeightDtype,
+    /// The measured decode points at that context and weight type.
+    points: Vec<&'a PointResult>,
+}
+
+/// The slice the charts against `kv_dtype` draw, when `results` has one with two KV-cache
+/// types or more.
+fn kv_dtype_slice(results: &ResultsFile) -> Option<KvDtypeSlice<'_>> {
+    let decode = measured_of(results, Mode::Decode);
+    let weight_dtype = if decode.iter().any(|p| p.weight_dtype == WeightDtype::F32) {
+        WeightDtype::F32
+    } else {
+        decode.iter().map(|p| p.weight_dtype).min()?
+    };
+    let decode: Vec<&PointResult> = decode
+        .into_iter()
+        .filter(|p| p.weight_dtype == weight_dtype)
+        .collect();
+    // The context with the most points (a point per variant and KV-cache type), the
+    // longest of those: the longest where every variant has every type, when there is one.
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for p in &decode {
+        *counts.entry(p.context).or_default() += 1;
+    }
+    let context = counts
+        .into_iter()
+        .max_by_key(|&(context, count)| (count, context))?
+        .0;
+    let points: Vec<&PointResult> = decode
+        .into_iter()
+        .filter(|p| p.context == context)
+        .collect();
+    (distinct(&points, |p| p.kv_dtype) > 1).then_some(KvDtypeSlice {
+        context,
+        weight_dtype,
+        points,
+    })
+}
+
 /// The charts `results` has data for, in the order `results.md` shows them. The report
 /// computes this once per results set and hands it to the tables, the charts and the index.
 pub fn plan(results: &ResultsFile) -> Vec<ChartSpec> {
@@ -206,7 +273,7 @@ pub fn plan(results: &ResultsFile) -> Vec<ChartSpec> {
         .map(|kind| ChartSpec {
             kind,
             file: format!("{}.{}", kind.stem(), ResultsDir::CHART_EXTENSION),
-            title: kind.title(),
+            title: kind.title(results),
         })
         .collect()
 }
@@ -219,7 +286,13 @@ pub fn render(spec: &ChartSpec, results: &ResultsFile) -> Result<String, ChartEr
         Kind::KvCache => line_chart(&title, &[kv_cache_panel(results)]),
         Kind::MlaPaths => line_chart(&title, &mla_path_panels(results)),
         Kind::KvHeads => line_chart(&title, &kv_head_panels(results)),
-        Kind::Roofline(mode) => roofline_chart(&title, &measured_of(results, mode)),
+        Kind::Roofline(mode) => roofline_chart(
+            &title,
+            &measured_of(results, mode),
+            shows_stored_types(&results.points),
+        ),
+        Kind::KvDtypeLatency => line_chart(&title, &[kv_dtype_panel(results, KV_LATENCY)]),
+        Kind::KvDtypeMemory => line_chart(&title, &[kv_dtype_panel(results, KV_MEMORY)]),
     };
     drawn.map_err(|cause| ChartError::new(spec.path(), cause))
 }
@@ -235,21 +308,61 @@ fn kv_cache_mib(p: &PointResult) -> Option<f64> {
         .map(|bytes| bytes as f64 / (1u64 << 20) as f64)
 }
 
+/// What a panel's y axis shows: its description and a point's value.
+type Quantity = (&'static str, fn(&PointResult) -> Option<f64>);
+
+const KV_LATENCY: Quantity = ("latency, ms (median)", latency_ms);
+const KV_MEMORY: Quantity = ("KV cache, MiB (measured from the allocation)", kv_cache_mib);
+
 fn latency_panel(results: &ResultsFile, mode: Mode) -> Panel {
     Panel {
         title: String::new(),
-        x_desc: length_desc(mode),
+        x: XAxis::Log(length_desc(mode)),
         y_desc: "latency, ms (median)",
-        series: by_row(&measured_of(results, mode), latency_ms),
+        series: by_row(&measured_of(results, mode), stored_in(results), latency_ms),
     }
 }
 
 fn kv_cache_panel(results: &ResultsFile) -> Panel {
     Panel {
         title: String::new(),
-        x_desc: length_desc(Mode::Decode),
+        x: XAxis::Log(length_desc(Mode::Decode)),
         y_desc: "KV cache, MiB (measured from the allocation)",
-        series: by_row(&measured_of(results, Mode::Decode), kv_cache_mib),
+        series: by_row(
+            &measured_of(results, Mode::Decode),
+            stored_in(results),
+            kv_cache_mib,
+        ),
+    }
+}
+
+/// Whether the labels of `results`' charts name the stored types.
+fn stored_in(results: &ResultsFile) -> bool {
+    shows_stored_types(&results.points)
+}
+
+/// `quantity` against the KV cache's type, a line per variant, over [`kv_dtype_slice`].
+fn kv_dtype_panel(results: &ResultsFile, (y_desc, value): Quantity) -> Panel {
+    let points = kv_dtype_slice(results).map_or_else(Vec::new, |s| s.points);
+    let varies = Varies::of(&points, false);
+    let mut lines: BTreeMap<RowKey, Series> = BTreeMap::new();
+    for p in &points {
+        if let Some(v) = value(p) {
+            lines
+                .entry(RowKey::ignoring_stored(p))
+                .or_insert_with(|| Series {
+                    label: varies.label(p),
+                    points: Vec::new(),
+                })
+                .points
+                .push((kv_dtype_rank(p.kv_dtype) as f64, v));
+        }
+    }
+    Panel {
+        title: String::new(),
+        x: XAxis::Categories("kv_dtype, the KV cache's stored type"),
+        y_desc,
+        series: finish(lines.into_values()),
     }
 }
 
@@ -261,9 +374,9 @@ fn mla_path_panels(results: &ResultsFile) -> Vec<Panel> {
             let points = mla_points(results, mode);
             (!points.is_empty()).then(|| Panel {
                 title: format!("{mode}"),
-                x_desc: length_desc(mode),
+                x: XAxis::Log(length_desc(mode)),
                 y_desc: "latency, ms (median)",
-                series: by_row(&points, latency_ms),
+                series: by_row(&points, stored_in(results), latency_ms),
             })
         })
         .collect()
@@ -277,11 +390,11 @@ fn kv_head_panels(results: &ResultsFile) -> [Panel; 2] {
     ]
     .map(|(panel_title, y_desc, value)| Panel {
         title: panel_title.to_string(),
-        x_desc: "KV heads (n_kv_heads)",
+        x: XAxis::Log("KV heads (n_kv_heads)"),
         y_desc,
         series: MODES
             .into_iter()
-            .flat_map(|mode| by_length(&kv_head_points(results, mode), value))
+            .flat_map(|mode| by_length(&kv_head_points(results, mode), stored_in(results), value))
             .collect(),
     })
 }
@@ -299,9 +412,14 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
-/// One series per table row (labelled as the tables label it), x the point's length.
-fn by_row(points: &[&PointResult], value: impl Fn(&PointResult) -> Option<f64>) -> Vec<Series> {
-    let varies = Varies::of(points);
+/// One series per table row (labelled as the tables label it, and by its stored types when
+/// `stored`), x the point's length.
+fn by_row(
+    points: &[&PointResult],
+    stored: bool,
+    value: impl Fn(&PointResult) -> Option<f64>,
+) -> Vec<Series> {
+    let varies = Varies::of(points, stored);
     let mut rows: BTreeMap<RowKey, Series> = BTreeMap::new();
     for p in points {
         if let Some(v) = value(p) {
@@ -318,9 +436,14 @@ fn by_row(points: &[&PointResult], value: impl Fn(&PointResult) -> Option<f64>) 
 }
 
 /// One series per length (and varying setting) of one mode, x the point's KV heads: the
-/// KV-head sweep. Labelled by the mode and the tables' column header, e.g. `decode ctx 2048`.
-fn by_length(points: &[&PointResult], value: fn(&PointResult) -> Option<f64>) -> Vec<Series> {
-    let varies = Varies::of(points);
+/// KV-head sweep. Labelled by the mode and the tables' column header, e.g. `decode ctx 2048`
+/// (and the stored types when `stored`).
+fn by_length(
+    points: &[&PointResult],
+    stored: bool,
+    value: fn(&PointResult) -> Option<f64>,
+) -> Vec<Series> {
+    let varies = Varies::of(points, stored);
     let mut lines: BTreeMap<(String, usize), Series> = BTreeMap::new();
     for p in points {
         if let (Some(kv), Some(v)) = (p.n_kv_heads, value(p)) {
@@ -347,10 +470,20 @@ fn finish(series: impl Iterator<Item = Series>) -> Vec<Series> {
         .collect()
 }
 
-/// One log-log panel of a line chart.
+/// What a line panel's x axis is.
+#[derive(Clone, Copy)]
+enum XAxis {
+    /// Lengths or head counts on a log scale, described by the text.
+    Log(&'static str),
+    /// The KV-cache types of [`KV_DTYPE_ORDER`], evenly spaced (x is the type's place in
+    /// it), described by the text.
+    Categories(&'static str),
+}
+
+/// One panel of a line chart, y on a log scale.
 struct Panel {
     title: String,
-    x_desc: &'static str,
+    x: XAxis,
     y_desc: &'static str,
     series: Vec<Series>,
 }
@@ -523,25 +656,15 @@ fn tick_label(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// A line panel's log axes: every x value (each labelled), the ranges, and the y ticks.
-struct LogAxes {
-    xs: Vec<f64>,
-    x: Range<f64>,
-    y: Range<f64>,
-    y_ticks: Vec<(f64, String)>,
+/// A line panel's y axis (log): its range and ticks, from every value of its series.
+struct LogY {
+    range: Range<f64>,
+    ticks: Vec<(f64, String)>,
 }
 
-impl LogAxes {
+impl LogY {
     fn of(panel: &Panel) -> Self {
-        // Distinct lengths (or KV heads): whole numbers.
-        let xs: BTreeSet<u64> = panel
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0 as u64))
-            .collect();
-        let xs: Vec<f64> = xs.into_iter().map(|x| x as f64).collect();
-        let (x_lo, x_hi) = log_range(xs.iter().copied(), 1.15);
-        let (y_lo, y_hi) = log_range(
+        let (lo, hi) = log_range(
             panel
                 .series
                 .iter()
@@ -549,35 +672,97 @@ impl LogAxes {
             1.25,
         );
         Self {
-            xs,
-            x: x_lo..x_hi,
-            y: y_lo..y_hi,
-            y_ticks: decade_ticks(y_lo, y_hi),
+            range: lo..hi,
+            ticks: decade_ticks(lo, hi),
         }
     }
 }
 
+/// Draws `panel` in `area`: its x axis as [`XAxis`] says, y on a log scale.
 fn draw_panel(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     panel: &Panel,
     labels: &[String],
 ) -> DrawResult<()> {
-    let LogAxes { xs, x, y, y_ticks } = LogAxes::of(panel);
-    let mut chart = ChartBuilder::on(area)
+    let y = LogY::of(panel);
+    let y_coord = y
+        .range
+        .clone()
+        .log_scale()
+        .with_key_points(y.ticks.iter().map(|t| t.0).collect());
+    let mut builder = ChartBuilder::on(area);
+    builder
         .caption(&panel.title, (FONT, 16))
         .margin(12)
         .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(
-            x.log_scale().with_key_points(xs),
-            y.log_scale()
-                .with_key_points(y_ticks.iter().map(|t| t.0).collect()),
-        )?;
-    chart
-        .configure_mesh()
-        .x_desc(panel.x_desc)
+        .y_label_area_size(64);
+    match panel.x {
+        XAxis::Log(x_desc) => {
+            // Distinct lengths (or KV heads): whole numbers, each labelled.
+            let xs: BTreeSet<u64> = panel
+                .series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0 as u64))
+                .collect();
+            let xs: Vec<f64> = xs.into_iter().map(|x| x as f64).collect();
+            let (x_lo, x_hi) = log_range(xs.iter().copied(), 1.15);
+            let x_coord = (x_lo..x_hi).log_scale().with_key_points(xs);
+            let mut chart = builder.build_cartesian_2d(x_coord, y_coord)?;
+            let label = |x: &f64| format!("{}", x.round() as u64);
+            let x = XLabels {
+                desc: x_desc,
+                label: &label,
+                count: None,
+            };
+            draw_lines(&mut chart, panel, labels, x, &y.ticks)
+        }
+        XAxis::Categories(x_desc) => {
+            let places = KV_DTYPE_ORDER.len();
+            let mut chart = builder.build_cartesian_2d(-0.5..places as f64 - 0.5, y_coord)?;
+            // One label per place: plotters' nice steps over a span of `places` with at most
+            // `places` labels are the whole numbers; anything between is left blank.
+            let label = |x: &f64| match KV_DTYPE_ORDER.get(x.round() as usize) {
+                Some(d) if (x - x.round()).abs() < 1e-9 => d.to_string(),
+                _ => String::new(),
+            };
+            let x = XLabels {
+                desc: x_desc,
+                label: &label,
+                count: Some(places),
+            };
+            draw_lines(&mut chart, panel, labels, x, &y.ticks)
+        }
+    }
+}
+
+/// How a panel's x axis is described and labelled.
+struct XLabels<'a> {
+    desc: &'a str,
+    label: &'a dyn Fn(&f64) -> String,
+    /// At most this many labels, when not plotters' default.
+    count: Option<usize>,
+}
+
+/// The mesh, then `panel`'s lines and markers, each in its label's colour in `labels`. The x
+/// axis is described and labelled by `x`; y is labelled at `y_ticks`.
+fn draw_lines<X, Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    panel: &Panel,
+    labels: &[String],
+    x: XLabels<'_>,
+    y_ticks: &[(f64, String)],
+) -> DrawResult<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut mesh = chart.configure_mesh();
+    if let Some(count) = x.count {
+        mesh.x_labels(count);
+    }
+    mesh.x_desc(x.desc)
         .y_desc(panel.y_desc)
-        .x_label_formatter(&|x| format!("{}", x.round() as u64))
+        .x_label_formatter(x.label)
         .y_label_formatter(&|y| {
             y_ticks
                 .iter()
@@ -619,8 +804,9 @@ struct BarGroups {
 }
 
 impl BarGroups {
-    fn of(points: &[&PointResult]) -> Self {
-        let varies = Varies::of(points);
+    /// The bars of `points`, their rows labelled by their stored types too when `stored`.
+    fn of(points: &[&PointResult], stored: bool) -> Self {
+        let varies = Varies::of(points, stored);
         let mut rows: BTreeMap<RowKey, String> = BTreeMap::new();
         for p in points {
             rows.entry(RowKey::of(p)).or_insert_with(|| varies.label(p));
@@ -664,8 +850,8 @@ impl BarGroups {
 
 /// Horizontal bars, one group per table row, one bar per length, for the step (left) and the
 /// attention core alone (right).
-fn roofline_chart(title: &str, points: &[&PointResult]) -> DrawResult<String> {
-    let groups = BarGroups::of(points);
+fn roofline_chart(title: &str, points: &[&PointResult], stored: bool) -> DrawResult<String> {
+    let groups = BarGroups::of(points, stored);
     let mode = points.first().map_or(Mode::Decode, |p| p.mode);
     let legend: Vec<(String, RGBColor, usize)> = groups
         .lengths

@@ -93,10 +93,16 @@ fn intro(settings: &CompareSettings) -> String {
 }
 
 /// The Markdown table of the compared points, and the points that failed on either side.
+/// When a pair is stored in a type other than f32, the table says each pair's types (`kv`,
+/// `weights`) after its key; a comparison of f32 only reads as it always has.
 fn matched_table(comparison: &Comparison) -> (String, Vec<&PointComparison>) {
+    let stored = comparison.points.iter().any(PointComparison::is_narrow);
     let mut table = Builder::default();
-    table.push_record([
-        "point",
+    let mut header = vec!["point"];
+    if stored {
+        header.extend(["kv", "weights"]);
+    }
+    header.extend([
         "A",
         "B",
         "B/A",
@@ -108,6 +114,7 @@ fn matched_table(comparison: &Comparison) -> (String, Vec<&PointComparison>) {
         "core noise",
         "core",
     ]);
+    table.push_record(header);
     let mut failed = Vec::new();
     for point in &comparison.points {
         let Outcome::Compared { step, core } = &point.outcome else {
@@ -119,6 +126,9 @@ fn matched_table(comparison: &Comparison) -> (String, Vec<&PointComparison>) {
         } else {
             format!("{} ↔ {}", point.key_a, point.key_b)
         }];
+        if stored {
+            row.extend([point.kv_dtype.to_string(), point.weight_dtype.to_string()]);
+        }
         row.extend(change_cells(Some(step)));
         row.extend(change_cells(core.as_ref()));
         table.push_record(row);

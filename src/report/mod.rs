@@ -4,6 +4,7 @@
 //! alone: a run and `attnbench report` ([`report`]) both draw them with [`render`] and write
 //! them with [`write_rendered`], so a report regenerates what the run wrote byte for byte.
 
+mod accuracy;
 mod charts;
 mod comparison;
 mod index;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use accuracy::accuracy_bound;
 pub use charts::{ChartError, ChartSpec, plan as chart_plan};
 pub use comparison::comparison_markdown;
 pub use index::{IndexEntry, index};
@@ -51,8 +53,10 @@ pub struct OutputFile {
     pub text: String,
 }
 
-/// `results.csv` as text: a point's flat record per row, without its samples. The `csv` crate
-/// does the quoting (error messages hold commas).
+/// `results.csv` as text: a point's flat record per row, without its samples, every column
+/// on every row ([`crate::results::PointResult::csv_record`]: the stored types and the accuracy are written
+/// even where results.json leaves them out). The `csv` crate does the quoting (error messages
+/// hold commas).
 pub fn csv(results: &ResultsFile) -> String {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for point in &results.points {

@@ -4,8 +4,52 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::config::{Kernel, Mode, Variant};
+use crate::config::{Dtype, Kernel, Mode, Precision, Variant, WeightDtype};
 use crate::results::PointResult;
+
+/// The KV-cache types in the order the tables, the charts and the docs list them: widest
+/// first, then the 16-bit types (bf16, the more common, before f16), then int8.
+pub(super) const KV_DTYPE_ORDER: [Dtype; 4] = [Dtype::F32, Dtype::Bf16, Dtype::F16, Dtype::Int8];
+
+/// The place of `dtype` in [`KV_DTYPE_ORDER`].
+pub(super) fn kv_dtype_rank(dtype: Dtype) -> usize {
+    KV_DTYPE_ORDER
+        .iter()
+        .position(|&d| d == dtype)
+        .unwrap_or(KV_DTYPE_ORDER.len())
+}
+
+/// A point's stored types, ordered as the rows show them: by weight type, then by KV-cache
+/// type in [`KV_DTYPE_ORDER`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Stored {
+    weight_dtype: WeightDtype,
+    kv_rank: usize,
+}
+
+impl Stored {
+    pub(super) fn of(p: &PointResult) -> Self {
+        Self {
+            weight_dtype: p.weight_dtype,
+            kv_rank: kv_dtype_rank(p.kv_dtype),
+        }
+    }
+}
+
+/// Whether a point is stored in anything but f32: the cache or the weights.
+pub(super) fn is_narrow(p: &PointResult) -> bool {
+    !Precision {
+        kv_dtype: p.kv_dtype,
+        weight_dtype: p.weight_dtype,
+    }
+    .is_f32()
+}
+
+/// Whether the tables and charts of `points` (a whole results set) show the stored types:
+/// when some point is not all f32. A set that is all f32 reads exactly as before the types.
+pub(super) fn shows_stored_types(points: &[PointResult]) -> bool {
+    points.iter().any(is_narrow)
+}
 
 /// What tells points of one mode apart besides their variant (with GQA's KV heads) and
 /// their length: query heads, batch, threads, the cache a prefill starts from (decode's
@@ -36,12 +80,13 @@ impl Setting {
 }
 
 /// A table row (a chart series): the configuration a point belongs to. Ordered as the rows
-/// are shown.
+/// are shown: the stored types last, so that the types of one variant sit together.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct RowKey {
     setting: Setting,
     variant_rank: (Variant, String),
     n_kv_heads: Option<usize>,
+    stored: Stored,
 }
 
 impl RowKey {
@@ -51,6 +96,18 @@ impl RowKey {
             variant_rank: (p.variant, p.variant_label()),
             // Descending KV heads read naturally (MHA-like first), hence the reversal.
             n_kv_heads: p.n_kv_heads.map(|k| usize::MAX - k),
+            stored: Stored::of(p),
+        }
+    }
+
+    /// The row of `p` with its stored types left out: a series that runs over them.
+    pub(super) fn ignoring_stored(p: &PointResult) -> Self {
+        Self {
+            stored: Stored {
+                weight_dtype: WeightDtype::F32,
+                kv_rank: 0,
+            },
+            ..Self::of(p)
         }
     }
 }
@@ -62,11 +119,15 @@ pub(super) struct Varies {
     threads: bool,
     cache_len: bool,
     kernel: bool,
+    /// Whether labels name the stored types (`kv=bf16 w=bf16`): a chart's series do in a set
+    /// with types other than f32; a table's rows do not, having columns for them.
+    stored: bool,
 }
 
 impl Varies {
-    /// What varies across `points`, all of one mode.
-    pub(super) fn of(points: &[&PointResult]) -> Self {
+    /// What varies across `points`, all of one mode; labels name the stored types when
+    /// `stored` (see [`shows_stored_types`]).
+    pub(super) fn of(points: &[&PointResult], stored: bool) -> Self {
         let distinct = |f: &dyn Fn(&PointResult) -> usize| {
             points.iter().map(|p| f(p)).collect::<BTreeSet<_>>().len() > 1
         };
@@ -81,11 +142,13 @@ impl Varies {
                 .collect::<BTreeSet<_>>()
                 .len()
                 > 1,
+            stored,
         }
     }
 
-    /// The row label of `p`: its variant, GQA's KV heads, and whatever else varies, e.g.
-    /// `gqa kv8`, `mla-absorbed h32 tiled`.
+    /// The row label of `p`: its variant, GQA's KV heads, whatever else varies and, when
+    /// labels name them, the stored types, e.g. `gqa kv8`, `mla-absorbed h32 tiled`,
+    /// `gqa kv8 kv=bf16 w=bf16`.
     pub(super) fn label(&self, p: &PointResult) -> String {
         let mut s = p.variant_label();
         if let Some(kv) = p.n_kv_heads
@@ -120,6 +183,9 @@ impl Varies {
         }
         if self.kernel {
             let _ = write!(s, " {}", p.kernel);
+        }
+        if self.stored {
+            let _ = write!(s, " kv={} w={}", p.kv_dtype, p.weight_dtype);
         }
     }
 }

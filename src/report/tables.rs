@@ -8,11 +8,24 @@ use std::fmt::Write;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
+use super::accuracy;
 use super::charts::ChartSpec;
-use super::rows::{MODES, RowKey, Setting, Varies, fmt_mib, fmt_ms, length_name, of_mode};
-use crate::config::{Mode, Variant};
+use super::rows::{
+    KV_DTYPE_ORDER, MODES, RowKey, Setting, Stored, Varies, fmt_mib, fmt_ms, length_name, of_mode,
+    shows_stored_types,
+};
+use crate::config::{Mode, Variant, WeightDtype};
 use crate::experiment::Skipped;
 use crate::results::{Machine, PointResult, ResultsDir, ResultsFile, Summary};
+
+/// The points of one mode's section, and whether their set shows the stored types.
+struct Section<'a> {
+    /// The points of the mode, in file order.
+    points: Vec<&'a PointResult>,
+    /// Some point of the whole set (not only of this mode) is stored in a type other than
+    /// f32: the tables gain `kv` and `weights` columns and the notes say how bytes count.
+    stored: bool,
+}
 
 /// One table of a mode's section, as data: every one of [`TABLES`] is written the same way.
 struct TableDef {
@@ -25,9 +38,9 @@ struct TableDef {
     /// The cell of a point, given every point of its mode (where the speed-up finds its
     /// baseline); empty when the point has no value.
     cell: fn(&[&PointResult], &PointResult) -> String,
-    /// The paragraphs under the table, given the points of the mode: what its figures count,
-    /// and what a flag in its cells means when a cell has one. Empty for none.
-    footer: fn(&[&PointResult]) -> String,
+    /// The paragraphs under the table, given the section: what its figures count, and what a
+    /// flag in its cells means when a cell has one. Empty for none.
+    footer: fn(&Section<'_>) -> String,
 }
 
 /// The tables of each mode, in the order they are shown.
@@ -77,25 +90,39 @@ const TABLES: [TableDef; 5] = [
 const ABOVE_CEILING: &str = "⚠";
 
 /// What the roofline's FLOPs and bytes count ([`crate::cost`]'s formulas), said under its
-/// table.
+/// table; in a set of f32 only, [`BYTES_ALL_F32`] stands for `{bytes}`, otherwise
+/// [`BYTES_STORED`].
 const ROOFLINE_COUNTS: &str = "FLOPs count matmul multiply-adds only, 2 each (not the softmax, \
     RoPE or norms): the projections, 2 · tokens · d_in · d_out each (MLA's expansion of the cached \
     latent (naive) or its absorption into the queries and outputs (absorbed) among them), and \
     attention over the causally visible (query, key) pairs only, 2 · heads · (query-key width + \
     value width) per pair (MLA absorbed: the latent and rope widths for the scores, the latent \
-    for the values). Bytes, all f32, are the least the step must move: the weights once, the KV \
+    for the values). {bytes} are the least the step must move: the weights once, the KV \
     cache read (every token it holds after the step) and the new tokens appended, the activations \
     in and out; the core's are the keys and values read (MLA naive: the expanded per-head ones), \
     the queries in and the head outputs out.";
 
-fn no_footer(_: &[&PointResult]) -> String {
+/// How bytes count in a set of f32 only.
+const BYTES_ALL_F32: &str = "Bytes, all f32,";
+
+/// How bytes count in a set with other stored types.
+const BYTES_STORED: &str = "Bytes, each tensor at its stored width (the weights at the \
+    point's `weights` type, the KV cache at its `kv` type, int8's per-row f32 scales included; \
+    activations f32),";
+
+fn no_footer(_: &Section<'_>) -> String {
     String::new()
 }
 
 /// What the roofline figures count, and the meaning of [`ABOVE_CEILING`] when a point has it.
-fn roofline_footer(points: &[&PointResult]) -> String {
-    let mut out = ROOFLINE_COUNTS.to_string();
-    if points.iter().any(|p| !p.above_ceiling().is_empty()) {
+fn roofline_footer(section: &Section<'_>) -> String {
+    let bytes = if section.stored {
+        BYTES_STORED
+    } else {
+        BYTES_ALL_F32
+    };
+    let mut out = ROOFLINE_COUNTS.replace("{bytes}", bytes);
+    if section.points.iter().any(|p| !p.above_ceiling().is_empty()) {
         let _ = write!(
             out,
             "\n\n{ABOVE_CEILING} above the calibrated ceiling: calibrate again (`attnbench calibrate`, \
@@ -178,36 +205,61 @@ fn against_mha_cell(points: &[&PointResult], p: &PointResult) -> String {
 }
 
 /// The baseline of a point: MHA (or GQA with as many KV heads as query heads) at the same
-/// setting and length, that did not fail.
+/// setting, length and stored types, that did not fail.
 fn baseline<'a>(points: &[&'a PointResult], p: &PointResult) -> Option<&'a PointResult> {
     points.iter().copied().find(|b| {
         let is_mha = b.variant == Variant::Mha
             || (b.variant == Variant::Gqa && b.n_kv_heads == Some(b.n_heads));
-        is_mha && Setting::of(b) == Setting::of(p) && b.length() == p.length() && b.error.is_none()
+        is_mha
+            && Setting::of(b) == Setting::of(p)
+            && Stored::of(b) == Stored::of(p)
+            && b.length() == p.length()
+            && b.error.is_none()
     })
+}
+
+/// The first cells of a point's row: its label, then its stored types when the set shows
+/// them.
+pub(super) fn row_head(varies: &Varies, stored: bool, p: &PointResult) -> Vec<String> {
+    let mut head = vec![varies.label(p)];
+    if stored {
+        head.extend([p.kv_dtype.to_string(), p.weight_dtype.to_string()]);
+    }
+    head
+}
+
+/// The headers of [`row_head`]'s cells.
+pub(super) fn row_head_header(stored: bool) -> Vec<String> {
+    let names: &[&str] = if stored {
+        &["variant", "kv", "weights"]
+    } else {
+        &["variant"]
+    };
+    names.iter().map(|n| n.to_string()).collect()
 }
 
 /// One table: a row per configuration, a column per length, `cell` for each point.
 fn table(
-    points: &[&PointResult],
+    section: &Section<'_>,
     varies: &Varies,
     length_name: &str,
     cell: &dyn Fn(&PointResult) -> String,
 ) -> String {
+    let points = &section.points;
     let lengths: BTreeSet<usize> = points.iter().map(|p| p.length()).collect();
-    let mut rows: BTreeMap<RowKey, (String, BTreeMap<usize, String>)> = BTreeMap::new();
+    let mut rows: BTreeMap<RowKey, (Vec<String>, BTreeMap<usize, String>)> = BTreeMap::new();
     for p in points {
         let entry = rows
             .entry(RowKey::of(p))
-            .or_insert_with(|| (varies.label(p), BTreeMap::new()));
+            .or_insert_with(|| (row_head(varies, section.stored, p), BTreeMap::new()));
         entry.1.insert(p.length(), cell(p));
     }
     let mut builder = Builder::default();
-    let mut header = vec!["variant".to_string()];
+    let mut header = row_head_header(section.stored);
     header.extend(lengths.iter().map(|l| format!("{length_name} {l}")));
     builder.push_record(header);
-    for (name, cells) in rows.values() {
-        let mut record = vec![name.clone()];
+    for (head, cells) in rows.values() {
+        let mut record = head.clone();
         record.extend(
             lengths
                 .iter()
@@ -238,11 +290,15 @@ pub(super) fn peaks(m: &Machine) -> String {
 /// combinations.
 pub(super) fn markdown(results: &ResultsFile, charts: &[ChartSpec]) -> String {
     let mut out = header(results);
+    let stored = shows_stored_types(&results.points);
     for mode in MODES {
         let points = of_mode(&results.points, mode);
         if !points.is_empty() {
-            write_mode(&mut out, mode, &points);
+            write_mode(&mut out, mode, &Section { points, stored });
         }
+    }
+    if stored {
+        accuracy::write_table(&mut out, &results.points);
     }
     write_charts(&mut out, charts);
     write_failed(&mut out, &results.points);
@@ -262,13 +318,14 @@ fn header(results: &ResultsFile) -> String {
     }
     let _ = writeln!(
         out,
-        "Measured {} on {} ({} cores), attnbench {} at {}, {}. f32; latency is the median of the samples, ± the median absolute deviation; {}.\n",
+        "Measured {} on {} ({} cores), attnbench {} at {}, {}. {}; latency is the median of the samples, ± the median absolute deviation; {}.\n",
         env.date,
         env.cpu_model,
         env.cores,
         env.crate_version,
         env.git_revision,
         env.rustc,
+        stored_types(&results.points),
         if exp.measure.flush_caches {
             "the CPU caches were evicted before every sample, so weights and KV cache come from memory"
         } else {
@@ -281,9 +338,33 @@ fn header(results: &ResultsFile) -> String {
     out
 }
 
+/// What the header says of the types: `f32` for a set of f32 only, else which types the KV
+/// cache and the weights were stored in.
+fn stored_types(points: &[PointResult]) -> String {
+    if !shows_stored_types(points) {
+        return "f32".into();
+    }
+    let kv: Vec<&str> = KV_DTYPE_ORDER
+        .iter()
+        .filter(|&&d| points.iter().any(|p| p.kv_dtype == d))
+        .map(|d| d.name())
+        .collect();
+    let weights: Vec<&str> = WeightDtype::ALL
+        .iter()
+        .filter(|&&w| points.iter().any(|p| p.weight_dtype == w))
+        .map(|w| w.name())
+        .collect();
+    format!(
+        "Arithmetic in f32; KV cache stored in {}, weights in {} (the `kv` and `weights` columns)",
+        kv.join(", "),
+        weights.join(", ")
+    )
+}
+
 /// A mode's section: what its columns are, then each of [`TABLES`] it calls for.
-fn write_mode(out: &mut String, mode: Mode, points: &[&PointResult]) {
-    let varies = Varies::of(points);
+fn write_mode(out: &mut String, mode: Mode, section: &Section<'_>) {
+    let points = &section.points;
+    let varies = Varies::of(points, false);
     let length_name = length_name(mode);
     let what = match mode {
         Mode::Prefill => "new tokens per sequence",
@@ -297,8 +378,8 @@ fn write_mode(out: &mut String, mode: Mode, points: &[&PointResult]) {
             let _ = writeln!(out, "{note}\n");
         }
         let cell = |p: &PointResult| (def.cell)(points, p);
-        let _ = writeln!(out, "{}\n", table(points, &varies, length_name, &cell));
-        let footer = (def.footer)(points);
+        let _ = writeln!(out, "{}\n", table(section, &varies, length_name, &cell));
+        let footer = (def.footer)(section);
         if !footer.is_empty() {
             let _ = writeln!(out, "{footer}\n");
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GibError, gib_to_bytes};
+use crate::kernels::narrow_path;
 use crate::sysinfo::cache_bytes;
 
 /// Where and how a result set was measured.
@@ -28,6 +29,12 @@ pub struct Environment {
     /// they were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<BTreeMap<String, u64>>,
+    /// The code the kernels over a bf16, f16 or int8 cache run on this machine
+    /// ([`narrow_path`]): `avx2+fma+f16c` or `portable`. Recorded on every run, since it is
+    /// the machine's and the binary's, whatever the points store. `None` in files written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrow_path: Option<String>,
     /// `std::env::consts::OS` / `ARCH`.
     pub os: String,
     /// `rustc --version` of the compiler that built the binary.
@@ -53,6 +60,7 @@ impl Environment {
             memory_bytes: total_memory_bytes(),
             cpu_features: Some(cpu_features()),
             cache_bytes: Some(cache_bytes()),
+            narrow_path: Some(narrow_path().to_string()),
             os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
             rustc: env!("ATTNBENCH_RUSTC_VERSION").to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),

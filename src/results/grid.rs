@@ -301,6 +301,35 @@ flush_caches = false
         // The memory limit decides only whether a point may run: not part of the grid.
         let limited = parse_experiment(FILE, "g.toml", "g", 1 << 40).unwrap();
         assert_eq!(Grid::of(&limited), grid(FILE));
+        // Naming the default stored types asks for the same grid.
+        let f32 = FILE.replace(
+            "threads = [1]",
+            "threads = [1]\nkv_dtype = [\"f32\"]\nweight_dtype = [\"f32\"]",
+        );
+        assert_eq!(grid(&f32), grid(FILE));
+    }
+
+    #[test]
+    fn a_stored_type_changes_the_hash_and_is_named_as_the_change() {
+        let before = grid(FILE).recorded();
+        for (axis, value) in [
+            ("kv_dtype", "bf16"),
+            ("kv_dtype", "int8"),
+            ("weight_dtype", "bf16"),
+        ] {
+            let text = FILE.replace(
+                "threads = [1]",
+                &format!("threads = [1]\n{axis} = [\"{value}\"]"),
+            );
+            let now = grid(&text);
+            assert_ne!(now.hash(), grid(FILE).hash(), "{axis} {value}");
+            // The key changes with the type, so the points are new, not changed.
+            let change = now.change_since(&before).unwrap();
+            assert!(
+                change.contains("(points changed: 0, new: 6, gone: 6)"),
+                "{change}"
+            );
+        }
     }
 
     #[test]

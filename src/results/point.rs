@@ -71,8 +71,9 @@ pub struct PointResult {
     pub projection_flops: u64,
     /// Attention FLOPs over the visible (query, key) pairs.
     pub attention_flops: u64,
-    /// Minimum bytes the step moves: weights, KV read, KV appended, activations in and out
-    /// (f32).
+    /// Minimum bytes the step moves, each tensor at its stored width: weights at
+    /// `weight_dtype`, KV read and appended at `kv_dtype` (int8's scales included), activations
+    /// in and out in f32.
     pub bytes: u64,
     /// The attention core alone (scores, softmax, weighted sum over the cache), over
     /// `attention_flops` and `core_bytes`. Its `min_ns` and `max_ns` stay `None`: the results
@@ -80,8 +81,8 @@ pub struct PointResult {
     pub core: Summary,
     /// `100 · core median / step median`: the core's share of the step.
     pub core_share_pct: Option<f64>,
-    /// Minimum bytes the core moves: keys and values read (MLA naive: the expanded ones),
-    /// queries in, head outputs out.
+    /// Minimum bytes the core moves: keys and values read (the cache at `kv_dtype`; MLA naive:
+    /// the expanded ones, f32), queries in, head outputs out (f32).
     pub core_bytes: u64,
     /// Peak heap the core allocates in one call (counting allocator, untimed run).
     pub core_peak_transient_bytes: Option<u64>,
@@ -91,7 +92,8 @@ pub struct PointResult {
     pub kv_cache_bytes_analytic: u64,
     /// `kv_cache_bytes − kv_cache_bytes_analytic` (0 for unpadded storage).
     pub kv_cache_padding_bytes: Option<u64>,
-    /// Cache bytes per token (f32).
+    /// Cache bytes per token of one layer at `kv_dtype`, int8's scales included
+    /// ([`LayerSpec::kv_bytes_per_token`]).
     pub kv_bytes_per_token: usize,
     /// Peak heap one step allocates beyond the cache and weights, from the counting allocator
     /// in a separate, untimed run of the step.
@@ -106,9 +108,14 @@ impl PointResult {
     /// A row with the point's identity and its cost by formula; timing and memory unset.
     pub fn unmeasured(point: &Point) -> Self {
         let spec = &point.spec;
-        let cost = step_cost(spec, point.batch, point.seq_len, point.context);
-        let core = core_cost(spec, point.batch, point.seq_len, point.context);
-        let kv_bytes_per_token = spec.kv_values_per_token() * size_of::<f32>();
+        let (precision, batch) = (point.precision, point.batch);
+        let cost = step_cost(spec, precision, batch, point.seq_len, point.context);
+        let core = core_cost(spec, precision, batch, point.seq_len, point.context);
+        // The loader refused every point whose cost overflows, and the cache's bytes are part
+        // of the cost: these fit.
+        let kv_bytes_per_token = spec
+            .kv_bytes_per_token(precision.kv_dtype)
+            .expect("the loader refuses points whose cache bytes overflow");
         let (mut n_kv_heads, mut head_dim, mut mla) = (None, None, None);
         match spec {
             LayerSpec::Grouped { config, .. } => {
@@ -150,11 +157,11 @@ impl PointResult {
             core_bytes: core.bytes,
             core_peak_transient_bytes: None,
             kv_cache_bytes: None,
-            kv_cache_bytes_analytic: (point.batch
-                * (point.context + point.seq_len)
-                * kv_bytes_per_token) as u64,
+            kv_cache_bytes_analytic: batch as u64
+                * (point.context + point.seq_len) as u64
+                * kv_bytes_per_token,
             kv_cache_padding_bytes: None,
-            kv_bytes_per_token,
+            kv_bytes_per_token: kv_bytes_per_token as usize,
             peak_transient_bytes: None,
             params: spec.param_count(),
             error: None,
@@ -237,9 +244,10 @@ impl PointResult {
     }
 
     /// The point as one CSV record: the fields of its JSON record but the samples, in the
-    /// same order (`results.csv`'s columns).
+    /// same order (`results.csv`'s columns), and those the JSON leaves out at their default
+    /// (`kv_dtype`, `weight_dtype`, `max_rel_err`) always, so that every row has every column.
     pub fn csv_record(&self) -> impl Serialize {
-        PointRow::from(self)
+        PointRow::csv(self)
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.

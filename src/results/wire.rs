@@ -5,7 +5,7 @@
 //! [`PointResult`] converts through [`PointWire`] (`#[serde(from, into)]`), so the nested
 //! record writes exactly these fields.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::point::PointResult;
 use super::summary::Summary;
@@ -54,14 +54,13 @@ pub(super) struct PointRow {
     v_head_dim: Option<usize>,
     threads: usize,
     kernel: Kernel,
-    // The stored types and the accuracy came after the format: left out when f32 (and when
-    // not measured), so that a file from before them reads as f32 and writes back as it was.
-    #[serde(default, skip_serializing_if = "is_f32")]
-    kv_dtype: Dtype,
-    #[serde(default, skip_serializing_if = "is_f32_weights")]
-    weight_dtype: WeightDtype,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_rel_err: Option<f64>,
+    // The stored types and the accuracy came after the format: see `LateField`.
+    #[serde(default, skip_serializing_if = "LateField::left_out")]
+    kv_dtype: LateField<Dtype>,
+    #[serde(default, skip_serializing_if = "LateField::left_out")]
+    weight_dtype: LateField<WeightDtype>,
+    #[serde(default, skip_serializing_if = "LateField::left_out")]
+    max_rel_err: LateField<Option<f64>>,
     median_ns: Option<f64>,
     mad_ns: Option<f64>,
     min_ns: Option<f64>,
@@ -147,9 +146,9 @@ impl From<PointWire> for PointResult {
             v_head_dim: w.v_head_dim,
             threads: w.threads,
             kernel: w.kernel,
-            kv_dtype: w.kv_dtype,
-            weight_dtype: w.weight_dtype,
-            max_rel_err: w.max_rel_err,
+            kv_dtype: w.kv_dtype.value,
+            weight_dtype: w.weight_dtype.value,
+            max_rel_err: w.max_rel_err.value,
             step,
             tokens_per_s: w.tokens_per_s,
             flops: w.flops,
@@ -182,6 +181,18 @@ impl From<PointResult> for PointWire {
     }
 }
 
+impl PointRow {
+    /// The row as `results.csv` writes it: every column on every row, the fields that came
+    /// after the format too.
+    pub(super) fn csv(p: &PointResult) -> Self {
+        let mut row = Self::from(p);
+        row.kv_dtype.always = true;
+        row.weight_dtype.always = true;
+        row.max_rel_err.always = true;
+        row
+    }
+}
+
 impl From<&PointResult> for PointRow {
     fn from(p: &PointResult) -> Self {
         let (step, core) = (&p.step, &p.core);
@@ -204,9 +215,9 @@ impl From<&PointResult> for PointRow {
             v_head_dim: p.v_head_dim,
             threads: p.threads,
             kernel: p.kernel,
-            kv_dtype: p.kv_dtype,
-            weight_dtype: p.weight_dtype,
-            max_rel_err: p.max_rel_err,
+            kv_dtype: LateField::new(p.kv_dtype),
+            weight_dtype: LateField::new(p.weight_dtype),
+            max_rel_err: LateField::new(p.max_rel_err),
             median_ns: step.median_ns,
             mad_ns: step.mad_ns,
             min_ns: step.min_ns,
@@ -242,10 +253,138 @@ impl From<&PointResult> for PointRow {
     }
 }
 
-fn is_f32(dtype: &Dtype) -> bool {
-    *dtype == Dtype::F32
+/// A field added to the format after files were written without it. The JSON leaves it out
+/// at its default (f32; `None`, not measured), so that such a file reads as before and writes
+/// back byte for byte; the CSV, every row of which must have the same columns, writes it
+/// always (`always`, set by [`PointRow::csv`]). It reads and writes as its value.
+#[derive(Clone, Debug, Default)]
+struct LateField<T> {
+    value: T,
+    always: bool,
 }
 
-fn is_f32_weights(dtype: &WeightDtype) -> bool {
-    *dtype == WeightDtype::F32
+impl<T: Default + PartialEq> LateField<T> {
+    fn new(value: T) -> Self {
+        Self {
+            value,
+            always: false,
+        }
+    }
+
+    fn left_out(&self) -> bool {
+        !self.always && self.value == T::default()
+    }
+}
+
+impl<T: Serialize> Serialize for LateField<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for LateField<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(|value| Self {
+            value,
+            always: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::parse_experiment;
+    use crate::results::read_results;
+
+    /// A GQA decode point at each stored type, with its accuracy set as a run sets it.
+    fn points() -> Vec<PointResult> {
+        let text = "[model]\nd_model = 32\nn_heads = 4\nn_kv_heads = 2\nhead_dim = 8\n[sweep]\nvariant = [\"gqa\"]\nmode = [\"decode\"]\ncontext = [16]\nthreads = [1]\nkv_dtype = [\"f32\", \"int8\"]\nweight_dtype = [\"f32\", \"bf16\"]\n";
+        let experiment = parse_experiment(text, "f.toml", "f", 1 << 30).unwrap();
+        experiment
+            .points
+            .iter()
+            .map(|point| {
+                let mut result = PointResult::unmeasured(point);
+                result.max_rel_err = Some(if point.precision.is_f32() { 0.0 } else { 3e-3 });
+                result
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_old_results_file_reads_as_f32_and_writes_back_without_the_new_fields() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads/results.json");
+        let results = read_results(&path).unwrap();
+        for p in &results.points {
+            assert_eq!(
+                (p.kv_dtype, p.weight_dtype, p.max_rel_err),
+                (Dtype::F32, WeightDtype::F32, None),
+                "{}",
+                p.key
+            );
+            let json = serde_json::to_string(p).unwrap();
+            for field in ["kv_dtype", "weight_dtype", "max_rel_err"] {
+                assert!(!json.contains(field), "{field} in {json}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_json_names_what_is_not_the_default_and_reads_it_back() {
+        for p in points() {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(
+                json.contains("\"kv_dtype\":\"int8\""),
+                p.kv_dtype == Dtype::Int8,
+                "{json}"
+            );
+            assert_eq!(
+                json.contains("\"weight_dtype\":\"bf16\""),
+                p.weight_dtype == WeightDtype::Bf16
+            );
+            assert!(!json.contains("\"kv_dtype\":\"f32\""), "{json}");
+            assert!(json.contains("\"max_rel_err\":"), "{json}");
+            let back: PointResult = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, p);
+        }
+    }
+
+    #[test]
+    fn every_csv_row_has_every_column() {
+        let mut points = points();
+        points[1].max_rel_err = None;
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        for p in &points {
+            writer.serialize(p.csv_record()).unwrap();
+        }
+        let text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
+        let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+        let header = reader.headers().unwrap().clone();
+        let columns: Vec<&str> = header.iter().collect();
+        let at = columns.iter().position(|&c| c == "kernel").unwrap();
+        assert_eq!(
+            columns[at + 1..at + 4],
+            ["kv_dtype", "weight_dtype", "max_rel_err"]
+        );
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 4);
+        let cells: Vec<Vec<&str>> = rows
+            .iter()
+            .map(|r| {
+                assert_eq!(r.len(), header.len(), "{r:?}");
+                r.iter().skip(at + 1).take(3).collect()
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                ["f32", "f32", "0.0"],
+                ["f32", "bf16", ""],
+                ["int8", "f32", "0.003"],
+                ["int8", "bf16", "0.003"],
+            ]
+        );
+    }
 }

@@ -3,7 +3,7 @@
 use crate::config::{GroupedConfig, Kernel, LayerSpec, Precision, Variant};
 use crate::error::Result;
 use crate::kernels::{
-    AttentionOperands, HeadLayout, RopeTable, attention, heads_to_rows, project, project_to,
+    AttentionOperands, HeadLayout, RopeTable, Weight, attention, heads_to_rows, project, project_to,
 };
 use crate::kv_cache::{KvCache, PlaneSpec};
 use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positions};
@@ -21,13 +21,13 @@ pub struct GroupedAttention {
     /// How the cache and the projection weights are stored.
     precision: Precision,
     /// `(d_model, n_heads · head_dim)`
-    w_q: Matrix,
+    w_q: Weight,
     /// `(d_model, n_kv_heads · head_dim)`
-    w_k: Matrix,
+    w_k: Weight,
     /// `(d_model, n_kv_heads · head_dim)`
-    w_v: Matrix,
+    w_v: Weight,
     /// `(n_heads · head_dim, d_model)`
-    w_o: Matrix,
+    w_o: Weight,
 }
 
 impl GroupedAttention {
@@ -40,10 +40,10 @@ impl GroupedAttention {
             config.n_kv_heads * config.head_dim,
         );
         Ok(Self {
-            w_q: projection_weight(seed, "w_q", d, q_width),
-            w_k: projection_weight(seed, "w_k", d, kv_width),
-            w_v: projection_weight(seed, "w_v", d, kv_width),
-            w_o: projection_weight(seed, "w_o", q_width, d),
+            w_q: projection_weight(seed, "w_q", d, q_width).into(),
+            w_k: projection_weight(seed, "w_k", d, kv_width).into(),
+            w_v: projection_weight(seed, "w_v", d, kv_width).into(),
+            w_o: projection_weight(seed, "w_o", q_width, d).into(),
             variant,
             config,
             kernel: Kernel::default(),
@@ -59,7 +59,15 @@ impl GroupedAttention {
     /// The same layer with its cache and projection weights stored as `precision` says
     /// (docs/design.md §5): the weights are rounded here, once.
     pub fn with_precision(self, precision: Precision) -> Self {
-        Self { precision, ..self }
+        let dtype = precision.weight_dtype;
+        Self {
+            precision,
+            w_q: self.w_q.into_dtype(dtype),
+            w_k: self.w_k.into_dtype(dtype),
+            w_v: self.w_v.into_dtype(dtype),
+            w_o: self.w_o.into_dtype(dtype),
+            ..self
+        }
     }
 
     /// How the cache and the projection weights are stored.
@@ -122,7 +130,7 @@ impl AttentionLayer for GroupedAttention {
         ]
     }
 
-    fn weights(&self) -> Vec<(&'static str, &Matrix)> {
+    fn weights(&self) -> Vec<(&'static str, &Weight)> {
         vec![
             ("w_q", &self.w_q),
             ("w_k", &self.w_k),

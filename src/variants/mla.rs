@@ -3,11 +3,11 @@
 use faer::{MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Precision};
+use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Precision, WeightDtype};
 use crate::error::Result;
 use crate::kernels::{
-    AttentionOperands, HeadLayout, KvHead, RopeTable, attention, heads_to_rows, matmul,
-    matmul_threads, project, project_to, rms_norm_rows,
+    AttentionOperands, HeadLayout, KvHead, RopeTable, Weight, attention, heads_to_rows,
+    matmul_threads, matmul_weight, matmul_weight_transposed, project, project_to, rms_norm_rows,
 };
 use crate::kv_cache::{KvCache, PlaneSpec, SequenceCache};
 use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positions};
@@ -18,14 +18,38 @@ use crate::weights::{norm_scale, projection_weight};
 #[derive(Clone, Debug)]
 enum QueryProjection {
     /// `q = x · w_q`, `w_q: (d_model, n_heads · qk_head_dim)`.
-    Direct { w_q: Matrix },
+    Direct { w_q: Weight },
     /// `q = RMSNorm_q(x · w_dq) · w_uq`, `w_dq: (d_model, q_lora_rank)`,
     /// `q_norm: (1, q_lora_rank)`, `w_uq: (q_lora_rank, n_heads · qk_head_dim)`.
     Compressed {
-        w_dq: Matrix,
-        q_norm: Matrix,
-        w_uq: Matrix,
+        w_dq: Weight,
+        q_norm: Weight,
+        w_uq: Weight,
     },
+}
+
+impl QueryProjection {
+    /// The same projection with its projection weights stored as `dtype` (the norm stays f32).
+    fn into_dtype(self, dtype: WeightDtype) -> Self {
+        match self {
+            QueryProjection::Direct { w_q } => QueryProjection::Direct {
+                w_q: w_q.into_dtype(dtype),
+            },
+            QueryProjection::Compressed { w_dq, q_norm, w_uq } => QueryProjection::Compressed {
+                w_dq: w_dq.into_dtype(dtype),
+                q_norm,
+                w_uq: w_uq.into_dtype(dtype),
+            },
+        }
+    }
+}
+
+/// The values of an RMSNorm scale, which is built f32 and never rounded (docs/design.md §5).
+fn norm_values(scale: &Weight) -> &[f32] {
+    scale
+        .as_f32()
+        .expect("RMSNorm scales are built f32 and never rounded")
+        .data()
 }
 
 /// MLA as docs/design.md §1 defines it. The cache holds one plane per sequence, `latent`, of width
@@ -41,15 +65,15 @@ pub struct MultiHeadLatentAttention {
     precision: Precision,
     query: QueryProjection,
     /// `(d_model, kv_lora_rank + qk_rope_head_dim)`: `[c_kv | k_rope_raw] = x · w_dkv`.
-    w_dkv: Matrix,
-    /// `(1, kv_lora_rank)`.
-    kv_norm: Matrix,
+    w_dkv: Weight,
+    /// `(1, kv_lora_rank)`, always f32.
+    kv_norm: Weight,
     /// `(kv_lora_rank, n_heads · qk_nope_head_dim)`; head `h` owns columns `h·nope ..`.
-    w_uk: Matrix,
+    w_uk: Weight,
     /// `(kv_lora_rank, n_heads · v_head_dim)`; head `h` owns columns `h·v ..`.
-    w_uv: Matrix,
+    w_uv: Weight,
     /// `(n_heads · v_head_dim, d_model)`.
-    w_o: Matrix,
+    w_o: Weight,
 }
 
 impl MultiHeadLatentAttention {
@@ -60,21 +84,22 @@ impl MultiHeadLatentAttention {
         let q_width = c.n_heads * c.qk_head_dim();
         let query = match c.q_lora_rank {
             None => QueryProjection::Direct {
-                w_q: projection_weight(seed, "w_q", c.d_model, q_width),
+                w_q: projection_weight(seed, "w_q", c.d_model, q_width).into(),
             },
             Some(rank) => QueryProjection::Compressed {
-                w_dq: projection_weight(seed, "w_dq", c.d_model, rank),
-                q_norm: norm_scale(seed, "q_norm", rank),
-                w_uq: projection_weight(seed, "w_uq", rank, q_width),
+                w_dq: projection_weight(seed, "w_dq", c.d_model, rank).into(),
+                q_norm: norm_scale(seed, "q_norm", rank).into(),
+                w_uq: projection_weight(seed, "w_uq", rank, q_width).into(),
             },
         };
         Ok(Self {
             query,
-            w_dkv: projection_weight(seed, "w_dkv", c.d_model, c.kv_values_per_token()),
-            kv_norm: norm_scale(seed, "kv_norm", c.kv_lora_rank),
-            w_uk: projection_weight(seed, "w_uk", c.kv_lora_rank, c.n_heads * c.qk_nope_head_dim),
-            w_uv: projection_weight(seed, "w_uv", c.kv_lora_rank, c.n_heads * c.v_head_dim),
-            w_o: projection_weight(seed, "w_o", c.n_heads * c.v_head_dim, c.d_model),
+            w_dkv: projection_weight(seed, "w_dkv", c.d_model, c.kv_values_per_token()).into(),
+            kv_norm: norm_scale(seed, "kv_norm", c.kv_lora_rank).into(),
+            w_uk: projection_weight(seed, "w_uk", c.kv_lora_rank, c.n_heads * c.qk_nope_head_dim)
+                .into(),
+            w_uv: projection_weight(seed, "w_uv", c.kv_lora_rank, c.n_heads * c.v_head_dim).into(),
+            w_o: projection_weight(seed, "w_o", c.n_heads * c.v_head_dim, c.d_model).into(),
             config,
             path,
             kernel: Kernel::default(),
@@ -90,7 +115,16 @@ impl MultiHeadLatentAttention {
     /// The same layer with its cache and projection weights stored as `precision` says
     /// (docs/design.md §5): the weights are rounded here, once.
     pub fn with_precision(self, precision: Precision) -> Self {
-        Self { precision, ..self }
+        let dtype = precision.weight_dtype;
+        Self {
+            precision,
+            query: self.query.into_dtype(dtype),
+            w_dkv: self.w_dkv.into_dtype(dtype),
+            w_uk: self.w_uk.into_dtype(dtype),
+            w_uv: self.w_uv.into_dtype(dtype),
+            w_o: self.w_o.into_dtype(dtype),
+            ..self
+        }
     }
 
     /// How the cache and the projection weights are stored.
@@ -110,7 +144,7 @@ impl MultiHeadLatentAttention {
             QueryProjection::Direct { w_q } => project(x.view(), w_q),
             QueryProjection::Compressed { w_dq, q_norm, w_uq } => {
                 let mut c_q = project(x.view(), w_dq);
-                rms_norm_rows(&mut c_q, 0, q_norm.data(), c.rms_norm_eps);
+                rms_norm_rows(&mut c_q, 0, norm_values(q_norm), c.rms_norm_eps);
                 project(c_q.view(), w_uq)
             }
         };
@@ -122,7 +156,7 @@ impl MultiHeadLatentAttention {
     fn latents(&self, x: &Matrix, rope: &RopeTable) -> Matrix {
         let c = &self.config;
         let mut latent = project(x.view(), &self.w_dkv);
-        rms_norm_rows(&mut latent, 0, self.kv_norm.data(), c.rms_norm_eps);
+        rms_norm_rows(&mut latent, 0, norm_values(&self.kv_norm), c.rms_norm_eps);
         rope.rotate_heads(&mut latent, 1, 0, c.kv_lora_rank);
         latent
     }
@@ -205,7 +239,7 @@ impl MultiHeadLatentAttention {
             let dst = q_latent.view_mut().subcols_mut(h * latent_width, d_c);
             let q_nope = q.view().subcols(h * qk, nope);
             let w_uk_h = self.w_uk.view().subcols(h * nope, nope);
-            matmul(dst, q_nope, w_uk_h.transpose(), matmul_threads());
+            matmul_weight_transposed(dst, q_nope, w_uk_h, matmul_threads());
         }
         for r in 0..q.rows() {
             for h in 0..c.n_heads {
@@ -261,7 +295,7 @@ impl MultiHeadLatentAttention {
                 let h = i % c.n_heads;
                 let dst = MatMut::from_row_major_slice_mut(o_h, s_q, v);
                 let lhs = MatRef::from_row_major_slice(latent_h, s_q, d_c);
-                matmul(dst, lhs, self.w_uv.view().subcols(h * v, v), Par::Seq);
+                matmul_weight(dst, lhs, self.w_uv.view().subcols(h * v, v), Par::Seq);
             });
     }
 
@@ -294,7 +328,7 @@ impl AttentionLayer for MultiHeadLatentAttention {
         }]
     }
 
-    fn weights(&self) -> Vec<(&'static str, &Matrix)> {
+    fn weights(&self) -> Vec<(&'static str, &Weight)> {
         let mut weights = match &self.query {
             QueryProjection::Direct { w_q } => vec![("w_q", w_q)],
             QueryProjection::Compressed { w_dq, q_norm, w_uq } => {

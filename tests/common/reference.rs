@@ -2,7 +2,10 @@
 //! accumulation, no cache, no faer. Slow on purpose; only small shapes go through here. Kept
 //! under tests/ so that it is not part of the library's public API.
 
-use attnbench::{GroupedConfig, Matrix, MlaConfig};
+use attnbench::kernels::{
+    bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16, widen_bf16, widen_f16,
+};
+use attnbench::{Dtype, GroupedConfig, Matrix, MlaConfig};
 
 /// Rows of f64 values, one per token.
 pub type Rows = Vec<Vec<f64>>;
@@ -90,16 +93,30 @@ fn cols(x: &Rows, start: usize, width: usize) -> Rows {
 /// MHA/GQA/MQA over a whole sequence `x: (n, d_model)` at positions `0..n`; returns
 /// `(n, d_model)`. `weights` holds `w_q`, `w_k`, `w_v`, `w_o`.
 pub fn grouped(config: &GroupedConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) -> Rows {
+    grouped_stored(config, weights, x, Dtype::F32)
+}
+
+/// [`grouped`] with the cache stored as `kv_dtype`: every post-RoPE K row and every V row of
+/// each KV head read back as [`stored`] gives it (f32: kept as computed, in f64).
+pub fn grouped_stored(
+    config: &GroupedConfig,
+    weights: &[(&'static str, &Matrix)],
+    x: &Matrix,
+    kv_dtype: Dtype,
+) -> Rows {
     let hd = config.head_dim;
     let x = to_rows(x);
     let mut q = rows_times(&x, weight(weights, "w_q"));
     let mut k = rows_times(&x, weight(weights, "w_k"));
-    let v = rows_times(&x, weight(weights, "w_v"));
+    let mut v = rows_times(&x, weight(weights, "w_v"));
     for (p, (qr, kr)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
         qr.chunks_mut(hd)
             .for_each(|h| rope(h, p, config.rope_theta));
         kr.chunks_mut(hd)
             .for_each(|h| rope(h, p, config.rope_theta));
+    }
+    for row in k.iter_mut().chain(v.iter_mut()) {
+        row.chunks_mut(hd).for_each(|h| stored(h, kv_dtype));
     }
     let group = config.n_heads / config.n_kv_heads;
     let mut concat = vec![Vec::new(); x.len()];
@@ -119,6 +136,18 @@ pub fn grouped(config: &GroupedConfig, weights: &[(&'static str, &Matrix)], x: &
 /// MLA by its definition (per-head keys and values expanded from the latent) over a whole
 /// sequence `x: (n, d_model)` at positions `0..n`; returns `(n, d_model)`.
 pub fn mla(config: &MlaConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) -> Rows {
+    mla_stored(config, weights, x, Dtype::F32)
+}
+
+/// [`mla`] with the latent cache stored as `kv_dtype`: each token's `c_kv` (after RMSNorm) and
+/// `k_rope` (after RoPE) read back as [`stored`] gives them, each a row of its own (int8: a
+/// scale each), before the expansion.
+pub fn mla_stored(
+    config: &MlaConfig,
+    weights: &[(&'static str, &Matrix)],
+    x: &Matrix,
+    kv_dtype: Dtype,
+) -> Rows {
     let (nope, rope_dim, d_c) = (
         config.qk_nope_head_dim,
         config.qk_rope_head_dim,
@@ -145,6 +174,9 @@ pub fn mla(config: &MlaConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) 
             config.rms_norm_eps,
         );
         rope(&mut kvr[d_c..], p, config.rope_theta);
+        let (c_kv, k_rope) = kvr.split_at_mut(d_c);
+        stored(c_kv, kv_dtype);
+        stored(k_rope, kv_dtype);
     }
     let c_kv = cols(&kv, 0, d_c);
     let k_rope = cols(&kv, d_c, rope_dim);
@@ -169,4 +201,69 @@ pub fn mla(config: &MlaConfig, weights: &[(&'static str, &Matrix)], x: &Matrix) 
         concat.iter_mut().zip(o).for_each(|(c, o)| c.extend(o));
     }
     rows_times(&concat, weight(weights, "w_o"))
+}
+
+/// A layer's `weights()` widened to f32, exactly: the values it stores (bf16 weights read back
+/// as the rounded values), which is what the references compute with. Borrow the result with
+/// [`borrowed`] for [`grouped`], [`mla`] and [`weight`].
+pub fn widened(
+    weights: &[(&'static str, &attnbench::kernels::Weight)],
+) -> Vec<(&'static str, Matrix)> {
+    weights
+        .iter()
+        .map(|(name, w)| (*name, w.to_f32()))
+        .collect()
+}
+
+/// `(name, &matrix)` pairs of an owned list, the form the references take.
+pub fn borrowed<'a>(weights: &'a [(&'static str, Matrix)]) -> Vec<(&'static str, &'a Matrix)> {
+    weights.iter().map(|(name, w)| (*name, w)).collect()
+}
+
+/// The reference output `(n, d_model)`, flattened, of `layer` (of shape `spec`) over a whole
+/// sequence `x` at positions `0..n`, computed with the layer's weights as stored (widened).
+pub fn layer_rows(
+    spec: &attnbench::LayerSpec,
+    layer: &dyn attnbench::AttentionLayer,
+    x: &Matrix,
+) -> Vec<f64> {
+    let wide = widened(&layer.weights());
+    let weights = borrowed(&wide);
+    let out = match spec {
+        attnbench::LayerSpec::Grouped { config, .. } => grouped(config, &weights, x),
+        attnbench::LayerSpec::Mla { config, .. } => mla(config, &weights, x),
+    };
+    out.into_iter().flatten().collect()
+}
+
+/// Replaces one cache row (one token of one KV head, or MLA's `c_kv` or `k_rope` of one token)
+/// with what a cache stored as `dtype` reads back (docs/design.md §5): the value as the f32 the
+/// layer computes, rounded to bf16 or f16, or quantised to int8 with one scale for the row,
+/// then widened. f32 keeps the f64 values (the reference of the f32 layer).
+pub fn stored(row: &mut [f64], dtype: Dtype) {
+    if dtype == Dtype::F32 {
+        return;
+    }
+    let f32s: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+    let mut read = vec![0.0f32; row.len()];
+    match dtype {
+        Dtype::Bf16 => {
+            let mut narrow = vec![bf16::ZERO; row.len()];
+            round_to_bf16(&f32s, &mut narrow);
+            widen_bf16(&narrow, &mut read);
+        }
+        Dtype::F16 => {
+            let mut narrow = vec![f16::ZERO; row.len()];
+            round_to_f16(&f32s, &mut narrow);
+            widen_f16(&narrow, &mut read);
+        }
+        _ => {
+            let mut codes = vec![0i8; row.len()];
+            let scale = quantize_int8(&f32s, &mut codes);
+            dequantize_int8(&codes, scale, &mut read);
+        }
+    }
+    row.iter_mut()
+        .zip(read)
+        .for_each(|(v, r)| *v = f64::from(r));
 }

@@ -329,6 +329,34 @@ mod tests {
         );
     }
 
+    /// bf16 projections are written as their bf16 values; the RMSNorm scales stay f32 (the
+    /// default ones, all 1, are bf16 values too, so only the names are checked for them).
+    #[test]
+    fn bf16_weights_are_written_as_stored() {
+        let f32_case = export(mla(), Dtype::F32, WeightDtype::F32);
+        let case = export(mla(), Dtype::F32, WeightDtype::Bf16);
+        assert_eq!(case["weight_dtype"], "bf16");
+        assert!(case.get("kv_dtype").is_none());
+        assert_eq!(keys(&case["weights"]), keys(&f32_case["weights"]));
+        for name in keys(&case["weights"])
+            .into_iter()
+            .filter(|n| n.starts_with("w_"))
+        {
+            let (stored, master) = (
+                floats(&case["weights"][name]),
+                floats(&f32_case["weights"][name]),
+            );
+            for (s, m) in stored.iter().zip(&master) {
+                assert_eq!(s.to_bits() & 0xFFFF, 0, "{name}: {s} is not a bf16");
+                assert!(
+                    (s - m).abs() <= m.abs() / 256.0,
+                    "{name}: {s} is not {m} rounded"
+                );
+            }
+            assert_ne!(stored, master, "{name}");
+        }
+    }
+
     #[test]
     fn a_narrow_cache_is_written_as_stored() {
         for spec in [gqa(), mla()] {

@@ -77,7 +77,8 @@ fn exported_cases_replay_in_numpy() {
 }
 
 /// Every variant and MLA path in f32, then a grouped layer and both MLA paths with each
-/// narrow KV cache: a prefill of 8 tokens, then 2 decodes (the export's defaults).
+/// narrow KV cache, and with bf16 weights (f32 and bf16 caches): a prefill of 8 tokens, then
+/// 2 decodes (the export's defaults).
 fn cases() -> Vec<(String, Vec<&'static str>)> {
     let f32_cases: [(&str, &[&str]); 7] = [
         (
@@ -139,6 +140,13 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
             cases.push((
                 format!("{name}_kv_{kv}"),
                 [args, &["--kv-dtype", kv]].concat(),
+            ));
+        }
+        // bf16 weights, alone and with the bf16 cache deployments pair them with.
+        for kv in ["f32", "bf16"] {
+            cases.push((
+                format!("{name}_w_bf16_kv_{kv}"),
+                [args, &["--weight-dtype", "bf16", "--kv-dtype", kv]].concat(),
             ));
         }
     }

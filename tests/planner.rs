@@ -7,7 +7,7 @@ use attnbench::planner::{
     Alternatives, CacheShape, ContextBound, Dtype, ModelShape, Plan, PlanRequest, VariantPlan, plan,
 };
 use attnbench::presets::{SlidingWindow, WindowLayers};
-use attnbench::{Error, LayerSpec, Variant, build_layer};
+use attnbench::{Error, Kernel, LayerSpec, Precision, Variant, WeightDtype, build_layer_with};
 
 fn request(name: &str, context: usize, batch: usize, dtypes: &[Dtype]) -> PlanRequest {
     PlanRequest {
@@ -198,10 +198,11 @@ fn deepseek_v3_at_32768_tokens_in_f16_is_2196_mib() {
     assert_eq!(mla.dtypes[0].cache_bytes, 2196 << 20);
 }
 
-/// The planner's f32 bytes per token and layer, times the tokens of a cache, equal the bytes
-/// a real cache of that row's shape allocates.
+/// The planner's bytes per token and layer in each storage type, times the tokens of a cache,
+/// equal the bytes a real cache of that row's shape allocates in that type (int8: codes and
+/// scales): what `kv` prints is what the layers hold.
 #[test]
-fn per_layer_f32_figure_equals_a_real_allocation_for_every_row() {
+fn per_layer_figure_equals_a_real_allocation_for_every_row_and_dtype() {
     let (batch, tokens) = (2, 3);
     let names = [
         "gpt2-small",
@@ -212,66 +213,69 @@ fn per_layer_f32_figure_equals_a_real_allocation_for_every_row() {
         "kimi-k2",
     ];
     for name in names {
-        let plan = plan(&request(name, tokens, batch, &[Dtype::F32])).unwrap();
+        let plan = plan(&request(name, tokens, batch, &Dtype::ALL)).unwrap();
         assert!(plan.rows.iter().filter(|r| r.own).count() == 1, "{name}");
         for r in &plan.rows {
-            let allocated = match &r.layer {
-                Some(spec) => {
-                    // d_model does not enter the cache; a small one keeps the weights small.
-                    let mut spec = spec.clone();
-                    match &mut spec {
-                        LayerSpec::Grouped { config, .. } => config.d_model = 64,
-                        LayerSpec::Mla { config, .. } => config.d_model = 64,
-                    }
-                    let layer = build_layer(&spec, 0).unwrap();
-                    assert_eq!(layer.info().variant, r.variant);
-                    layer.new_cache(batch, tokens).unwrap().allocated_bytes()
-                }
-                // Keys and values of different widths: the cache's own planes, as a layer
-                // with such heads would declare them.
-                None => {
-                    let CacheShape::Heads {
-                        n_kv_heads,
-                        k_head_dim,
-                        v_head_dim,
-                    } = r.cache
-                    else {
-                        panic!("{name} {}: a latent row without a layer", r.variant)
-                    };
-                    let planes = [
-                        PlaneSpec {
-                            name: "k",
-                            heads: n_kv_heads,
-                            head_width: k_head_dim,
-                            scale_split: None,
-                        },
-                        PlaneSpec {
-                            name: "v",
-                            heads: n_kv_heads,
-                            head_width: v_head_dim,
-                            scale_split: None,
-                        },
-                    ];
-                    KvCache::new(batch, tokens, &planes, Dtype::F32)
-                        .unwrap()
-                        .allocated_bytes()
-                }
-            };
-            let f32 = &r.dtypes[0];
-            assert_eq!(
-                f32.bytes_per_token_per_layer * (batch * tokens) as u64,
-                allocated as u64,
-                "{name} {}",
-                r.variant
-            );
-            assert_eq!(
-                f32.cache_bytes,
-                allocated as u64 * plan.n_layers as u64,
-                "{name} {}",
-                r.variant
-            );
+            for figures in &r.dtypes {
+                let label = format!("{name} {} {}", r.variant, figures.dtype);
+                let allocated = allocated_bytes(r, figures.dtype, batch, tokens) as u64;
+                assert_eq!(
+                    figures.bytes_per_token_per_layer * (batch * tokens) as u64,
+                    allocated,
+                    "{label}"
+                );
+                assert_eq!(
+                    figures.cache_bytes,
+                    allocated * plan.n_layers as u64,
+                    "{label}"
+                );
+            }
         }
     }
+}
+
+/// Bytes a real cache of `batch × tokens` for one layer of row `r`, stored as `dtype`,
+/// allocates: the layer's own cache, or for keys and values of different widths the cache's
+/// planes as a layer with such heads would declare them.
+fn allocated_bytes(r: &VariantPlan, dtype: Dtype, batch: usize, tokens: usize) -> usize {
+    if let Some(spec) = &r.layer {
+        // Widths that do not enter the cache, made small to keep the weights small.
+        let mut spec = spec.clone();
+        match &mut spec {
+            LayerSpec::Grouped { config, .. } => config.d_model = 64,
+            LayerSpec::Mla { config, .. } => {
+                config.d_model = 64;
+                config.n_heads = 2;
+                config.q_lora_rank = None;
+                (config.qk_nope_head_dim, config.v_head_dim) = (8, 8);
+            }
+        }
+        let precision = Precision {
+            kv_dtype: dtype,
+            weight_dtype: WeightDtype::F32,
+        };
+        let layer = build_layer_with(&spec, Kernel::default(), precision, 0).unwrap();
+        assert_eq!(layer.info().variant, r.variant);
+        return layer.new_cache(batch, tokens).unwrap().allocated_bytes();
+    }
+    let CacheShape::Heads {
+        n_kv_heads,
+        k_head_dim,
+        v_head_dim,
+    } = r.cache
+    else {
+        panic!("{}: a latent row without a layer", r.variant)
+    };
+    let plane = |name, head_width| PlaneSpec {
+        name,
+        heads: n_kv_heads,
+        head_width,
+        scale_split: None,
+    };
+    let planes = [plane("k", k_head_dim), plane("v", v_head_dim)];
+    KvCache::new(batch, tokens, &planes, dtype)
+        .unwrap()
+        .allocated_bytes()
 }
 
 #[test]
@@ -476,4 +480,83 @@ fn resolve_overlays_flags_on_the_preset_and_names_the_result() {
             variant: Variant::Mla
         })
     );
+}
+
+/// int8 counts each stored row's f32 scale (docs/design.md §5): a grouped cache
+/// `2·n_kv_heads·(head_dim + 4)` bytes per token and layer, an MLA cache
+/// `kv_lora_rank + qk_rope_head_dim + 8`; the hypothetical grouped rows of an MLA model a
+/// scale for each K and each V row of their unequal widths.
+#[test]
+fn int8_counts_one_f32_scale_per_stored_row() {
+    let llama = plan(&request("llama-3-8b", 8192, 1, &[Dtype::Int8])).unwrap();
+    let int8 = |plan: &Plan, v| row(plan, v).dtypes[0].clone();
+    assert_eq!(
+        int8(&llama, Variant::Gqa).bytes_per_token_per_layer,
+        2 * 8 * (128 + 4)
+    );
+    assert_eq!(
+        int8(&llama, Variant::Gqa).cache_bytes,
+        32 * 2 * 8 * (128 + 4) * 8192
+    );
+    assert_eq!(
+        int8(&llama, Variant::Mha).bytes_per_token_per_layer,
+        2 * 32 * (128 + 4)
+    );
+    assert_eq!(
+        int8(&llama, Variant::Mqa).bytes_per_token_per_layer,
+        2 * (128 + 4)
+    );
+    assert_eq!(
+        int8(&llama, Variant::Mla).bytes_per_token_per_layer,
+        512 + 64 + 8
+    );
+
+    let deepseek = plan(&request("deepseek-v3", 32768, 1, &[Dtype::Int8])).unwrap();
+    let mla = int8(&deepseek, Variant::Mla);
+    assert_eq!(mla.bytes_per_token_per_layer, 512 + 64 + 8);
+    assert_eq!(mla.bytes_per_token, 61 * (512 + 64 + 8));
+    assert_eq!(mla.cache_bytes, 61 * (512 + 64 + 8) * 32768);
+    // Keys of 192 and values of 128 per KV head, each row with its scale.
+    assert_eq!(
+        int8(&deepseek, Variant::Mha).bytes_per_token_per_layer,
+        128 * ((192 + 4) + (128 + 4))
+    );
+    assert_eq!(
+        int8(&deepseek, Variant::Gqa).bytes_per_token_per_layer,
+        8 * ((192 + 4) + (128 + 4))
+    );
+    // The other types have no scales: bytes are values times the type's width.
+    let f16 = plan(&request("deepseek-v3", 1, 1, &[Dtype::F16])).unwrap();
+    assert_eq!(
+        row(&f16, Variant::Mha).dtypes[0].bytes_per_token_per_layer,
+        128 * (192 + 128) * 2
+    );
+}
+
+/// For every preset and storage type, the own row's figures are the one formula
+/// `LayerSpec::kv_bytes_per_token(dtype)`: per layer, over the layers, and at a context within
+/// every preset's window, `batch · tokens · n_layers` times it.
+#[test]
+fn every_presets_bytes_are_the_layers_formula_in_every_dtype() {
+    let (batch, tokens) = (3, 5);
+    for p in presets() {
+        let req = request(&p.name, tokens, batch, &Dtype::ALL);
+        let spec = req.model.layer.clone();
+        let n_layers = req.model.n_layers as u64;
+        let plan = plan(&req).unwrap();
+        let own = plan.rows.iter().find(|r| r.own).unwrap();
+        assert_eq!(own.variant, spec.variant(), "{}", p.name);
+        for (figures, dtype) in own.dtypes.iter().zip(Dtype::ALL) {
+            let label = format!("{} {dtype}", p.name);
+            assert_eq!(figures.dtype, dtype, "{label}");
+            let per_layer = spec.kv_bytes_per_token(dtype).unwrap();
+            assert_eq!(figures.bytes_per_token_per_layer, per_layer, "{label}");
+            assert_eq!(figures.bytes_per_token, n_layers * per_layer, "{label}");
+            assert_eq!(
+                figures.cache_bytes,
+                (batch * tokens) as u64 * n_layers * per_layer,
+                "{label}"
+            );
+        }
+    }
 }

@@ -8,7 +8,7 @@ use attnbench::export::{CaseRequest, export_case};
 use attnbench::fsutil::write_atomic;
 use attnbench::presets::{MissingField, ModelFields};
 use attnbench::results::memory_limit_bytes;
-use attnbench::{LayerSpec, MlaPath, Variant};
+use attnbench::{Dtype, LayerSpec, MlaPath, Precision, Variant, WeightDtype};
 use clap::Args;
 
 use super::{flag, flag_error, outln};
@@ -60,6 +60,13 @@ pub struct ExportArgs {
     /// Single-token decode steps after the prefill.
     #[arg(long, default_value_t = 2)]
     decode_steps: usize,
+    /// How the KV cache is stored (docs/design.md §5): each new K and V row (MLA: the latent
+    /// row) rounded once when appended; int8 with one f32 scale per row.
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_dtype: Dtype,
+    /// How the projection weights are stored (RMSNorm scales stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    weight_dtype: WeightDtype,
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -102,16 +109,19 @@ const CASE_BYTES_PER_VALUE: u64 = 64;
 
 impl ExportArgs {
     /// Refuses a case too large to build on this machine (half its memory): its weights, every
-    /// step's input and output, and the cache at `--seq-len + --decode-steps` tokens, each
-    /// value held as an f32, a JSON value and text. `spec` is checked.
+    /// step's input and output, and the cache at `--seq-len + --decode-steps` tokens (an int8
+    /// cache twice: its values and its codes), each value held as an f32, a JSON value and
+    /// text. `spec` is checked.
     fn check_size(&self, spec: &LayerSpec) -> Result<()> {
         let (seq_len, steps) = (self.seq_len, self.decode_steps);
         let tokens = seq_len.checked_add(steps).ok_or_else(|| {
             anyhow!("--seq-len {seq_len} + --decode-steps {steps} pass 2^64 tokens")
         })? as u64;
+        let copies = if self.kv_dtype == Dtype::Int8 { 2 } else { 1 };
+        let cache_values = copies * spec.kv_values_per_token() as u64;
         let bytes = (tokens.checked_mul(2 * spec.d_model() as u64))
             .and_then(|rows| rows.checked_add(spec.param_count() as u64))
-            .and_then(|v| v.checked_add(tokens.checked_mul(spec.kv_values_per_token() as u64)?))
+            .and_then(|v| v.checked_add(tokens.checked_mul(cache_values)?))
             .and_then(|values| values.checked_mul(CASE_BYTES_PER_VALUE));
         let limit = memory_limit_bytes(None)?;
         if bytes.is_none_or(|b| b > limit) {
@@ -130,6 +140,10 @@ impl ExportArgs {
 pub fn run(args: &ExportArgs) -> Result<()> {
     let request = CaseRequest {
         spec: args.spec()?,
+        precision: Precision {
+            kv_dtype: args.kv_dtype,
+            weight_dtype: args.weight_dtype,
+        },
         seq_len: args.seq_len,
         decode_steps: args.decode_steps,
         seed: args.seed,

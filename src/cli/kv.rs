@@ -12,8 +12,8 @@ use super::{flag, flag_error, outln};
 /// `attnbench kv --help`: what the rows are and where their shapes come from.
 pub const LONG_ABOUT: &str = "\
 Plan a model's KV cache: bytes per token per layer, per token over all layers and at a context
-and batch, in f32, f16, bf16 and int8 storage (int8: one byte per value, scales not counted),
-side by side for MHA, GQA, MQA and MLA at the model's shape. With --budget-gib: the largest
+and batch, in f32, f16, bf16 and int8 storage (int8: one byte per value plus one f32 scale per
+stored row, docs/design.md §5), side by side for MHA, GQA, MQA and MLA at the model's shape. With --budget-gib: the largest
 batch at --context and the largest context at --batch that fit beside the weights.
 
 The model is a preset (`attnbench list`), explicit shape flags, or a preset with flags
@@ -32,8 +32,9 @@ Weights: --params, else the preset's cited parameter count (llama-3-8b, deepseek
 not counted. They are stored in the same type as the cache, and the model's own count is used
 for every row.
 
-The per-layer f32 figure is the one the layers report and the harness reads from the cache's
-allocation. Bytes are binary (1 GiB = 2^30); --json gives them exactly.";
+The per-layer figure in each type is the one formula the layers' caches are sized by
+(int8 rows: 2 * n_kv_heads * (head_dim + 4) bytes; MLA: kv_lora_rank + qk_rope_head_dim + 8).
+Bytes are binary (1 GiB = 2^30); --json gives them exactly.";
 
 // Not `export`'s flags (ExportArgs): those default to a tiny layer for a small case file,
 // while the planner must not invent a model, so every shape field here is optional and comes

@@ -3,12 +3,15 @@
 //! and for the other variants at its shape; and how large a batch or a context fits a memory
 //! budget.
 //!
-//! The per-layer figure of every row that is a layer the crate can build comes from
-//! [`LayerSpec::kv_values_per_token`], the same analytic figure the layers report in
-//! [`LayerInfo`](crate::LayerInfo) and the harness checks against the cache's allocation. Only
-//! the hypothetical MHA/GQA/MQA rows of an MLA model, whose keys and values differ in width (a
-//! shape [`GroupedConfig`](crate::GroupedConfig) does not describe), count
-//! `n_kv_heads · (k_head_dim + v_head_dim)` themselves.
+//! The per-layer bytes of every row that is a layer the crate can build come from
+//! [`LayerSpec::kv_bytes_per_token`], the one formula for a token's stored cache bytes in each
+//! storage type, int8's scales included (docs/design.md §5): a grouped int8 cache takes
+//! `2 · n_kv_heads · (head_dim + 4)` bytes per token and layer, an MLA one
+//! `kv_lora_rank + qk_rope_head_dim + 8`. Only the hypothetical MHA/GQA/MQA rows of an MLA
+//! model, whose keys and values differ in width (a shape
+//! [`GroupedConfig`](crate::GroupedConfig) does not describe), count
+//! `n_kv_heads · (row bytes of k_head_dim + row bytes of v_head_dim)` themselves, through the
+//! same [`Dtype::row_bytes`].
 //!
 //! A model with a sliding window ([`ModelShape::window`]) caches at most the window's tokens in
 //! each windowed layer: the figures at a context, and the budget's answers, count
@@ -271,7 +274,8 @@ impl fmt::Display for CacheShape {
 pub struct DtypeFigures {
     /// The storage type.
     pub dtype: Dtype,
-    /// Cache bytes of one token in one layer.
+    /// Cache bytes of one token in one layer, int8's scales included
+    /// ([`LayerSpec::kv_bytes_per_token`]).
     pub bytes_per_token_per_layer: u64,
     /// Cache bytes of one token held in every one of the `n_layers` layers: what each token
     /// adds while the context is within the sliding window (always, without one).
@@ -564,7 +568,10 @@ fn row_figures(
                     .map_or(0, |w| w.weights_bytes);
                 budget.saturating_sub(weights)
             });
-            dtype_figures(request, values, dtype, available)
+            let per_layer = shape
+                .bytes_per_token_per_layer(dtype)
+                .ok_or_else(|| too_large("n_kv_heads", shape.values_per_token_per_layer()))?;
+            dtype_figures(request, per_layer, dtype, available)
         })
         .collect::<Result<_>>()?;
     Ok(VariantPlan {
@@ -578,18 +585,17 @@ fn row_figures(
     })
 }
 
-/// The cache figures of `values` per token and layer stored as `dtype`, and the largest batch
-/// and context that fit in `available` bytes.
+/// The cache figures of `per_layer` bytes per token and layer stored as `dtype`, and the
+/// largest batch and context that fit in `available` bytes.
 fn dtype_figures(
     request: &PlanRequest,
-    values: u64,
+    per_layer: u64,
     dtype: Dtype,
     available: Option<u64>,
 ) -> Result<DtypeFigures> {
     let model = &request.model;
     let n_layers = model.n_layers;
     let tokens = LayerTokens::new(n_layers, model.window);
-    let per_layer = values * dtype.bytes();
     let per_token = checked(per_layer, n_layers as u64, "n_layers", n_layers)?;
     let (context, batch) = (request.context, request.batch);
     let held = tokens

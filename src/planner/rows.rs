@@ -2,7 +2,8 @@
 //! function each, and the variants that have no row.
 
 use crate::config::{
-    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, GroupedConfig, LayerSpec, MlaConfig, MlaPath, Variant,
+    DEFAULT_RMS_NORM_EPS, DEFAULT_ROPE_THETA, Dtype, GroupedConfig, LayerSpec, MlaConfig, MlaPath,
+    Variant,
 };
 use crate::error::Result;
 
@@ -22,21 +23,43 @@ pub(super) struct RowShape {
 impl RowShape {
     /// Values one token caches in one layer.
     pub fn values_per_token_per_layer(&self) -> usize {
-        match (&self.layer, self.cache) {
+        match &self.layer {
             // The layers' own analytic figure, the one checked against their allocations.
-            (Some(layer), _) => layer.kv_values_per_token(),
-            // Keys and values of different widths: no layer of the crate has this shape.
-            (
-                None,
-                CacheShape::Heads {
-                    n_kv_heads,
-                    k_head_dim,
-                    v_head_dim,
-                },
-            ) => n_kv_heads * (k_head_dim + v_head_dim),
-            (None, CacheShape::Latent { .. }) => {
-                unreachable!("every latent row is an MLA layer")
+            Some(layer) => layer.kv_values_per_token(),
+            None => {
+                let (n_kv_heads, k_head_dim, v_head_dim) = self.unequal_heads();
+                n_kv_heads * (k_head_dim + v_head_dim)
             }
+        }
+    }
+
+    /// Bytes one token caches in one layer stored as `dtype`, int8's scales included
+    /// (docs/design.md §5); `None` past 2^64.
+    pub fn bytes_per_token_per_layer(&self, dtype: Dtype) -> Option<u64> {
+        match &self.layer {
+            // The one formula the layers' caches are allocated by.
+            Some(layer) => layer.kv_bytes_per_token(dtype),
+            // Each K and each V row is one stored row with its own scale, as in that formula.
+            None => {
+                let (n_kv_heads, k_head_dim, v_head_dim) = self.unequal_heads();
+                dtype
+                    .row_bytes(k_head_dim as u64)?
+                    .checked_add(dtype.row_bytes(v_head_dim as u64)?)?
+                    .checked_mul(n_kv_heads as u64)
+            }
+        }
+    }
+
+    /// `(n_kv_heads, k_head_dim, v_head_dim)` of a row without a layer: keys and values of
+    /// different widths, a shape no layer of the crate has.
+    fn unequal_heads(&self) -> (usize, usize, usize) {
+        match self.cache {
+            CacheShape::Heads {
+                n_kv_heads,
+                k_head_dim,
+                v_head_dim,
+            } => (n_kv_heads, k_head_dim, v_head_dim),
+            CacheShape::Latent { .. } => unreachable!("every latent row is an MLA layer"),
         }
     }
 }

@@ -5,15 +5,13 @@
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use crate::planner::{
-    ContextBound, Dtype, DtypeFigures, Plan, VariantPlan, WeightFigures, human_bytes,
-};
+use crate::planner::{ContextBound, DtypeFigures, Plan, VariantPlan, WeightFigures, human_bytes};
 use crate::presets::WindowLayers;
 
 /// The plan as Markdown: a heading, the warnings, the table, the sliding window and the cap
 /// on the largest context, the derivation of each row (and why a variant has none), the
-/// weights in each storage type when the parameter count is known, a note on int8 when int8
-/// is shown, and the preset's notes. No trailing newline.
+/// weights in each storage type when the parameter count is known, and the preset's notes.
+/// No trailing newline.
 pub fn kv_plan_markdown(plan: &Plan) -> String {
     let mut out = format!(
         "KV cache of {} ({}, {} layers) at context {} × batch {}\n\n",
@@ -27,9 +25,6 @@ pub fn kv_plan_markdown(plan: &Plan) -> String {
     out.push_str(&context_cap(plan));
     out.push_str(&derivations(plan));
     out.push_str(&weights(plan));
-    if shows_int8(plan) {
-        out.push_str("\nint8: one byte per value; quantisation scales are not counted.\n");
-    }
     if let Some(notes) = &plan.notes {
         out.push_str(&format!("\nNotes on {}: {notes}\n", plan.model));
     }
@@ -178,16 +173,10 @@ fn budget_share(figures: &WeightFigures) -> String {
     }
 }
 
-fn shows_int8(plan: &Plan) -> bool {
-    plan.rows
-        .iter()
-        .any(|row| row.dtypes.iter().any(|d| d.dtype == Dtype::Int8))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::{Alternatives, ModelShape, PlanRequest, plan};
+    use crate::planner::{Alternatives, Dtype, ModelShape, PlanRequest, plan};
     use crate::presets::preset;
 
     fn llama(budget_gib: Option<f64>, params: Option<u64>) -> String {
@@ -200,6 +189,16 @@ mod tests {
         budget_gib: Option<f64>,
         params: Option<u64>,
     ) -> String {
+        markdown_in(name, context, budget_gib, params, Dtype::Bf16)
+    }
+
+    fn markdown_in(
+        name: &str,
+        context: usize,
+        budget_gib: Option<f64>,
+        params: Option<u64>,
+        dtype: Dtype,
+    ) -> String {
         let mut model = ModelShape::from_preset(&preset(name).unwrap()).unwrap();
         model.params = params;
         let plan = plan(&PlanRequest {
@@ -207,7 +206,7 @@ mod tests {
             alternatives: Alternatives::default(),
             context,
             batch: 1,
-            dtypes: vec![Dtype::Bf16],
+            dtypes: vec![dtype],
             budget_gib,
         })
         .unwrap();
@@ -224,7 +223,6 @@ mod tests {
         let plain = llama(None, None);
         assert_eq!(columns(&plain), 8, "{plain}");
         assert!(!plain.contains("Weights"), "{plain}");
-        assert!(!plain.contains("int8:"), "{plain}");
 
         let uncounted = llama(Some(24.0), None);
         assert_eq!(columns(&uncounted), 10, "{uncounted}");
@@ -236,6 +234,19 @@ mod tests {
             "{counted}"
         );
         assert!(!counted.ends_with('\n'), "{counted}");
+    }
+
+    /// int8 rows show their bytes with the scales counted, and no caveat that they are not.
+    #[test]
+    fn int8_rows_count_their_scales_and_say_nothing_else() {
+        let int8 = markdown_in("llama-3-8b", 8192, None, None, Dtype::Int8);
+        // GQA-8: 2 · 8 · (128 + 4) bytes per token and layer.
+        let gqa = int8.lines().find(|l| l.starts_with("| gqa")).unwrap();
+        let cells: Vec<&str> = gqa.split('|').map(str::trim).collect();
+        assert_eq!(cells[4..7], ["2048", "int8", "2112"], "{int8}");
+        assert!(!int8.contains("not counted"), "{int8}");
+        let deepseek = markdown_in("deepseek-v3", 8192, None, None, Dtype::Int8);
+        assert!(deepseek.contains("| int8  | 584 "), "{deepseek}");
     }
 
     #[test]

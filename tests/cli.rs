@@ -151,7 +151,7 @@ fn kv_json_has_exact_bytes_and_the_documented_fields() {
     ]);
     assert_success(&out);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(plan["format"], "attnbench-kv-plan/1");
+    assert_eq!(plan["format"], "attnbench-kv-plan/2");
     assert_eq!(plan["model"], "llama-3-8b");
     assert_eq!(plan["variant"], "gqa");
     assert_eq!(plan["n_layers"], 32);

@@ -38,8 +38,10 @@ use rows::{RowShape, variant_shapes};
 use window::LayerTokens;
 pub use window::WindowFigures;
 
-/// Format tag of the planner's JSON.
-pub const PLAN_FORMAT: &str = "attnbench-kv-plan/1";
+/// Format tag of the planner's JSON. `/2`: int8 figures include the f32 scales (one per
+/// token per K and V row of each KV head; MLA: one for `c_kv`, one for `k_rope`), which `/1`
+/// left out; every other figure means what it meant.
+pub const PLAN_FORMAT: &str = "attnbench-kv-plan/2";
 
 /// Most KV heads a hypothetical GQA row gets by default: Llama 2 70B, Llama 3 and Mistral use 8.
 pub const DEFAULT_GQA_MAX_KV_HEADS: usize = 8;

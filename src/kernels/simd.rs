@@ -146,6 +146,32 @@ pub trait Widen: Copy + Send + Sync + 'static {
     /// The CPU has the features of the caller's module; eight elements are readable at `ptr`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(ptr: *const Self) -> __m256;
+
+    /// True when a stored pattern of the type stands for a non-finite value that the plain
+    /// conversion does not produce (int8's [`INT8_NON_FINITE`](super::convert::INT8_NON_FINITE)),
+    /// so that [`Widen::load8`] spends instructions on each lane to mark it. The kernels check
+    /// a row for the pattern once ([`Widen::any_non_finite`]) and widen rows without it by
+    /// [`Widen::load8_finite`].
+    const MARKS_NON_FINITE: bool = false;
+
+    /// True when `row` holds a pattern [`Widen::load8_finite`] would read as a finite value.
+    #[inline(always)]
+    fn any_non_finite(row: &[Self]) -> bool {
+        let _ = row;
+        false
+    }
+
+    /// [`Widen::load8`] for eight elements none of which is a pattern
+    /// [`Widen::any_non_finite`] finds: the same lanes in fewer instructions.
+    ///
+    /// # Safety
+    /// As [`Widen::load8`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8_finite(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { Self::load8(ptr) }
+    }
 }
 
 impl Widen for f32 {
@@ -212,6 +238,23 @@ impl Widen for i8 {
         let codes = _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(ptr.cast()) });
         let non_finite = _mm256_cmpeq_epi32(codes, _mm256_set1_epi32(i32::from(i8::MIN)));
         _mm256_or_ps(_mm256_cvtepi32_ps(codes), _mm256_castsi256_ps(non_finite))
+    }
+
+    const MARKS_NON_FINITE: bool = true;
+
+    /// A fold, not `any`: without the early exit the comparison vectorises.
+    #[inline(always)]
+    fn any_non_finite(row: &[Self]) -> bool {
+        row.iter().fold(false, |seen, &c| seen | (c == i8::MIN))
+    }
+
+    /// Sign-extends and converts only: the codes hold no −128.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load8_finite(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract: 8 readable bytes.
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(ptr.cast()) }))
     }
 }
 
@@ -434,12 +477,58 @@ macro_rules! few_row_kernels {
             for (row, &j) in key_rows.iter_mut().zip(&js) {
                 *row = keys.row(j).as_slice();
             }
+            // A row with int8's non-finite code is rare: checking the rows once lets the
+            // common case widen without marking each lane.
+            let marked = T::MARKS_NON_FINITE && key_rows.iter().any(|row| T::any_non_finite(row));
+            // SAFETY: every row has d ≥ whole elements; queries.len() == R · d.
+            let acc = unsafe {
+                if marked {
+                    dots::<T, R, J, true>(key_rows, queries, d)
+                } else {
+                    dots::<T, R, J, false>(key_rows, queries, d)
+                }
+            };
+            for jj in 0..J {
+                let row_scale = scales.at(js[jj]);
+                for r in 0..R {
+                    let q = &queries[r * d..(r + 1) * d];
+                    let tail = key_rows[jj][whole..]
+                        .iter()
+                        .zip(&q[whole..])
+                        .fold(0.0f32, |s, (a, b)| a.widen().mul_add(*b, s));
+                    out[r * n + js[jj]] = scale * (row_scale * (horizontal_sum(acc[jj][r]) + tail));
+                }
+            }
+        }
+
+        /// The eight-lane partial dot products of the first `d - d mod 8` values of each key
+        /// row with each query row, `acc[key][row]`, keys widened by [`Widen::load8`] when
+        /// `MARKED`, else by [`Widen::load8_finite`].
+        ///
+        /// # Safety
+        /// The module's features; every row of `key_rows` has at least `d - d mod 8`
+        /// values, and without `MARKED` none holds a pattern [`Widen::any_non_finite`]
+        /// finds; `queries.len() == R · d`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn dots<T: Widen, const R: usize, const J: usize, const MARKED: bool>(
+            key_rows: [&[T]; J],
+            queries: &[f32],
+            d: usize,
+        ) -> [[__m256; R]; J] {
+            let whole = d - d % 8;
             let mut acc = [[_mm256_setzero_ps(); R]; J];
             for c in (0..whole).step_by(8) {
                 let mut kv = [_mm256_setzero_ps(); J];
                 for (v, row) in kv.iter_mut().zip(&key_rows) {
-                    // SAFETY: c + 8 ≤ d = row.len().
-                    *v = unsafe { T::load8(row.as_ptr().add(c)) };
+                    // SAFETY: c + 8 ≤ whole ≤ row.len(); MARKED as the caller's contract says.
+                    *v = unsafe {
+                        if MARKED {
+                            T::load8(row.as_ptr().add(c))
+                        } else {
+                            T::load8_finite(row.as_ptr().add(c))
+                        }
+                    };
                 }
                 // Not `expect`: clippy does not lint inside a macro's expansion.
                 #[allow(
@@ -454,17 +543,7 @@ macro_rules! few_row_kernels {
                     }
                 }
             }
-            for jj in 0..J {
-                let row_scale = scales.at(js[jj]);
-                for r in 0..R {
-                    let q = &queries[r * d..(r + 1) * d];
-                    let tail = key_rows[jj][whole..]
-                        .iter()
-                        .zip(&q[whole..])
-                        .fold(0.0f32, |s, (a, b)| a.widen().mul_add(*b, s));
-                    out[r * n + js[jj]] = scale * (row_scale * (horizontal_sum(acc[jj][r]) + tail));
-                }
-            }
+            acc
         }
 
         /// The sum of the eight lanes of `v`.

@@ -45,7 +45,7 @@ pub fn has_avx2_fma_f16c() -> bool {
 #[inline]
 pub fn fast_exp(x: f32) -> f32 {
     // Not `x.max(-87.0)`: `f32::max` returns −87 for a NaN. The comparison is false for a NaN,
-    // which passes through (`n` is then 0, `scale` 1, `p` NaN). Still one select (x86's
+    // which passes through (`n`, `r` and `p` are then NaN). Still one select (x86's
     // `maxps` with the operands in this order), no branch.
     let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E).round();
@@ -58,7 +58,13 @@ pub fn fast_exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n without a float-to-int cast, whose saturating semantics (NaN to 0, clamping) do not
+    // vectorise: n is a small integer, so n + 127 + 1.5 · 2^23 is exact and its low mantissa
+    // bits are n + 127, which the shift moves into the exponent field. The same bits as
+    // `((n as i32 + 127) as u32) << 23` for every n from −126 up, and a NaN n still gives
+    // a NaN `p`.
+    const MANTISSA_INTEGER: f32 = 12_582_912.0;
+    let scale = f32::from_bits((n + (MANTISSA_INTEGER + 127.0)).to_bits() << 23);
     p * scale
 }
 
@@ -633,6 +639,19 @@ pub(super) mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The exponent bits built without a cast are those of the cast for every `n` the
+    /// clamped argument reaches (and a few beyond), so `fast_exp` gives the same bits as
+    /// before the change that vectorised it.
+    #[test]
+    fn fast_exp_scale_bits_equal_the_cast() {
+        for n in -126..=200 {
+            let n = n as f32;
+            let cast = ((n as i32 + 127) as u32) << 23;
+            let built = (n + (12_582_912.0f32 + 127.0)).to_bits() << 23;
+            assert_eq!(built, cast, "n {n}");
         }
     }
 

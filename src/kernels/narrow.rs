@@ -368,11 +368,19 @@ mod avx2 {
         acc: &mut [f32],
     ) {
         let d = block.ncols();
+        // Sixteen columns per load when the type pairs them: the accumulators are held as the
+        // even columns and the odd ones, the order `load16` widens them in.
+        let paired = T::PAIRED && !MARKED && C.is_multiple_of(2);
         let mut sums = [[_mm256_setzero_ps(); C]; R];
         for (r, row) in sums.iter_mut().enumerate() {
             for (k, sum) in row.iter_mut().enumerate() {
                 // SAFETY: r · d + c + 8 · k + 8 ≤ R · d = acc.len().
                 *sum = unsafe { _mm256_loadu_ps(acc.as_ptr().add(r * d + c + 8 * k)) };
+            }
+            if paired {
+                for k in (0..C).step_by(2) {
+                    [row[k], row[k + 1]] = even_odd(row[k], row[k + 1]);
+                }
             }
         }
         for (j, w) in scaled.iter().enumerate() {
@@ -383,7 +391,13 @@ mod avx2 {
             }
             let value = block.row(j).as_slice().as_ptr();
             let mut v = [_mm256_setzero_ps(); C];
-            for (k, lanes) in v.iter_mut().enumerate() {
+            if paired {
+                for k in (0..C).step_by(2) {
+                    // SAFETY: c + 8 · k + 16 ≤ c + 8 · C ≤ d, the row's length.
+                    [v[k], v[k + 1]] = unsafe { T::load16(value.add(c + 8 * k)) };
+                }
+            }
+            for (k, lanes) in v.iter_mut().enumerate().filter(|_| !paired) {
                 // SAFETY: c + 8 · k + 8 ≤ c + 8 · C ≤ d, the row's length; without MARKED
                 // the block holds no non-finite code (checked by the caller).
                 *lanes = unsafe {
@@ -401,12 +415,43 @@ mod avx2 {
                 }
             }
         }
-        for (r, row) in sums.iter().enumerate() {
+        for (r, row) in sums.iter_mut().enumerate() {
+            if paired {
+                for k in (0..C).step_by(2) {
+                    [row[k], row[k + 1]] = in_order(row[k], row[k + 1]);
+                }
+            }
             for (k, sum) in row.iter().enumerate() {
                 // SAFETY: as for the loads.
                 unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(r * d + c + 8 * k), *sum) };
             }
         }
+    }
+
+    /// Sixteen columns in order (`a`: 0..8, `b`: 8..16) as their even and odd ones.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn even_odd(a: __m256, b: __m256) -> [__m256; 2] {
+        // Within each 128-bit half: a's two evens (odds), then b's; then the 64-bit quarters
+        // put in order.
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        let order = |x: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(x)))
+        };
+        [order(even), order(odd)]
+    }
+
+    /// The inverse of [`even_odd`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn in_order(even: __m256, odd: __m256) -> [__m256; 2] {
+        let low = _mm256_unpacklo_ps(even, odd);
+        let high = _mm256_unpackhi_ps(even, odd);
+        [
+            _mm256_permute2f128_ps::<0x20>(low, high),
+            _mm256_permute2f128_ps::<0x31>(low, high),
+        ]
     }
 }
 

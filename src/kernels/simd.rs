@@ -167,6 +167,22 @@ pub trait Widen: Copy + Send + Sync + 'static {
         false
     }
 
+    /// True when [`Widen::load16`] returns its sixteen elements as even and odd lanes
+    /// instead of in order: the callers then put their f32 operands in the same order.
+    const PAIRED: bool = false;
+
+    /// Sixteen elements from `ptr` as two f32 vectors: elements `0..8` and `8..16` (two
+    /// [`Widen::load8`]), or when [`Widen::PAIRED`] the even elements and the odd ones.
+    ///
+    /// # Safety
+    /// As [`Widen::load8`], for sixteen elements.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> [__m256; 2] {
+        // SAFETY: the caller's contract.
+        unsafe { [Self::load8(ptr), Self::load8(ptr.add(8))] }
+    }
+
     /// [`Widen::load8`] for eight elements none of which is a pattern
     /// [`Widen::any_non_finite`] finds: the same lanes in fewer instructions.
     ///
@@ -209,6 +225,25 @@ impl Widen for bf16 {
         // SAFETY: the caller's contract: 16 readable bytes.
         let bits = unsafe { _mm_loadu_si128(ptr.cast()) };
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
+
+    const PAIRED: bool = true;
+
+    /// One 32-byte load: each 32-bit lane holds an even element in its low half and the next
+    /// odd one in its high half, so a shift widens the even ones and a mask the odd ones. One
+    /// shift and one logical operation where the in-order widening takes two widening
+    /// shuffles and two shifts, which compete with the FMAs for the same execution ports.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load16(ptr: *const Self) -> [__m256; 2] {
+        // SAFETY: the caller's contract: 32 readable bytes.
+        unsafe {
+            let pairs = _mm256_loadu_si256(ptr.cast());
+            let even = _mm256_slli_epi32::<16>(pairs);
+            let odd = _mm256_and_si256(pairs, _mm256_set1_epi32(-65_536));
+            [_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd)]
+        }
     }
 }
 
@@ -393,6 +428,23 @@ fn dot_in_lanes<T: Widen>(a: &[T], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Rows of `d` f32 values, row-major, with each whole sixteen columns reordered as
+/// [`Widen::load16`] of a paired type widens keys: the eight even columns, then the eight odd
+/// ones; the last `d mod 16` columns as they are.
+#[cfg(target_arch = "x86_64")]
+fn paired_columns(rows: &[f32], d: usize) -> Vec<f32> {
+    let mut out = rows.to_vec();
+    for (row, src) in out.chunks_exact_mut(d).zip(rows.chunks_exact(d)) {
+        for (dst, src) in row.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+            for i in 0..8 {
+                dst[i] = src[2 * i];
+                dst[8 + i] = src[2 * i + 1];
+            }
+        }
+    }
+    out
+}
+
 /// The explicit-vector few-row scores, written once and compiled for each feature set that
 /// runs them: `$features` is the `target_feature` list of every function, and the callers
 /// check it at run time.
@@ -417,6 +469,14 @@ macro_rules! few_row_kernels {
             scale: f32,
             out: &mut [f32],
         ) {
+            // Keys widened as even and odd lanes meet query rows in the same order.
+            let paired;
+            let queries = if T::PAIRED {
+                paired = super::paired_columns(queries, keys.ncols());
+                &paired[..]
+            } else {
+                queries
+            };
             let k = (keys, scales);
             // SAFETY (all arms): same contract as this function's.
             unsafe {
@@ -522,9 +582,23 @@ macro_rules! few_row_kernels {
             queries: &[f32],
             d: usize,
         ) -> [[__m256; R]; J] {
-            let whole = d - d % 8;
+            let (whole, pairs) = (d - d % 8, d - d % 16);
             let mut acc = [[_mm256_setzero_ps(); R]; J];
-            for c in (0..whole).step_by(8) {
+            // Sixteen columns at a time by `load16` when the type pairs them (bf16 without
+            // marking), then eight at a time.
+            let sixteens = if T::PAIRED && !MARKED { pairs } else { 0 };
+            for c in (0..sixteens).step_by(16) {
+                let mut kv = [[_mm256_setzero_ps(); 2]; J];
+                for (v, row) in kv.iter_mut().zip(&key_rows) {
+                    // SAFETY: c + 16 ≤ pairs ≤ row.len().
+                    *v = unsafe { T::load16(row.as_ptr().add(c)) };
+                }
+                for h in 0..2 {
+                    // SAFETY: c + 8 · h + 8 ≤ d, within each query row.
+                    unsafe { fma_rows::<R, J>(&mut acc, kv.map(|v| v[h]), queries, d, c + 8 * h) };
+                }
+            }
+            for c in (sixteens..whole).step_by(8) {
                 let mut kv = [_mm256_setzero_ps(); J];
                 for (v, row) in kv.iter_mut().zip(&key_rows) {
                     // SAFETY: c + 8 ≤ whole ≤ row.len(); MARKED as the caller's contract says.
@@ -536,20 +610,38 @@ macro_rules! few_row_kernels {
                         }
                     };
                 }
-                // Not `expect`: clippy does not lint inside a macro's expansion.
-                #[allow(
-                    clippy::needless_range_loop,
-                    reason = "r walks the query rows and the accumulators in lockstep"
-                )]
-                for r in 0..R {
-                    // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
-                    let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
-                    for jj in 0..J {
-                        acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
-                    }
-                }
+                // SAFETY: c + 8 ≤ d.
+                unsafe { fma_rows::<R, J>(&mut acc, kv, queries, d, c) };
             }
             acc
+        }
+
+        /// `acc[key][row] += keys[key] · queries[row][c..c + 8]` for eight widened columns
+        /// of each key.
+        ///
+        /// # Safety
+        /// The module's features; `c + 8 ≤ d`, `queries.len() == R · d`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn fma_rows<const R: usize, const J: usize>(
+            acc: &mut [[__m256; R]; J],
+            kv: [__m256; J],
+            queries: &[f32],
+            d: usize,
+            c: usize,
+        ) {
+            // Not `expect`: clippy does not lint inside a macro's expansion.
+            #[allow(
+                clippy::needless_range_loop,
+                reason = "r walks the query rows and the accumulators in lockstep"
+            )]
+            for r in 0..R {
+                // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
+                let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
+                for jj in 0..J {
+                    acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
+                }
+            }
         }
 
         /// The sum of the eight lanes of `v`.

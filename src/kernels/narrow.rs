@@ -115,6 +115,13 @@ impl<'a> StoredRows<'a> {
                 StoredRows::Bf16(rows) => widen_bf16(rows.row(j).as_slice(), out),
                 StoredRows::F16(rows) => widen_f16(rows.row(j).as_slice(), out),
                 StoredRows::Int8 { codes, scales } => {
+                    #[cfg(target_arch = "x86_64")]
+                    if super::simd::has_avx2_fma_f16c() {
+                        let row = (codes.row(j).as_slice(), *scales.get(j));
+                        // SAFETY: the CPU has AVX2 (checked above); `out` has the row's length.
+                        unsafe { avx2::dequantize_int8(row, out) };
+                        continue;
+                    }
                     dequantize_int8(codes.row(j).as_slice(), *scales.get(j), out);
                 }
             }
@@ -239,6 +246,28 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::super::simd::{RowScales, RowsRef, Widen};
+
+    /// [`dequantize_int8`](super::dequantize_int8) eight codes at a time: the same values
+    /// (each code, NaN for −128, times the scale, one rounding), in a quarter of the
+    /// instructions of the baseline loop, which dominated the widening of MLA's int8 latent.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `codes.len() == out.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequantize_int8((codes, scale): (&[i8], f32), out: &mut [f32]) {
+        let whole = codes.len() - codes.len() % 8;
+        let factor = _mm256_set1_ps(scale);
+        for c in (0..whole).step_by(8) {
+            // SAFETY: c + 8 ≤ whole ≤ both lengths.
+            unsafe {
+                let lanes = i8::load8(codes.as_ptr().add(c));
+                _mm256_storeu_ps(out.as_mut_ptr().add(c), _mm256_mul_ps(lanes, factor));
+            }
+        }
+        for (o, code) in out[whole..].iter_mut().zip(&codes[whole..]) {
+            *o = code.widen() * scale;
+        }
+    }
 
     /// Bytes of value rows per block: a block stays in L1 while every column range of the
     /// accumulators passes over it.
@@ -685,6 +714,29 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Widening int8 rows (the dispatched path) gives the bits of the baseline's
+    /// `dequantize_int8`, and a NaN for the non-finite code, at widths around the eight lanes.
+    #[test]
+    fn widened_int8_rows_equal_the_baseline_dequantisation() {
+        let mut state = 0x3c6e_f372_fe94_f82bu64;
+        for d in [1, 7, 8, 9, 16, 23, 64, 129] {
+            let n = 5;
+            let block = Block::new(Dtype::Int8, (n, d), &mut state, Some((2, d - 1, f32::NAN)));
+            let mut got = vec![0.0f32; n * d];
+            block.rows().widen_into(&mut got, d);
+            for j in 0..n {
+                let at = j * (d + PAD) + BEFORE;
+                let mut want = vec![0.0f32; d];
+                dequantize_int8(&block.codes[at..][..d], block.scales[j * 3 + 1], &mut want);
+                for (c, (g, w)) in got[j * d..][..d].iter().zip(&want).enumerate() {
+                    // Any NaN for the non-finite code (the vector path's has another payload).
+                    let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+                    assert!(same, "d {d} row {j} column {c}: {g} vs {w}");
                 }
             }
         }

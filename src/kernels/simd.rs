@@ -45,7 +45,7 @@ pub fn has_avx2_fma_f16c() -> bool {
 #[inline]
 pub fn fast_exp(x: f32) -> f32 {
     // Not `x.max(-87.0)`: `f32::max` returns −87 for a NaN. The comparison is false for a NaN,
-    // which passes through (`n` is then 0, `scale` 1, `p` NaN). Still one select (x86's
+    // which passes through (`n`, `r` and `p` are then NaN). Still one select (x86's
     // `maxps` with the operands in this order), no branch.
     let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E).round();
@@ -58,7 +58,13 @@ pub fn fast_exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n without a float-to-int cast, whose saturating semantics (NaN to 0, clamping) do not
+    // vectorise: n is a small integer, so n + 127 + 1.5 · 2^23 is exact and its low mantissa
+    // bits are n + 127, which the shift moves into the exponent field. The same bits as
+    // `((n as i32 + 127) as u32) << 23` for every n from −126 up, and a NaN n still gives
+    // a NaN `p`.
+    const MANTISSA_INTEGER: f32 = 12_582_912.0;
+    let scale = f32::from_bits((n + (MANTISSA_INTEGER + 127.0)).to_bits() << 23);
     p * scale
 }
 
@@ -146,6 +152,48 @@ pub trait Widen: Copy + Send + Sync + 'static {
     /// The CPU has the features of the caller's module; eight elements are readable at `ptr`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(ptr: *const Self) -> __m256;
+
+    /// True when a stored pattern of the type stands for a non-finite value that the plain
+    /// conversion does not produce (int8's [`INT8_NON_FINITE`](super::convert::INT8_NON_FINITE)),
+    /// so that [`Widen::load8`] spends instructions on each lane to mark it. The kernels check
+    /// a row for the pattern once ([`Widen::any_non_finite`]) and widen rows without it by
+    /// [`Widen::load8_finite`].
+    const MARKS_NON_FINITE: bool = false;
+
+    /// True when `row` holds a pattern [`Widen::load8_finite`] would read as a finite value.
+    #[inline(always)]
+    fn any_non_finite(row: &[Self]) -> bool {
+        let _ = row;
+        false
+    }
+
+    /// True when [`Widen::load16`] returns its sixteen elements as even and odd lanes
+    /// instead of in order: the callers then put their f32 operands in the same order.
+    const PAIRED: bool = false;
+
+    /// Sixteen elements from `ptr` as two f32 vectors: elements `0..8` and `8..16` (two
+    /// [`Widen::load8`]), or when [`Widen::PAIRED`] the even elements and the odd ones.
+    ///
+    /// # Safety
+    /// As [`Widen::load8`], for sixteen elements.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> [__m256; 2] {
+        // SAFETY: the caller's contract.
+        unsafe { [Self::load8(ptr), Self::load8(ptr.add(8))] }
+    }
+
+    /// [`Widen::load8`] for eight elements none of which is a pattern
+    /// [`Widen::any_non_finite`] finds: the same lanes in fewer instructions.
+    ///
+    /// # Safety
+    /// As [`Widen::load8`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8_finite(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { Self::load8(ptr) }
+    }
 }
 
 impl Widen for f32 {
@@ -177,6 +225,25 @@ impl Widen for bf16 {
         // SAFETY: the caller's contract: 16 readable bytes.
         let bits = unsafe { _mm_loadu_si128(ptr.cast()) };
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
+
+    const PAIRED: bool = true;
+
+    /// One 32-byte load: each 32-bit lane holds an even element in its low half and the next
+    /// odd one in its high half, so a shift widens the even ones and a mask the odd ones. One
+    /// shift and one logical operation where the in-order widening takes two widening
+    /// shuffles and two shifts, which compete with the FMAs for the same execution ports.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load16(ptr: *const Self) -> [__m256; 2] {
+        // SAFETY: the caller's contract: 32 readable bytes.
+        unsafe {
+            let pairs = _mm256_loadu_si256(ptr.cast());
+            let even = _mm256_slli_epi32::<16>(pairs);
+            let odd = _mm256_and_si256(pairs, _mm256_set1_epi32(-65_536));
+            [_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd)]
+        }
     }
 }
 
@@ -212,6 +279,23 @@ impl Widen for i8 {
         let codes = _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(ptr.cast()) });
         let non_finite = _mm256_cmpeq_epi32(codes, _mm256_set1_epi32(i32::from(i8::MIN)));
         _mm256_or_ps(_mm256_cvtepi32_ps(codes), _mm256_castsi256_ps(non_finite))
+    }
+
+    const MARKS_NON_FINITE: bool = true;
+
+    /// A fold, not `any`: without the early exit the comparison vectorises.
+    #[inline(always)]
+    fn any_non_finite(row: &[Self]) -> bool {
+        row.iter().fold(false, |seen, &c| seen | (c == i8::MIN))
+    }
+
+    /// Sign-extends and converts only: the codes hold no −128.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load8_finite(ptr: *const Self) -> __m256 {
+        // SAFETY: the caller's contract: 8 readable bytes.
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(ptr.cast()) }))
     }
 }
 
@@ -344,6 +428,23 @@ fn dot_in_lanes<T: Widen>(a: &[T], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Rows of `d` f32 values, row-major, with each whole sixteen columns reordered as
+/// [`Widen::load16`] of a paired type widens keys: the eight even columns, then the eight odd
+/// ones; the last `d mod 16` columns as they are.
+#[cfg(target_arch = "x86_64")]
+fn paired_columns(rows: &[f32], d: usize) -> Vec<f32> {
+    let mut out = rows.to_vec();
+    for (row, src) in out.chunks_exact_mut(d).zip(rows.chunks_exact(d)) {
+        for (dst, src) in row.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+            for i in 0..8 {
+                dst[i] = src[2 * i];
+                dst[8 + i] = src[2 * i + 1];
+            }
+        }
+    }
+    out
+}
+
 /// The explicit-vector few-row scores, written once and compiled for each feature set that
 /// runs them: `$features` is the `target_feature` list of every function, and the callers
 /// check it at run time.
@@ -368,6 +469,14 @@ macro_rules! few_row_kernels {
             scale: f32,
             out: &mut [f32],
         ) {
+            // Keys widened as even and odd lanes meet query rows in the same order.
+            let paired;
+            let queries = if T::PAIRED {
+                paired = super::paired_columns(queries, keys.ncols());
+                &paired[..]
+            } else {
+                queries
+            };
             let k = (keys, scales);
             // SAFETY (all arms): same contract as this function's.
             unsafe {
@@ -434,26 +543,17 @@ macro_rules! few_row_kernels {
             for (row, &j) in key_rows.iter_mut().zip(&js) {
                 *row = keys.row(j).as_slice();
             }
-            let mut acc = [[_mm256_setzero_ps(); R]; J];
-            for c in (0..whole).step_by(8) {
-                let mut kv = [_mm256_setzero_ps(); J];
-                for (v, row) in kv.iter_mut().zip(&key_rows) {
-                    // SAFETY: c + 8 ≤ d = row.len().
-                    *v = unsafe { T::load8(row.as_ptr().add(c)) };
+            // A row with int8's non-finite code is rare: checking the rows once lets the
+            // common case widen without marking each lane.
+            let marked = T::MARKS_NON_FINITE && key_rows.iter().any(|row| T::any_non_finite(row));
+            // SAFETY: every row has d ≥ whole elements; queries.len() == R · d.
+            let acc = unsafe {
+                if marked {
+                    dots::<T, R, J, true>(key_rows, queries, d)
+                } else {
+                    dots::<T, R, J, false>(key_rows, queries, d)
                 }
-                // Not `expect`: clippy does not lint inside a macro's expansion.
-                #[allow(
-                    clippy::needless_range_loop,
-                    reason = "r walks the query rows and the accumulators in lockstep"
-                )]
-                for r in 0..R {
-                    // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
-                    let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
-                    for jj in 0..J {
-                        acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
-                    }
-                }
-            }
+            };
             for jj in 0..J {
                 let row_scale = scales.at(js[jj]);
                 for r in 0..R {
@@ -463,6 +563,83 @@ macro_rules! few_row_kernels {
                         .zip(&q[whole..])
                         .fold(0.0f32, |s, (a, b)| a.widen().mul_add(*b, s));
                     out[r * n + js[jj]] = scale * (row_scale * (horizontal_sum(acc[jj][r]) + tail));
+                }
+            }
+        }
+
+        /// The eight-lane partial dot products of the first `d - d mod 8` values of each key
+        /// row with each query row, `acc[key][row]`, keys widened by [`Widen::load8`] when
+        /// `MARKED`, else by [`Widen::load8_finite`].
+        ///
+        /// # Safety
+        /// The module's features; every row of `key_rows` has at least `d - d mod 8`
+        /// values, and without `MARKED` none holds a pattern [`Widen::any_non_finite`]
+        /// finds; `queries.len() == R · d`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn dots<T: Widen, const R: usize, const J: usize, const MARKED: bool>(
+            key_rows: [&[T]; J],
+            queries: &[f32],
+            d: usize,
+        ) -> [[__m256; R]; J] {
+            let (whole, pairs) = (d - d % 8, d - d % 16);
+            let mut acc = [[_mm256_setzero_ps(); R]; J];
+            // Sixteen columns at a time by `load16` when the type pairs them (bf16 without
+            // marking), then eight at a time.
+            let sixteens = if T::PAIRED && !MARKED { pairs } else { 0 };
+            for c in (0..sixteens).step_by(16) {
+                let mut kv = [[_mm256_setzero_ps(); 2]; J];
+                for (v, row) in kv.iter_mut().zip(&key_rows) {
+                    // SAFETY: c + 16 ≤ pairs ≤ row.len().
+                    *v = unsafe { T::load16(row.as_ptr().add(c)) };
+                }
+                for h in 0..2 {
+                    // SAFETY: c + 8 · h + 8 ≤ d, within each query row.
+                    unsafe { fma_rows::<R, J>(&mut acc, kv.map(|v| v[h]), queries, d, c + 8 * h) };
+                }
+            }
+            for c in (sixteens..whole).step_by(8) {
+                let mut kv = [_mm256_setzero_ps(); J];
+                for (v, row) in kv.iter_mut().zip(&key_rows) {
+                    // SAFETY: c + 8 ≤ whole ≤ row.len(); MARKED as the caller's contract says.
+                    *v = unsafe {
+                        if MARKED {
+                            T::load8(row.as_ptr().add(c))
+                        } else {
+                            T::load8_finite(row.as_ptr().add(c))
+                        }
+                    };
+                }
+                // SAFETY: c + 8 ≤ d.
+                unsafe { fma_rows::<R, J>(&mut acc, kv, queries, d, c) };
+            }
+            acc
+        }
+
+        /// `acc[key][row] += keys[key] · queries[row][c..c + 8]` for eight widened columns
+        /// of each key.
+        ///
+        /// # Safety
+        /// The module's features; `c + 8 ≤ d`, `queries.len() == R · d`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn fma_rows<const R: usize, const J: usize>(
+            acc: &mut [[__m256; R]; J],
+            kv: [__m256; J],
+            queries: &[f32],
+            d: usize,
+            c: usize,
+        ) {
+            // Not `expect`: clippy does not lint inside a macro's expansion.
+            #[allow(
+                clippy::needless_range_loop,
+                reason = "r walks the query rows and the accumulators in lockstep"
+            )]
+            for r in 0..R {
+                // SAFETY: r · d + c + 8 ≤ R · d = queries.len().
+                let qv = unsafe { _mm256_loadu_ps(queries.as_ptr().add(r * d + c)) };
+                for jj in 0..J {
+                    acc[jj][r] = _mm256_fmadd_ps(kv[jj], qv, acc[jj][r]);
                 }
             }
         }
@@ -554,6 +731,19 @@ pub(super) mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The exponent bits built without a cast are those of the cast for every `n` the
+    /// clamped argument reaches (and a few beyond), so `fast_exp` gives the same bits as
+    /// before the change that vectorised it.
+    #[test]
+    fn fast_exp_scale_bits_equal_the_cast() {
+        for n in -126..=200 {
+            let n = n as f32;
+            let cast = ((n as i32 + 127) as u32) << 23;
+            let built = (n + (12_582_912.0f32 + 127.0)).to_bits() << 23;
+            assert_eq!(built, cast, "n {n}");
         }
     }
 

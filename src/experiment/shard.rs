@@ -270,7 +270,10 @@ pub fn estimated_cost_ns(point: &Point, measure: &MeasureSettings) -> f64 {
 /// grid positions (0-based indices into `points`) it runs, ascending. Disjoint, covering every
 /// position, the same for the same grid on every machine; greedy longest-processing-time over
 /// [`estimated_cost_ns`] (see the module doc), so no shard's estimated cost exceeds
-/// `total / count` by more than the largest point's. `count` must be at least 1.
+/// `total / count` by more than the largest point's.
+///
+/// # Panics
+/// If `count` is 0 (a [`Shard`] never has it).
 pub fn split(points: &[Point], measure: &MeasureSettings, count: usize) -> Vec<Vec<usize>> {
     assert!(count > 0, "a grid splits into at least one shard");
     let mut order: Vec<(f64, String, usize)> = points

@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use attnbench::experiment::{Experiment, Shard, estimated_cost_ns, parse_experiment, split};
+use attnbench::report::{IndexEntry, chart_plan, index};
 use attnbench::results::{PointResult, ReadError, ResultsFile, read_results};
 use common::{TINY, assert_success, attnbench, quick_machine};
 use proptest::prelude::*;
@@ -147,6 +148,9 @@ fn a_grid_run_whole_and_as_three_merged_shards_gives_the_same_points_and_tables(
         assert_eq!(record.grid_points, 20);
         assert_eq!(record.positions.len(), piece.points.len());
         assert_eq!(piece.experiment.grid_hash, whole.experiment.grid_hash);
+        let md = fs::read_to_string(runs.shards[k].join("results.md")).unwrap();
+        let says = format!("Shard {}/3 of the grid", k + 1);
+        assert!(md.contains(&says), "{md}");
         for p in &piece.points {
             assert!(keys.insert(p.key.clone()), "{} in two shards", p.key);
         }
@@ -347,6 +351,15 @@ fn a_set_from_several_machines_is_grouped_by_machine_in_its_tables() {
     ] {
         assert!(md.contains(needle), "`{needle}` not in {md}");
     }
+    // The index names the machines' count, not the first machine.
+    let charts = chart_plan(&merged);
+    let entry = IndexEntry {
+        name: "tiny",
+        results: &merged,
+        charts: &charts,
+    };
+    let listing = index(&[entry], None);
+    assert!(listing.contains("| 2 machines |"), "{listing}");
     // A report regenerates the same tables from the merged JSON alone.
     assert_success(&attnbench(&["report", out_dir.to_str().unwrap()]));
     assert_eq!(fs::read_to_string(out_dir.join("results.md")).unwrap(), md);
@@ -384,6 +397,14 @@ fn shard_auto_reads_slurm_and_kubernetes_and_refuses_bad_values() {
     let again = run(&runs.file, &k8s, &["--shard", "2/3", "--resume"], &[]);
     assert_success(&again);
     assert!(stderr(&again).contains(&format!("({} resumed", expected.positions.len())));
+    // Another shard into it is refused, naming both.
+    let other = run(&runs.file, &k8s, &["--shard", "1/3", "--resume"], &[]);
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("holds shard 2/3, not shard 1/3"),
+        "{}",
+        stderr(&other)
+    );
 
     let refused = dir.join("refused");
     let cases: [(&str, Vars, &[&str]); 7] = [

@@ -102,6 +102,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
             positions.len()
         );
     }
+    if args.resume
+        && let Some((shard, _)) = &planned.shard
+    {
+        check_resumed_shard(&dir, *shard)?;
+    }
     let existing = match (args.resume, args.force) {
         (true, _) => Existing::Resume,
         (_, true) => Existing::Overwrite,
@@ -127,6 +132,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
         dir = dir.display()
     );
     Ok(())
+}
+
+/// Refuses to resume `shard` in a directory whose `results.json` records another shard (or
+/// the whole grid), naming both: its log would be refused too, but as a changed grid. A file
+/// that cannot be read is left to the run, which reports it.
+fn check_resumed_shard(dir: &Path, shard: Shard) -> Result<()> {
+    let Ok(results) = ResultsDir::new(dir).read_results() else {
+        return Ok(());
+    };
+    match results.experiment.shard.map(|s| s.shard) {
+        Some(recorded) if recorded == shard => Ok(()),
+        recorded => Err(anyhow!(
+            "{}: holds {}, not shard {shard}; resume it with that --shard, or give another --out",
+            dir.display(),
+            recorded.map_or("a run of the whole grid".to_string(), |s| format!(
+                "shard {s}"
+            ))
+        )),
+    }
 }
 
 /// Writes `results` into `dir`: `results.json`, then the CSV, the tables and the charts

@@ -216,12 +216,15 @@ impl FromStr for ShardSpec {
     }
 }
 
-/// Nominal ceilings the estimate divides by. Only the ratios between points matter to the
-/// split, and the split must not depend on the machine that computes it, so these are fixed
-/// constants, not a calibration: a CPU of the 2020s at 2 threads.
-const NOMINAL_FLOPS_PER_NS: f64 = 100.0;
-/// Read bandwidth, bytes per ns (GB/s).
-const NOMINAL_BYTES_PER_NS: f64 = 25.0;
+/// Nominal ceilings the estimate divides by, per thread of the point. Only the ratios between
+/// points matter to the split, and the split must not depend on the machine that computes
+/// it, so these are fixed constants, not a calibration: a CPU core of the 2020s.
+const NOMINAL_FLOPS_PER_NS_PER_THREAD: f64 = 50.0;
+/// Read bandwidth per thread, bytes per ns (GB/s), up to [`BANDWIDTH_THREADS`] threads.
+const NOMINAL_BYTES_PER_NS_PER_THREAD: f64 = 15.0;
+/// Threads past which the nominal read bandwidth grows no more: memory saturates long before
+/// the cores do.
+const BANDWIDTH_THREADS: usize = 8;
 /// Evicting the caches before a sample: a buffer of a few tens of MiB written at the nominal
 /// bandwidth.
 const NOMINAL_FLUSH_NS: f64 = 2.0e6;
@@ -232,14 +235,17 @@ const NOMINAL_NS_PER_PARAM: f64 = 5.0;
 const UNTIMED_STEPS: f64 = 4.0;
 
 /// The estimated wall time of measuring `point` with `measure`, in nanoseconds of a nominal
-/// machine: the step and the core timed on a roofline of fixed ceilings, the warm-up and the
+/// machine: the step and the core timed on a roofline of fixed ceilings (per thread of the
+/// point, the bandwidth's up to 8 threads), the warm-up and the
 /// samples the settings allow (bounded below by `min_samples`, above by `max_samples`, between
 /// by the time budget), the cache eviction before each sample, the untimed runs and the
 /// weights. A ranking of points, not a prediction of seconds.
 pub fn estimated_cost_ns(point: &Point, measure: &MeasureSettings) -> f64 {
-    let ideal = |flops: u64, bytes: u64| {
-        (flops as f64 / NOMINAL_FLOPS_PER_NS).max(bytes as f64 / NOMINAL_BYTES_PER_NS)
-    };
+    let threads = point.threads.max(1);
+    let flops_per_ns = NOMINAL_FLOPS_PER_NS_PER_THREAD * threads as f64;
+    let bytes_per_ns = NOMINAL_BYTES_PER_NS_PER_THREAD * threads.min(BANDWIDTH_THREADS) as f64;
+    let ideal =
+        |flops: u64, bytes: u64| (flops as f64 / flops_per_ns).max(bytes as f64 / bytes_per_ns);
     let (spec, precision) = (&point.spec, point.precision);
     let step = step_cost(spec, precision, point.batch, point.seq_len, point.context);
     let core = core_cost(spec, precision, point.batch, point.seq_len, point.context);

@@ -6,6 +6,16 @@ use std::fmt::Write;
 
 use crate::results::{ResultsFile, RunRecord};
 
+/// The machine column of the index: `{cpu}, {cores} cores`, or `{n} machines` for a merged
+/// set that spans several.
+pub(super) fn machine_cell(results: &ResultsFile) -> String {
+    let groups = results.machine_groups();
+    match groups.as_slice() {
+        [(env, _)] => format!("{}, {} cores", env.cpu_model, env.cores),
+        _ => format!("{} machines", groups.len()),
+    }
+}
+
 /// When and where the set was measured, for the header's `Measured ...` sentence: `{date} on
 /// {cpu} ({cores} cores)` for one run; for a merge, the first and last run's dates and the
 /// machine, or how many machines when there are several.
@@ -42,10 +52,19 @@ fn run_name(run: &RunRecord) -> String {
     }
 }
 
-/// For a merged set: the runs it was merged from, the points missing, and, when the runs
+/// For one shard's set, which shard. For a merged set: the runs it was merged from, the points missing, and, when the runs
 /// span several machines, the list of machines the tables are grouped by. Nothing for a set
-/// one run measured.
+/// one run of the whole grid measured.
 pub(super) fn write_runs(out: &mut String, results: &ResultsFile) {
+    if let Some(shard) = &results.experiment.shard {
+        let _ = writeln!(
+            out,
+            "Shard {} of the grid (`attnbench run --shard`): {} of its {} points; `attnbench merge` puts the shards together.\n",
+            shard.shard,
+            shard.positions.len(),
+            shard.grid_points
+        );
+    }
     if results.runs.is_empty() {
         return;
     }

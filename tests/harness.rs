@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_success, attnbench};
+use common::{TINY, assert_success, attnbench};
 use std::time::{Duration, Instant};
 
 use attnbench::config::{Dtype, WeightDtype};
@@ -43,33 +43,6 @@ fn scratch(name: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
-
-/// A tiny experiment: every variant, both modes, a few milliseconds per point.
-const TINY: &str = r#"
-name = "tiny"
-description = "test"
-[model]
-d_model = 32
-n_heads = 4
-n_kv_heads = 2
-head_dim = 8
-kv_lora_rank = 16
-qk_nope_head_dim = 8
-qk_rope_head_dim = 4
-v_head_dim = 8
-[sweep]
-variant = ["mha", "mqa", "gqa", "mla"]
-mode = ["prefill", "decode"]
-seq_len = [4, 9]
-context = [16, 33]
-threads = [1]
-[measure]
-warmup_iters = 1
-min_samples = 3
-max_samples = 5
-time_budget_ms = 5
-flush_caches = false
-"#;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);

@@ -7,6 +7,7 @@ mod compare;
 mod export;
 mod kv;
 mod list;
+mod merge;
 mod report;
 mod run;
 mod validate;
@@ -54,6 +55,12 @@ enum Command {
     /// Run an experiment file: measure every point of its grid, write results.json,
     /// results.csv, results.md and charts/*.svg to the output directory, and print the tables.
     Run(run::RunArgs),
+    /// Merge the result sets of a grid's shards (`run --shard K/N`) into one results
+    /// directory, written as `run` writes one. Refuses pieces of different experiments (grid
+    /// hashes) or attnbench revisions and overlapping points, writing nothing; warns of grid
+    /// points no piece holds (an error with --complete). Each point keeps the machine that
+    /// measured it; the tables group points by machine when there are several.
+    Merge(merge::MergeArgs),
     /// Regenerate results.csv, results.md and charts/*.svg of a results directory from its
     /// results.json, measuring nothing: the same bytes the run wrote. Given a folder of
     /// results directories (e.g. results/), regenerate each and write its README.md index.
@@ -112,6 +119,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Compare(args) => return compare::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Merge(args) => merge::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Calibrate(args) => calibrate::run(args),

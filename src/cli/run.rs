@@ -3,11 +3,11 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use attnbench::experiment::load_experiment;
+use anyhow::{Result, anyhow};
+use attnbench::experiment::{Experiment, Shard, ShardSpec, load_experiment, shard_from_env};
 use attnbench::harness::{Existing, Progress, run_experiment};
 use attnbench::report::{render, write_rendered};
-use attnbench::results::{Machine, ResultsDir};
+use attnbench::results::{Grid, Machine, ResultsDir, ResultsFile};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -37,15 +37,76 @@ pub struct RunArgs {
     /// measured on another machine.
     #[arg(long, default_value = "results/machine.json")]
     machine: PathBuf,
+    /// Run only shard K of N of the grid (1-based, e.g. 2/3), split by estimated cost and the
+    /// same on every machine; `auto` reads it from Slurm (SLURM_ARRAY_TASK_ID, _MIN, _COUNT),
+    /// `auto/N` also from Kubernetes (JOB_COMPLETION_INDEX, 0-based, of N). Merge the shards
+    /// with `attnbench merge` [default output: results/<experiment name>/shard-K-of-N/].
+    #[arg(long, value_name = "K/N|auto|auto/N")]
+    shard: Option<ShardSpec>,
+}
+
+/// The shard `--shard` asks for, `auto` read from the scheduler's environment.
+fn shard(spec: Option<ShardSpec>) -> Result<Option<Shard>> {
+    match spec {
+        None => Ok(None),
+        Some(ShardSpec::Given(shard)) => Ok(Some(shard)),
+        Some(ShardSpec::Auto(count)) => shard_from_env(count, &|name| std::env::var(name).ok())
+            .map(Some)
+            .map_err(|e| anyhow!(e)),
+    }
+}
+
+/// The points a run measures: the whole experiment, or one shard of it with the grid
+/// positions of its points.
+struct Planned {
+    experiment: Experiment,
+    shard: Option<(Shard, Vec<usize>)>,
+}
+
+impl Planned {
+    fn of(whole: Experiment, shard: Option<Shard>) -> Self {
+        let Some(shard) = shard else {
+            return Self {
+                experiment: whole,
+                shard: None,
+            };
+        };
+        let positions = whole.shard_positions(shard);
+        Self {
+            experiment: whole.only(&positions),
+            shard: Some((shard, positions)),
+        }
+    }
+
+    /// `results/<name>/`, or `results/<name>/shard-K-of-N/` for a shard.
+    fn default_dir(&self) -> PathBuf {
+        let dir = Path::new("results").join(&self.experiment.name);
+        match &self.shard {
+            Some((s, _)) => dir.join(format!("shard-{}-of-{}", s.index, s.count)),
+            None => dir,
+        }
+    }
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
     // Everything is checked before the output directory is touched.
-    let experiment = load_experiment(&args.file, memory_limit(args.memory_limit_gib)?)?;
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("results").join(&experiment.name));
+    let shard = shard(args.shard)?;
+    let whole = load_experiment(&args.file, memory_limit(args.memory_limit_gib)?)?;
+    let (grid, grid_points) = (Grid::of(&whole), whole.points.len());
+    let planned = Planned::of(whole, shard);
+    let experiment = &planned.experiment;
+    let dir = args.out.clone().unwrap_or_else(|| planned.default_dir());
+    if let Some((shard, positions)) = &planned.shard {
+        eprintln!(
+            "shard {shard}: {} of the grid's {grid_points} points",
+            positions.len()
+        );
+    }
+    if args.resume
+        && let Some((shard, _)) = &planned.shard
+    {
+        check_resumed_shard(&dir, *shard)?;
+    }
     let existing = match (args.resume, args.force) {
         (true, _) => Existing::Resume,
         (_, true) => Existing::Overwrite,
@@ -54,31 +115,61 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let threads: Vec<usize> = experiment.points.iter().map(|p| p.threads).collect();
     let machine = Machine::load_or_calibrate(&args.machine, &threads, &mut |e| eprintln!("{e}"))?;
     let mut reporter = ProgressReporter::new(experiment.points.len());
-    let results = run_experiment(&experiment, &dir, existing, Some(&machine), &mut |event| {
+    let mut results = run_experiment(experiment, &dir, existing, Some(&machine), &mut |event| {
         reporter.event(event)
     })?;
     reporter.finish();
-    ResultsDir::new(&dir).write_results(&results)?;
-    // Rendered once: the tables printed are the results.md written, charts planned once.
-    let files = render(&results)?;
-    let written = write_rendered(&ResultsDir::new(&dir), &files)?;
-    if !args.quiet
-        && let Some(tables) = files
-            .iter()
-            .find(|f| f.path == Path::new(ResultsDir::MARKDOWN_FILE))
-    {
-        outln!("{}", tables.text);
+    if let Some((shard, positions)) = planned.shard {
+        results.record_shard(shard, &grid, grid_points, positions);
     }
+    let charts = write_results(&dir, &results, args.quiet)?;
     let failed = results.points.iter().filter(|p| p.error.is_some()).count();
     eprintln!(
-        "wrote {dir}/{{results.json,results.csv,results.md}} and {} charts: {} points ({} resumed, {failed} failed), {} skipped",
-        written.len() - 2,
+        "wrote {dir}/{{results.json,results.csv,results.md}} and {charts} charts: {} points ({} resumed, {failed} failed), {} skipped",
         results.points.len(),
         results.experiment.points_resumed,
         results.skipped.len(),
         dir = dir.display()
     );
     Ok(())
+}
+
+/// Refuses to resume `shard` in a directory whose `results.json` records another shard (or
+/// the whole grid), naming both: its log would be refused too, but as a changed grid. A file
+/// that cannot be read is left to the run, which reports it.
+fn check_resumed_shard(dir: &Path, shard: Shard) -> Result<()> {
+    let Ok(results) = ResultsDir::new(dir).read_results() else {
+        return Ok(());
+    };
+    match results.experiment.shard.map(|s| s.shard) {
+        Some(recorded) if recorded == shard => Ok(()),
+        recorded => Err(anyhow!(
+            "{}: holds {}, not shard {shard}; resume it with that --shard, or give another --out",
+            dir.display(),
+            recorded.map_or("a run of the whole grid".to_string(), |s| format!(
+                "shard {s}"
+            ))
+        )),
+    }
+}
+
+/// Writes `results` into `dir`: `results.json`, then the CSV, the tables and the charts
+/// rendered from it, printing the tables unless `quiet`. Returns how many charts were
+/// written. `run` and `merge` both write through here.
+pub(super) fn write_results(dir: &Path, results: &ResultsFile, quiet: bool) -> Result<usize> {
+    let out = ResultsDir::new(dir);
+    out.write_results(results)?;
+    // Rendered once: the tables printed are the results.md written, charts planned once.
+    let files = render(results)?;
+    let written = write_rendered(&out, &files)?;
+    if !quiet
+        && let Some(tables) = files
+            .iter()
+            .find(|f| f.path == Path::new(ResultsDir::MARKDOWN_FILE))
+    {
+        outln!("{}", tables.text);
+    }
+    Ok(written.len() - 2)
 }
 
 /// Progress on stderr: a bar with the current point and an ETA on a terminal, one plain line

@@ -3,6 +3,7 @@
 //! grid of points. Nothing runs until the whole file has passed.
 
 mod error;
+mod shard;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +16,9 @@ use toml::Spanned;
 
 pub use crate::presets::{PRESETS_TOML, Preset, preset, presets};
 pub use error::ExperimentError;
+pub use shard::{
+    Shard, ShardError, ShardSpec, env as shard_env, estimated_cost_ns, shard_from_env, split,
+};
 
 use crate::config::{
     Dtype, GibError, Kernel, LayerSpec, MlaPath, Mode, ModelField, Precision, Variant, WeightDtype,

@@ -154,6 +154,7 @@ pub fn run_experiment(
         machine: machine.cloned(),
         skipped: experiment.skipped.clone(),
         points,
+        runs: Vec::new(),
     })
 }
 

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::charts::ChartSpec;
+use super::machines::machine_cell;
 use super::tables::peaks;
 use crate::results::{Machine, ResultsDir, ResultsFile, ResultsFolder};
 
@@ -68,11 +69,10 @@ fn write_listing(out: &mut String, experiments: &[IndexEntry<'_>]) {
         };
         let _ = writeln!(
             out,
-            "| [{name}]({name}/{markdown}) | `{}` | {points} | {} | {}, {} cores | `{}` |",
+            "| [{name}]({name}/{markdown}) | `{}` | {points} | {} | {} | `{}` |",
             results.experiment.file,
             env.date,
-            env.cpu_model,
-            env.cores,
+            machine_cell(results),
             short_revision(&env.git_revision),
             markdown = ResultsDir::MARKDOWN_FILE,
         );

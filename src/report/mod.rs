@@ -9,6 +9,7 @@ mod charts;
 mod comparison;
 mod index;
 mod kv_plan;
+mod machines;
 mod rows;
 mod tables;
 

@@ -10,8 +10,9 @@ use tabled::settings::Style;
 
 use super::accuracy;
 use super::charts::ChartSpec;
+use super::machines;
 use super::rows::{
-    KV_DTYPE_ORDER, MODES, RowKey, Setting, Stored, Varies, fmt_mib, fmt_ms, length_name, of_mode,
+    KV_DTYPE_ORDER, MODES, RowKey, Setting, Stored, Varies, fmt_mib, fmt_ms, length_name,
     shows_stored_types,
 };
 use crate::config::{Mode, Variant, WeightDtype};
@@ -291,10 +292,22 @@ pub(super) fn peaks(m: &Machine) -> String {
 pub(super) fn markdown(results: &ResultsFile, charts: &[ChartSpec]) -> String {
     let mut out = header(results);
     let stored = shows_stored_types(&results.points);
-    for mode in MODES {
-        let points = of_mode(&results.points, mode);
-        if !points.is_empty() {
-            write_mode(&mut out, mode, &Section { points, stored });
+    let groups = results.machine_groups();
+    // Ratios between points of different machines mean nothing: each machine gets its own
+    // sections, so every table (and every speed-up in it) stays within one machine.
+    let several = groups.len() > 1;
+    for (i, (_, group)) in groups.iter().enumerate() {
+        for mode in MODES {
+            let points: Vec<&PointResult> =
+                group.iter().copied().filter(|p| p.mode == mode).collect();
+            if points.is_empty() {
+                continue;
+            }
+            let title = match several {
+                true => format!("{mode} on machine {}", i + 1),
+                false => mode.to_string(),
+            };
+            write_mode(&mut out, &title, mode, &Section { points, stored });
         }
     }
     if stored {
@@ -318,10 +331,8 @@ fn header(results: &ResultsFile) -> String {
     }
     let _ = writeln!(
         out,
-        "Measured {} on {} ({} cores), attnbench {} at {}, {}. {}; latency is the median of the samples, ± the median absolute deviation; {}.\n",
-        env.date,
-        env.cpu_model,
-        env.cores,
+        "Measured {}, attnbench {} at {}, {}. {}; latency is the median of the samples, ± the median absolute deviation; {}.\n",
+        machines::measured(results),
         env.crate_version,
         env.git_revision,
         env.rustc,
@@ -335,6 +346,7 @@ fn header(results: &ResultsFile) -> String {
     if let Some(m) = &results.machine {
         let _ = writeln!(out, "Calibration ({}): {}.\n", m.environment.date, peaks(m));
     }
+    machines::write_runs(&mut out, results);
     out
 }
 
@@ -361,8 +373,9 @@ fn stored_types(points: &[PointResult]) -> String {
     )
 }
 
-/// A mode's section: what its columns are, then each of [`TABLES`] it calls for.
-fn write_mode(out: &mut String, mode: Mode, section: &Section<'_>) {
+/// A mode's section, headed `title` (the mode, and its machine when there are several): what
+/// its columns are, then each of [`TABLES`] it calls for.
+fn write_mode(out: &mut String, title: &str, mode: Mode, section: &Section<'_>) {
     let points = &section.points;
     let varies = Varies::of(points, false);
     let length_name = length_name(mode);
@@ -370,10 +383,10 @@ fn write_mode(out: &mut String, mode: Mode, section: &Section<'_>) {
         Mode::Prefill => "new tokens per sequence",
         Mode::Decode => "tokens already in the cache",
     };
-    let _ = writeln!(out, "## {mode}\n");
+    let _ = writeln!(out, "## {title}\n");
     let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
     for def in TABLES.iter().filter(|def| (def.shown)(points)) {
-        let _ = writeln!(out, "### {mode}: {}\n", def.heading);
+        let _ = writeln!(out, "### {title}: {}\n", def.heading);
         if let Some(note) = def.note {
             let _ = writeln!(out, "{note}\n");
         }

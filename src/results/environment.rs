@@ -51,6 +51,28 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Whether two environments are the same machine as far as a measurement can tell: the
+    /// same CPU model, cores, memory, CPU features, caches and OS. The date, the command line
+    /// and the toolchain do not count; ratios between points of different machines are not
+    /// comparable.
+    pub fn same_machine(&self, other: &Environment) -> bool {
+        (
+            &self.cpu_model,
+            self.cores,
+            self.memory_bytes,
+            &self.cpu_features,
+            &self.cache_bytes,
+            &self.os,
+        ) == (
+            &other.cpu_model,
+            other.cores,
+            other.memory_bytes,
+            &other.cpu_features,
+            &other.cache_bytes,
+            &other.os,
+        )
+    }
+
     /// Reads the environment now.
     pub fn capture(threads: Vec<usize>) -> Self {
         Self {

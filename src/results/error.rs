@@ -56,6 +56,18 @@ pub enum ReadError {
         /// The field, by its name on disk, e.g. `median_ns`.
         field: &'static str,
     },
+    /// A point of a merged set names a run the set does not list.
+    #[error("{path}: point `{key}` names run {run}, but the file lists {runs} runs")]
+    UnknownRun {
+        /// The file.
+        path: PathBuf,
+        /// The point's key.
+        key: String,
+        /// Its `run`.
+        run: usize,
+        /// How many `runs` the file has.
+        runs: usize,
+    },
     /// The log holds a line that is not a point result (other than a torn last line).
     #[error("{path}:{line}: not a point result: {message}")]
     CorruptLog {

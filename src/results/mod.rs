@@ -16,6 +16,7 @@ mod file;
 mod grid;
 mod json;
 mod machine;
+mod merge;
 mod point;
 mod summary;
 mod wire;
@@ -25,12 +26,15 @@ pub use environment::{
     Environment, cpu_features, memory_limit_bytes, total_memory_bytes, utc_now_iso8601,
 };
 pub use error::{ReadError, WriteError};
-pub use file::{ExperimentRecord, RESULTS_FORMAT, ResultsFile, read_results};
+pub use file::{
+    ExperimentRecord, RESULTS_FORMAT, ResultsFile, RunRecord, ShardRecord, read_results,
+};
 pub use grid::{Grid, RecordedGrid, fnv1a64};
 pub use json::write_file;
 pub use machine::{
     CalibrationSize, Layout, MACHINE_FORMAT, Machine, MatmulParallel, MatmulPattern, ReadPattern,
     VectorLoads, read_machine, write_machine,
 };
+pub use merge::{MergeError, Merged, Missing, Piece, Recorded, merge};
 pub use point::PointResult;
 pub use summary::{SampleStats, Summary};

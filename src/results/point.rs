@@ -102,6 +102,9 @@ pub struct PointResult {
     pub params: usize,
     /// Why the point failed, if it did.
     pub error: Option<String>,
+    /// In a merged set, the index in [`ResultsFile::runs`](super::ResultsFile::runs) of the
+    /// run (and so the machine) that measured it; `None` in a set one run measured.
+    pub run: Option<usize>,
 }
 
 impl PointResult {
@@ -165,6 +168,7 @@ impl PointResult {
             peak_transient_bytes: None,
             params: spec.param_count(),
             error: None,
+            run: None,
         }
     }
 

@@ -30,6 +30,10 @@ pub(super) struct PointWire {
     /// Every timed sample of the core, ns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     core_samples_ns: Vec<f64>,
+    /// The run of a merged set that measured the point ([`PointResult::run`]), left out
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<usize>,
 }
 
 /// The flat row: every field but the samples, also the CSV's record. A missing `Option` field
@@ -102,6 +106,7 @@ impl From<PointWire> for PointResult {
             above_ceiling: _,
             samples_ns,
             core_samples_ns,
+            run,
         } = wire;
         let step = Summary {
             median_ns: w.median_ns,
@@ -166,6 +171,7 @@ impl From<PointWire> for PointResult {
             peak_transient_bytes: w.peak_transient_bytes,
             params: w.params,
             error: w.error,
+            run,
         }
     }
 }
@@ -177,6 +183,7 @@ impl From<PointResult> for PointWire {
             above_ceiling: p.above_ceiling().into_iter().map(String::from).collect(),
             samples_ns: p.step.samples_ns,
             core_samples_ns: p.core.samples_ns,
+            run: p.run,
         }
     }
 }

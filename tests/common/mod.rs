@@ -179,3 +179,30 @@ pub fn quick_machine() -> &'static str {
         path.to_string_lossy().into_owned()
     })
 }
+
+/// A tiny experiment: every variant, both modes, a few milliseconds per point.
+pub const TINY: &str = r#"
+name = "tiny"
+description = "test"
+[model]
+d_model = 32
+n_heads = 4
+n_kv_heads = 2
+head_dim = 8
+kv_lora_rank = 16
+qk_nope_head_dim = 8
+qk_rope_head_dim = 4
+v_head_dim = 8
+[sweep]
+variant = ["mha", "mqa", "gqa", "mla"]
+mode = ["prefill", "decode"]
+seq_len = [4, 9]
+context = [16, 33]
+threads = [1]
+[measure]
+warmup_iters = 1
+min_samples = 3
+max_samples = 5
+time_budget_ms = 5
+flush_caches = false
+"#;

@@ -9,6 +9,11 @@ use crate::config::{Dtype, Kernel, LayerSpec, MlaPath, Mode, Variant, WeightDtyp
 use crate::cost::{core_cost, step_cost};
 use crate::experiment::Point;
 
+/// The implementation attnbench's own runs record: the default of
+/// [`PointResult::implementation`], left out of `results.json` so that files from before the
+/// field read and write back as they were.
+pub const DEFAULT_IMPLEMENTATION: &str = "attnbench";
+
 /// One measured point: what was measured, the timing summary, the cost by formula, the
 /// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
 ///
@@ -19,6 +24,11 @@ use crate::experiment::Point;
 pub struct PointResult {
     /// Unique key, e.g. `gqa/decode/ctx4096_h32_kv8_b1_t2`.
     pub key: String,
+    /// What measured the point: [`DEFAULT_IMPLEMENTATION`] for attnbench itself, another name
+    /// for a peer timed on the same shapes (`pytorch-sdpa`, `pytorch-matmul`, `numpy-matmul`
+    /// from `tools/peers/pytorch_core.py`). A peer measures the attention core alone: its
+    /// step is its core ([`is_core_only`](Self::is_core_only)).
+    pub implementation: String,
     /// Variant.
     pub variant: Variant,
     /// MLA path (MLA only).
@@ -126,6 +136,7 @@ impl PointResult {
         }
         Self {
             key: point.key(),
+            implementation: DEFAULT_IMPLEMENTATION.to_string(),
             variant: spec.variant(),
             mla_path: spec.mla_path(),
             mode: point.mode,
@@ -246,8 +257,25 @@ impl PointResult {
     /// The point as one CSV record: the fields of its JSON record but the samples, in the
     /// same order (`results.csv`'s columns), and those the JSON leaves out at their default
     /// (`kv_dtype`, `weight_dtype`, `max_rel_err`) always, so that every row has every column.
-    pub fn csv_record(&self) -> impl Serialize {
-        PointRow::csv(self)
+    /// `implementation` is a column when `implementation_column`, which must be the same for
+    /// every row of a file: true when some point of the set is not attnbench's
+    /// ([`is_attnbench`](Self::is_attnbench)), so that a set of attnbench's own writes the
+    /// columns it always has.
+    pub fn csv_record(&self, implementation_column: bool) -> impl Serialize {
+        PointRow::csv(self, implementation_column)
+    }
+
+    /// Whether attnbench itself measured the point ([`DEFAULT_IMPLEMENTATION`]).
+    pub fn is_attnbench(&self) -> bool {
+        self.implementation == DEFAULT_IMPLEMENTATION
+    }
+
+    /// Whether the point measured the attention core alone, without a layer around it: its
+    /// step runs no projections (`projection_flops` 0), so its step is its core and its step
+    /// time is not comparable with a layer's. True of a peer's points, never of attnbench's
+    /// (every layer has projections).
+    pub fn is_core_only(&self) -> bool {
+        self.projection_flops == 0
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.

@@ -32,5 +32,5 @@ pub use machine::{
     CalibrationSize, Layout, MACHINE_FORMAT, Machine, MatmulParallel, MatmulPattern, ReadPattern,
     VectorLoads, read_machine, write_machine,
 };
-pub use point::{DEFAULT_IMPLEMENTATION, PointResult};
+pub use point::{CoreShape, DEFAULT_IMPLEMENTATION, PointResult};
 pub use summary::{SampleStats, Summary};

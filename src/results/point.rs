@@ -14,6 +14,84 @@ use crate::experiment::Point;
 /// field read and write back as they were.
 pub const DEFAULT_IMPLEMENTATION: &str = "attnbench";
 
+/// The attention core of a point as the core computes it (docs/design.md §1): every query head
+/// against its KV head, causal, over the cache after the step. What a peer must time to
+/// measure the same work (`attnbench validate --json` prints it per point).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CoreShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads the query heads share, `n_heads / n_kv_heads` each: GQA's; 1 for MLA absorbed
+    /// (MQA over the latent); `n_heads` for MLA naive (its keys and values expanded per head).
+    pub n_kv_heads: usize,
+    /// Query and key width per head: `head_dim`; MLA naive `qk_nope_head_dim +
+    /// qk_rope_head_dim`; MLA absorbed `kv_lora_rank + qk_rope_head_dim` (the latent row).
+    pub qk_dim: usize,
+    /// Value width per head: `head_dim`; MLA naive `v_head_dim`; MLA absorbed `kv_lora_rank`.
+    pub v_dim: usize,
+    /// Whether a head's values are the first `v_dim` columns of its keys (MLA absorbed: one
+    /// cached latent row is both), not a tensor of their own.
+    pub values_in_keys: bool,
+    /// The factor on the scores before the softmax: `1 / √head_dim`; MLA (both paths)
+    /// `1 / √(qk_nope_head_dim + qk_rope_head_dim)`, the dot product absorption preserves.
+    pub scale: f64,
+    /// Causal: the query at position `p` sees the keys at positions `0..=p`.
+    pub causal: bool,
+    /// Queries per sequence: the step's `seq_len` (1 for decode).
+    pub queries: usize,
+    /// Keys per sequence: `context + seq_len`, the cache after the step.
+    pub keys: usize,
+    /// Position of the first query, `context`: the queries are the last `seq_len` positions,
+    /// so a decode query sees every key (a mask aligned to the bottom right).
+    pub first_query_position: usize,
+}
+
+impl CoreShape {
+    /// The core of `point`.
+    pub fn of(point: &Point) -> Self {
+        let (n_heads, n_kv_heads, qk_dim, v_dim, values_in_keys, scale_dim) = match &point.spec {
+            LayerSpec::Grouped { config: c, .. } => (
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.head_dim,
+                false,
+                c.head_dim,
+            ),
+            LayerSpec::Mla { config: c, path } => match path {
+                MlaPath::Naive => (
+                    c.n_heads,
+                    c.n_heads,
+                    c.qk_head_dim(),
+                    c.v_head_dim,
+                    false,
+                    c.qk_head_dim(),
+                ),
+                MlaPath::Absorbed => (
+                    c.n_heads,
+                    1,
+                    c.kv_values_per_token(),
+                    c.kv_lora_rank,
+                    true,
+                    c.qk_head_dim(),
+                ),
+            },
+        };
+        Self {
+            n_heads,
+            n_kv_heads,
+            qk_dim,
+            v_dim,
+            values_in_keys,
+            scale: 1.0 / (scale_dim as f64).sqrt(),
+            causal: true,
+            queries: point.seq_len,
+            keys: point.context + point.seq_len,
+            first_query_position: point.context,
+        }
+    }
+}
+
 /// One measured point: what was measured, the timing summary, the cost by formula, the
 /// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
 ///

@@ -1,5 +1,6 @@
 //! The comparison with a peer implementation (docs/peers.md): `validate --json` gives the
-//! attention core's shapes of `variants/peers.toml` as issue 12 names them, and the peer
+//! attention core's shapes of `variants/peers.toml` and `variants/peers_mla.toml` as issue 12
+//! names them, and the peer
 //! script (`tools/peers/pytorch_core.py`, its NumPy backend, so PyTorch is not needed) writes a
 //! results directory that `report` renders and `compare --ignore implementation --metric
 //! core` pairs point by point with attnbench's run of the same file.
@@ -35,17 +36,28 @@ fn distinct(points: &[&Value], field: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_peers_grid_has_the_issues_core_shapes() {
-    let grid = grid(&root().join("variants/peers.toml"));
-    assert_eq!(grid["format"], "attnbench-grid/1");
-    assert_eq!(grid["experiment"]["name"], "peers");
-    assert_eq!(grid["grid_hash"], grid["experiment"]["grid_hash"]);
-    assert!(
-        grid["grid_hash"].as_str().unwrap().starts_with("fnv1a64:"),
-        "{}",
-        grid["grid_hash"]
-    );
-    let points: Vec<&Value> = grid["points"].as_array().unwrap().iter().collect();
+fn the_peers_grids_have_the_issues_core_shapes() {
+    let grids: Vec<Value> = ["peers", "peers_mla"]
+        .iter()
+        .map(|name| {
+            let grid = grid(&root().join(format!("variants/{name}.toml")));
+            assert_eq!(grid["format"], "attnbench-grid/1");
+            assert_eq!(grid["experiment"]["name"], *name);
+            assert_eq!(grid["grid_hash"], grid["experiment"]["grid_hash"]);
+            assert!(
+                grid["grid_hash"].as_str().unwrap().starts_with("fnv1a64:"),
+                "{}",
+                grid["grid_hash"]
+            );
+            grid
+        })
+        .collect();
+    let points: Vec<&Value> = grids
+        .iter()
+        .flat_map(|g| g["points"].as_array().unwrap())
+        .collect();
+    // The issue's 21 shapes at two thread counts, nothing else.
+    assert_eq!(points.len(), 42);
     let threads: BTreeSet<u64> = points
         .iter()
         .map(|p| p["threads"].as_u64().unwrap())
@@ -99,7 +111,7 @@ fn the_peers_grid_has_the_issues_core_shapes() {
                 assert!((scale - 1.0 / 192f64.sqrt()).abs() < 1e-15);
                 mla.insert(keys - 1);
             }
-            _ => {}
+            _ => panic!("{} is not one of the issue's shapes", p["key"]),
         }
     }
     let contexts = [512, 2048, 8192];

@@ -43,8 +43,10 @@ statistics are the core's samples (attnbench's `is_core_only`). Each point's out
 checked outside the timing against a float64 NumPy reference (on a slice of the heads and
 queries for large points); a point that fails the check, or raises, records `error`.
 
-Installing PyTorch for the CPU (any recent version; the wheel index below has no CUDA):
+Installing PyTorch for the CPU (2.1 or later, for SDPA's `scale`; the wheel index below has
+no CUDA), and NumPy, which every backend uses for inputs and the reference check:
 
+    python3 -m pip install numpy
     python3 -m pip install torch --index-url https://download.pytorch.org/whl/cpu
 
 Usage (from the repository root, after `cargo build --release`):
@@ -57,7 +59,6 @@ import concurrent.futures
 import datetime
 import glob
 import json
-import math
 import os
 import platform
 import shutil

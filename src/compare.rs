@@ -11,6 +11,12 @@
 //! noise*. The first bound is what the samples support; the second is the drift a shared
 //! machine shows between runs even when each run's samples are tight (frequency, other
 //! processes, cache placement), which no within-run spread can reveal.
+//!
+//! What is judged is one *metric* ([`Metric`]): the step (the default, what a user of the
+//! layer pays) or the attention core alone. A peer implementation (`tools/peers/`) measures
+//! the core alone ([`PointResult::is_core_only`]): paired with attnbench's points (matched
+//! ignoring [`Axis::Implementation`]) only the cores compare, so such a comparison must judge
+//! the core, and its step columns stay empty.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,6 +53,20 @@ pub enum CompareError {
         /// The value given.
         value: f64,
     },
+    /// The step is judged, but one side of a pair measured the attention core alone and the
+    /// other a whole layer: their step times are not the same work.
+    #[error(
+        "{side}'s `{key}` ({implementation}) measured the attention core alone and the other side a whole layer: \
+         their step times are not comparable; judge the cores instead (metric core, `--metric core`)"
+    )]
+    CoreOnly {
+        /// `A` or `B`: the side that measured the core alone.
+        side: &'static str,
+        /// That side's key.
+        key: String,
+        /// That side's implementation, e.g. `pytorch-sdpa`.
+        implementation: String,
+    },
     /// Two points of one side have the same configuration once the ignored axes are left out,
     /// so a point of the other side could match either.
     #[error(
@@ -74,17 +94,21 @@ pub enum Axis {
     Threads,
     /// The attention-core kernel (`naive`, `tiled`).
     Kernel,
+    /// What measured the point (`attnbench`, `pytorch-sdpa`, ...): ignored to set a peer's
+    /// result set against attnbench's, point by point.
+    Implementation,
 }
 
 impl Axis {
     /// Every axis, with its name on the command line.
-    pub const ALL: [Axis; 2] = [Axis::Threads, Axis::Kernel];
+    pub const ALL: [Axis; 3] = [Axis::Threads, Axis::Kernel, Axis::Implementation];
 
     /// The name used on the command line and in the JSON.
     pub fn name(self) -> &'static str {
         match self {
             Axis::Threads => "threads",
             Axis::Kernel => "kernel",
+            Axis::Implementation => "implementation",
         }
     }
 }
@@ -97,7 +121,7 @@ impl fmt::Display for Axis {
 
 /// The name is not an axis that matching can ignore.
 #[derive(Debug, Error)]
-#[error("`{0}` is not an axis compare can ignore (threads, kernel)")]
+#[error("`{0}` is not an axis compare can ignore (threads, kernel, implementation)")]
 pub struct UnknownAxis(String);
 
 impl FromStr for Axis {
@@ -111,6 +135,52 @@ impl FromStr for Axis {
     }
 }
 
+/// Which time of a pair the counts, the gate and the headline verdict judge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// The whole step (`median_ns`): what a user of the layer pays.
+    #[default]
+    Step,
+    /// The attention core alone (`core_median_ns`): what a peer implementation measures.
+    Core,
+}
+
+impl Metric {
+    /// Both metrics, with their names on the command line.
+    pub const ALL: [Metric; 2] = [Metric::Step, Metric::Core];
+
+    /// The name used on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Step => "step",
+            Metric::Core => "core",
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name is not a metric.
+#[derive(Debug, Error)]
+#[error("`{0}` is not a metric compare can judge (step, core)")]
+pub struct UnknownMetric(String);
+
+impl FromStr for Metric {
+    type Err = UnknownMetric;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownMetric(s.to_string()))
+    }
+}
+
 /// How points are matched and when a change counts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CompareSettings {
@@ -120,6 +190,8 @@ pub struct CompareSettings {
     pub min_change_pct: f64,
     /// Axes left out of matching.
     pub ignore: Vec<Axis>,
+    /// The time the counts and the gate judge.
+    pub metric: Metric,
 }
 
 impl Default for CompareSettings {
@@ -128,6 +200,7 @@ impl Default for CompareSettings {
             noise_k: DEFAULT_NOISE_K,
             min_change_pct: DEFAULT_MIN_CHANGE_PCT,
             ignore: Vec::new(),
+            metric: Metric::Step,
         }
     }
 }
@@ -282,10 +355,12 @@ impl Change {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum Outcome {
-    /// Both sides measured: the step time and, when both have it, the core time compared.
+    /// Both sides measured the judged metric: the step time and the core time compared, each
+    /// when both sides have it.
     Compared {
-        /// The step time.
-        step: Change,
+        /// The step time; `None` when one side measured the core alone (its step is not a
+        /// layer's) or lacks it.
+        step: Option<Change>,
         /// The attention core's time alone.
         core: Option<Change>,
     },
@@ -335,11 +410,19 @@ impl PointComparison {
         .is_f32()
     }
 
-    /// The step's change, when both sides were measured.
+    /// The step's change, when both sides have comparable steps.
     pub fn step(&self) -> Option<&Change> {
         match &self.outcome {
-            Outcome::Compared { step, .. } => Some(step),
+            Outcome::Compared { step, .. } => step.as_ref(),
             Outcome::Failed { .. } => None,
+        }
+    }
+
+    /// The change of `metric`: [`step`](Self::step) or [`core`](Self::core).
+    pub fn of(&self, metric: Metric) -> Option<&Change> {
+        match metric {
+            Metric::Step => self.step(),
+            Metric::Core => self.core(),
         }
     }
 
@@ -365,7 +448,8 @@ pub struct Comparison {
     pub only_in_b: Vec<String>,
 }
 
-/// How many points ended how. `faster`, `slower` and `within_noise` count step verdicts.
+/// How many points ended how, for one metric. `failed` counts the points without a change of
+/// that metric.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     /// B faster.
@@ -383,24 +467,26 @@ pub struct Counts {
 }
 
 impl Comparison {
-    /// Counts of the step verdicts and of the points not compared.
+    /// Counts of the judged metric's verdicts (`settings.metric`) and of the points not
+    /// compared.
     pub fn counts(&self) -> Counts {
-        self.counts_by(PointComparison::step)
+        self.counts_of(self.settings.metric)
     }
 
     /// The same counts for the attention core (a point without a core time counts as failed).
     pub fn core_counts(&self) -> Counts {
-        self.counts_by(PointComparison::core)
+        self.counts_of(Metric::Core)
     }
 
-    fn counts_by(&self, change: fn(&PointComparison) -> Option<&Change>) -> Counts {
+    /// The counts of `metric`'s verdicts (a point without a change of it counts as failed).
+    pub fn counts_of(&self, metric: Metric) -> Counts {
         let mut counts = Counts {
             only_in_a: self.only_in_a.len(),
             only_in_b: self.only_in_b.len(),
             ..Counts::default()
         };
         for point in &self.points {
-            match change(point).map(|c| c.verdict) {
+            match point.of(metric).map(|c| c.verdict) {
                 Some(Verdict::Faster) => counts.faster += 1,
                 Some(Verdict::Slower) => counts.slower += 1,
                 Some(Verdict::WithinNoise) => counts.within_noise += 1,
@@ -418,7 +504,7 @@ impl Comparison {
         let failed: Vec<&str> = self
             .points
             .iter()
-            .filter(|p| p.step().is_none())
+            .filter(|p| p.of(self.settings.metric).is_none())
             .map(|p| p.key_a.as_str())
             .collect();
         let mut problems = Vec::new();
@@ -446,14 +532,15 @@ impl Comparison {
         problems
     }
 
-    /// The points whose step time is *slower* by more than `fail_above_pct` percent: the
-    /// regressions a CI gate fails on. The core's verdict is not gated: the step is what a
-    /// user pays, and the core is timed separately only to explain it.
+    /// The points whose judged time (`settings.metric`: the step by default) is *slower* by
+    /// more than `fail_above_pct` percent: the regressions a CI gate fails on. By default the
+    /// core's verdict is not gated: the step is what a user pays, and the core is timed
+    /// separately only to explain it.
     pub fn regressions(&self, fail_above_pct: f64) -> Vec<&PointComparison> {
         self.points
             .iter()
             .filter(|p| {
-                p.step().is_some_and(|c| {
+                p.of(self.settings.metric).is_some_and(|c| {
                     c.verdict == Verdict::Slower && c.change_pct() > fail_above_pct
                 })
             })
@@ -477,6 +564,7 @@ struct Identity {
     shape: [Option<usize>; 9],
     threads: Option<usize>,
     kernel: Option<Kernel>,
+    implementation: Option<String>,
 }
 
 impl Identity {
@@ -505,6 +593,8 @@ impl Identity {
             ],
             threads: (!ignore.contains(&Axis::Threads)).then_some(p.threads),
             kernel: (!ignore.contains(&Axis::Kernel)).then_some(p.kernel),
+            implementation: (!ignore.contains(&Axis::Implementation))
+                .then(|| p.implementation.clone()),
         }
     }
 }
@@ -534,6 +624,52 @@ fn index<'a>(
     Ok(index)
 }
 
+/// The outcome of a pair that neither side failed: the step compared when both steps are the
+/// same work (both layers, or both cores alone), the core compared, and the pair failed when the
+/// judged metric has no usable timing on a side. Refuses to judge the step of a pair of which
+/// one side measured the core alone ([`CompareError::CoreOnly`]).
+fn measured_outcome(
+    pa: &PointResult,
+    pb: &PointResult,
+    settings: &CompareSettings,
+) -> Result<Outcome, CompareError> {
+    let same_work = pa.is_core_only() == pb.is_core_only();
+    if !same_work && settings.metric == Metric::Step {
+        let (side, p) = if pb.is_core_only() {
+            ("B", pb)
+        } else {
+            ("A", pa)
+        };
+        return Err(CompareError::CoreOnly {
+            side,
+            key: p.key.clone(),
+            implementation: p.implementation.clone(),
+        });
+    }
+    let timing = |p: &PointResult| match settings.metric {
+        Metric::Step => Timing::step(p),
+        Metric::Core => Timing::core(p),
+    };
+    let (ta, tb) = (timing(pa), timing(pb));
+    if ta.is_none() || tb.is_none() {
+        return Ok(Outcome::Failed {
+            a_error: ta.is_none().then(|| "no usable timing".to_string()),
+            b_error: tb.is_none().then(|| "no usable timing".to_string()),
+        });
+    }
+    let change = |of: fn(&PointResult) -> Option<Timing>| {
+        of(pa).zip(of(pb)).map(|(a, b)| Change::new(a, b, settings))
+    };
+    Ok(Outcome::Compared {
+        step: if same_work {
+            change(Timing::step)
+        } else {
+            None
+        },
+        core: change(Timing::core),
+    })
+}
+
 /// Compares B against A: every point of A matched with the point of B of the same
 /// configuration (ignoring `settings.ignore`), in A's order; unmatched points listed per side.
 /// `a` and `b` are the `points` of two [`ResultsFile`]s.
@@ -554,18 +690,7 @@ pub fn compare(
             continue;
         };
         let outcome = match (pa.error.is_none(), pb.error.is_none()) {
-            (true, true) => match (Timing::step(pa), Timing::step(pb)) {
-                (Some(ta), Some(tb)) => Outcome::Compared {
-                    step: Change::new(ta, tb, settings),
-                    core: Timing::core(pa)
-                        .zip(Timing::core(pb))
-                        .map(|(ca, cb)| Change::new(ca, cb, settings)),
-                },
-                (ta, tb) => Outcome::Failed {
-                    a_error: ta.is_none().then(|| "no usable timing".to_string()),
-                    b_error: tb.is_none().then(|| "no usable timing".to_string()),
-                },
-            },
+            (true, true) => measured_outcome(pa, pb, settings)?,
             _ => Outcome::Failed {
                 a_error: pa.error.clone(),
                 b_error: pb.error.clone(),
@@ -786,6 +911,7 @@ mod tests {
                 noise_k,
                 min_change_pct,
                 ignore: vec![],
+                metric: Metric::Step,
             };
             assert!(compare(&a, &a, &settings).is_err());
         }
@@ -840,10 +966,85 @@ mod tests {
         assert!(!json.contains("dtype"), "{json}");
     }
 
+    /// `p` as a peer measured it: the core alone, its step the core's samples.
+    fn peer(mut p: PointResult, core_ns: f64) -> PointResult {
+        p.implementation = "pytorch-sdpa".into();
+        p.projection_flops = 0;
+        p.flops = p.attention_flops;
+        let stats = SampleStats {
+            median_ns: core_ns,
+            mad_ns: 0.0,
+            min_ns: core_ns,
+            max_ns: core_ns,
+            samples: 20,
+        };
+        p.set_timing(&stats);
+        p.set_core_timing(&stats);
+        p
+    }
+
+    #[test]
+    fn a_peer_pairs_by_ignoring_the_implementation_and_compares_cores_only() {
+        // attnbench: step 1 ms, core 0.5 ms; the peer's core 1 ms: twice as slow.
+        let a = vec![point(64, 2, 1e6, 0.0), point(128, 2, 1e6, 0.0)];
+        let b = vec![
+            peer(point(64, 2, 1e6, 0.0), 1e6),
+            peer(point(128, 2, 1e6, 0.0), 2.5e5),
+        ];
+        assert!(b[0].is_core_only() && !a[0].is_core_only());
+        let strict = compare(&a, &b, &CompareSettings::default()).unwrap();
+        assert!(
+            strict.points.is_empty(),
+            "implementations pair only if ignored"
+        );
+        assert_eq!((strict.only_in_a.len(), strict.only_in_b.len()), (2, 2));
+        let ignore = vec![Axis::Implementation];
+        let step = CompareSettings {
+            ignore: ignore.clone(),
+            ..CompareSettings::default()
+        };
+        let err = compare(&a, &b, &step).unwrap_err().to_string();
+        for needle in [
+            "B's `gqa/decode/ctx64_h4_kv2_b1_t2`",
+            "pytorch-sdpa",
+            "--metric core",
+        ] {
+            assert!(err.contains(needle), "`{needle}` not in {err}");
+        }
+        let core = CompareSettings {
+            ignore,
+            metric: Metric::Core,
+            ..CompareSettings::default()
+        };
+        let c = compare(&a, &b, &core).unwrap();
+        assert_eq!(c.points.len(), 2);
+        assert!(
+            c.points.iter().all(|p| p.step().is_none()),
+            "a core is no step"
+        );
+        let ratios: Vec<f64> = c.points.iter().map(|p| p.core().unwrap().ratio).collect();
+        assert_eq!(ratios, [2.0, 0.5]);
+        let counts = c.counts();
+        assert_eq!((counts.slower, counts.faster, counts.failed), (1, 1, 0));
+        assert_eq!(counts, c.core_counts());
+        assert_eq!(c.counts_of(Metric::Step).failed, 2);
+        assert_eq!(c.regressions(50.0).len(), 1);
+        assert!(c.gate_problems().is_empty(), "{:?}", c.gate_problems());
+        // Two peers measured the same work: their steps (their cores) compare too.
+        let c = compare(&b, &b, &core).unwrap();
+        assert!(c.points.iter().all(|p| p.step().is_some()));
+    }
+
     #[test]
     fn axes_parse_by_name() {
         assert_eq!("threads".parse::<Axis>().unwrap(), Axis::Threads);
         assert_eq!("kernel".parse::<Axis>().unwrap(), Axis::Kernel);
+        assert_eq!(
+            "implementation".parse::<Axis>().unwrap(),
+            Axis::Implementation
+        );
+        assert_eq!("core".parse::<Metric>().unwrap(), Metric::Core);
+        assert!("median".parse::<Metric>().is_err());
         assert!("batch".parse::<Axis>().is_err());
     }
 }

@@ -6,24 +6,14 @@
 //! Needs `python3` with NumPy. Where they are missing the test says so and passes, unless
 //! `ATTNBENCH_REQUIRE_NUMPY=1` (CI sets it, after installing NumPy), where it fails.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-fn numpy_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn exported_cases_replay_in_numpy() {
-    if !numpy_available() {
-        assert!(
-            std::env::var_os("ATTNBENCH_REQUIRE_NUMPY").is_none(),
-            "ATTNBENCH_REQUIRE_NUMPY is set but python3 with numpy is not available"
-        );
-        eprintln!("SKIPPED: python3 with numpy not found; `pip install numpy` to run this test");
+    if !common::numpy_or_skip() {
         return;
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("numpy_replay");

@@ -7,7 +7,7 @@ use tabled::builder::Builder;
 use tabled::settings::Style;
 
 use crate::compare::{
-    Change, CompareSettings, Comparison, Counts, Outcome, PointComparison, Verdict,
+    Change, CompareSettings, Comparison, Counts, Metric, Outcome, PointComparison, Verdict,
 };
 
 /// Milliseconds to four significant digits (whole milliseconds from 10 s up): the points of
@@ -65,8 +65,8 @@ pub fn comparison_markdown(comparison: &Comparison) -> String {
         // `_t2`).
         let _ = writeln!(
             out,
-            "No point matched. If the runs differ on purpose in threads or kernel, match with \
-             `--ignore threads` (or `kernel`)."
+            "No point matched. If the runs differ on purpose in threads, kernel or implementation, \
+             match with `--ignore threads` (or `kernel`, or `implementation`)."
         );
     } else {
         let _ = writeln!(out, "{table}");
@@ -88,8 +88,14 @@ fn intro(settings: &CompareSettings) -> String {
             String::new()
         } else {
             format!(" Points matched ignoring {}.", ignored.join(", "))
+        },
+    ) + match settings.metric {
+        Metric::Step => "",
+        Metric::Core => {
+            "The counts and the gate judge the attention core (`--metric core`); a step is \
+             compared only where both sides measured the same work.\n\n"
         }
-    )
+    }
 }
 
 /// The Markdown table of the compared points, and the points that failed on either side.
@@ -129,7 +135,7 @@ fn matched_table(comparison: &Comparison) -> (String, Vec<&PointComparison>) {
         if stored {
             row.extend([point.kv_dtype.to_string(), point.weight_dtype.to_string()]);
         }
-        row.extend(change_cells(Some(step)));
+        row.extend(change_cells(step.as_ref()));
         row.extend(change_cells(core.as_ref()));
         table.push_record(row);
     }
@@ -161,19 +167,24 @@ fn write_not_compared(out: &mut String, comparison: &Comparison, failed: &[&Poin
     }
 }
 
-/// The counts of step verdicts, then of core verdicts.
+/// The counts of the judged metric's verdicts (the step's by default), then of the other's.
 fn write_counts(out: &mut String, comparison: &Comparison) {
+    let metric = comparison.settings.metric;
     let _ = writeln!(
         out,
-        "\nstep: {} points: {}",
+        "\n{metric}: {} points: {}",
         comparison.points.len() + comparison.only_in_a.len() + comparison.only_in_b.len(),
         counts_line(&comparison.counts())
     );
-    let core = comparison.core_counts();
+    let other = match metric {
+        Metric::Step => Metric::Core,
+        Metric::Core => Metric::Step,
+    };
+    let counts = comparison.counts_of(other);
     let _ = writeln!(
         out,
-        "core: {} faster, {} slower, {} within noise, {} not compared",
-        core.faster, core.slower, core.within_noise, core.failed
+        "{other}: {} faster, {} slower, {} within noise, {} not compared",
+        counts.faster, counts.slower, counts.within_noise, counts.failed
     );
 }
 

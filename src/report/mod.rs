@@ -60,9 +60,10 @@ pub struct OutputFile {
 /// hold commas).
 pub fn csv(results: &ResultsFile) -> String {
     let mut writer = csv::Writer::from_writer(Vec::new());
+    let implementation = results.points.iter().any(|p| !p.is_attnbench());
     for point in &results.points {
         writer
-            .serialize(point.csv_record())
+            .serialize(point.csv_record(implementation))
             .expect("a point result is one CSV record");
     }
     String::from_utf8(writer.into_inner().expect("writing to memory")).expect("CSV is UTF-8")

@@ -36,5 +36,5 @@ pub use machine::{
     VectorLoads, read_machine, write_machine,
 };
 pub use merge::{MergeError, Merged, Missing, Piece, Recorded, merge};
-pub use point::PointResult;
+pub use point::{CoreShape, DEFAULT_IMPLEMENTATION, PointResult};
 pub use summary::{SampleStats, Summary};

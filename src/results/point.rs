@@ -9,6 +9,89 @@ use crate::config::{Dtype, Kernel, LayerSpec, MlaPath, Mode, Variant, WeightDtyp
 use crate::cost::{core_cost, step_cost};
 use crate::experiment::Point;
 
+/// The implementation attnbench's own runs record: the default of
+/// [`PointResult::implementation`], left out of `results.json` so that files from before the
+/// field read and write back as they were.
+pub const DEFAULT_IMPLEMENTATION: &str = "attnbench";
+
+/// The attention core of a point as the core computes it (docs/design.md §1): every query head
+/// against its KV head, causal, over the cache after the step. What a peer must time to
+/// measure the same work (`attnbench validate --json` prints it per point).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CoreShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads the query heads share, `n_heads / n_kv_heads` each: GQA's; 1 for MLA absorbed
+    /// (MQA over the latent); `n_heads` for MLA naive (its keys and values expanded per head).
+    pub n_kv_heads: usize,
+    /// Query and key width per head: `head_dim`; MLA naive `qk_nope_head_dim +
+    /// qk_rope_head_dim`; MLA absorbed `kv_lora_rank + qk_rope_head_dim` (the latent row).
+    pub qk_dim: usize,
+    /// Value width per head: `head_dim`; MLA naive `v_head_dim`; MLA absorbed `kv_lora_rank`.
+    pub v_dim: usize,
+    /// Whether a head's values are the first `v_dim` columns of its keys (MLA absorbed: one
+    /// cached latent row is both), not a tensor of their own.
+    pub values_in_keys: bool,
+    /// The factor on the scores before the softmax: `1 / √head_dim`; MLA (both paths)
+    /// `1 / √(qk_nope_head_dim + qk_rope_head_dim)`, the dot product absorption preserves.
+    pub scale: f64,
+    /// Causal: the query at position `p` sees the keys at positions `0..=p`.
+    pub causal: bool,
+    /// Queries per sequence: the step's `seq_len` (1 for decode).
+    pub queries: usize,
+    /// Keys per sequence: `context + seq_len`, the cache after the step.
+    pub keys: usize,
+    /// Position of the first query, `context`: the queries are the last `seq_len` positions,
+    /// so a decode query sees every key (a mask aligned to the bottom right).
+    pub first_query_position: usize,
+}
+
+impl CoreShape {
+    /// The core of `point`.
+    pub fn of(point: &Point) -> Self {
+        let (n_heads, n_kv_heads, qk_dim, v_dim, values_in_keys, scale_dim) = match &point.spec {
+            LayerSpec::Grouped { config: c, .. } => (
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.head_dim,
+                false,
+                c.head_dim,
+            ),
+            LayerSpec::Mla { config: c, path } => match path {
+                MlaPath::Naive => (
+                    c.n_heads,
+                    c.n_heads,
+                    c.qk_head_dim(),
+                    c.v_head_dim,
+                    false,
+                    c.qk_head_dim(),
+                ),
+                MlaPath::Absorbed => (
+                    c.n_heads,
+                    1,
+                    c.kv_values_per_token(),
+                    c.kv_lora_rank,
+                    true,
+                    c.qk_head_dim(),
+                ),
+            },
+        };
+        Self {
+            n_heads,
+            n_kv_heads,
+            qk_dim,
+            v_dim,
+            values_in_keys,
+            scale: 1.0 / (scale_dim as f64).sqrt(),
+            causal: true,
+            queries: point.seq_len,
+            keys: point.context + point.seq_len,
+            first_query_position: point.context,
+        }
+    }
+}
+
 /// One measured point: what was measured, the timing summary, the cost by formula, the
 /// memory measured, and `error` when it failed (a failure is data; the sweep goes on).
 ///
@@ -19,6 +102,11 @@ use crate::experiment::Point;
 pub struct PointResult {
     /// Unique key, e.g. `gqa/decode/ctx4096_h32_kv8_b1_t2`.
     pub key: String,
+    /// What measured the point: [`DEFAULT_IMPLEMENTATION`] for attnbench itself, another name
+    /// for a peer timed on the same shapes (`pytorch-sdpa`, `pytorch-matmul`, `numpy-matmul`
+    /// from `tools/peers/pytorch_core.py`). A peer measures the attention core alone: its
+    /// step is its core ([`is_core_only`](Self::is_core_only)).
+    pub implementation: String,
     /// Variant.
     pub variant: Variant,
     /// MLA path (MLA only).
@@ -129,6 +217,7 @@ impl PointResult {
         }
         Self {
             key: point.key(),
+            implementation: DEFAULT_IMPLEMENTATION.to_string(),
             variant: spec.variant(),
             mla_path: spec.mla_path(),
             mode: point.mode,
@@ -250,8 +339,25 @@ impl PointResult {
     /// The point as one CSV record: the fields of its JSON record but the samples, in the
     /// same order (`results.csv`'s columns), and those the JSON leaves out at their default
     /// (`kv_dtype`, `weight_dtype`, `max_rel_err`) always, so that every row has every column.
-    pub fn csv_record(&self) -> impl Serialize {
-        PointRow::csv(self)
+    /// `implementation` is a column when `implementation_column`, which must be the same for
+    /// every row of a file: true when some point of the set is not attnbench's
+    /// ([`is_attnbench`](Self::is_attnbench)), so that a set of attnbench's own writes the
+    /// columns it always has.
+    pub fn csv_record(&self, implementation_column: bool) -> impl Serialize {
+        PointRow::csv(self, implementation_column)
+    }
+
+    /// Whether attnbench itself measured the point ([`DEFAULT_IMPLEMENTATION`]).
+    pub fn is_attnbench(&self) -> bool {
+        self.implementation == DEFAULT_IMPLEMENTATION
+    }
+
+    /// Whether the point measured the attention core alone, without a layer around it: its
+    /// step runs no projections (`projection_flops` 0), so its step is its core and its step
+    /// time is not comparable with a layer's. True of a peer's points, never of attnbench's
+    /// (every layer has projections).
+    pub fn is_core_only(&self) -> bool {
+        self.projection_flops == 0
     }
 
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::point::PointResult;
+use super::point::{DEFAULT_IMPLEMENTATION, PointResult};
 use super::summary::Summary;
 use crate::config::{Dtype, Kernel, MlaPath, Mode, Variant, WeightDtype};
 
@@ -65,6 +65,8 @@ pub(super) struct PointRow {
     weight_dtype: LateField<WeightDtype>,
     #[serde(default, skip_serializing_if = "LateField::left_out")]
     max_rel_err: LateField<Option<f64>>,
+    #[serde(default, skip_serializing_if = "LateField::left_out")]
+    implementation: LateField<Implementation>,
     median_ns: Option<f64>,
     mad_ns: Option<f64>,
     min_ns: Option<f64>,
@@ -154,6 +156,7 @@ impl From<PointWire> for PointResult {
             kv_dtype: w.kv_dtype.value,
             weight_dtype: w.weight_dtype.value,
             max_rel_err: w.max_rel_err.value,
+            implementation: w.implementation.value.0,
             step,
             tokens_per_s: w.tokens_per_s,
             flops: w.flops,
@@ -190,12 +193,14 @@ impl From<PointResult> for PointWire {
 
 impl PointRow {
     /// The row as `results.csv` writes it: every column on every row, the fields that came
-    /// after the format too.
-    pub(super) fn csv(p: &PointResult) -> Self {
+    /// after the format too; `implementation` only in a file that has the column
+    /// ([`PointResult::csv_record`]).
+    pub(super) fn csv(p: &PointResult, implementation_column: bool) -> Self {
         let mut row = Self::from(p);
         row.kv_dtype.always = true;
         row.weight_dtype.always = true;
         row.max_rel_err.always = true;
+        row.implementation.always = implementation_column;
         row
     }
 }
@@ -225,6 +230,7 @@ impl From<&PointResult> for PointRow {
             kv_dtype: LateField::new(p.kv_dtype),
             weight_dtype: LateField::new(p.weight_dtype),
             max_rel_err: LateField::new(p.max_rel_err),
+            implementation: LateField::new(Implementation(p.implementation.clone())),
             median_ns: step.median_ns,
             mad_ns: step.mad_ns,
             min_ns: step.min_ns,
@@ -257,6 +263,17 @@ impl From<&PointResult> for PointRow {
             params: p.params,
             error: p.error.clone(),
         }
+    }
+}
+
+/// The name of what measured a point, [`DEFAULT_IMPLEMENTATION`] by default: a late field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Implementation(String);
+
+impl Default for Implementation {
+    fn default() -> Self {
+        Self(DEFAULT_IMPLEMENTATION.to_string())
     }
 }
 
@@ -331,8 +348,9 @@ mod tests {
                 "{}",
                 p.key
             );
+            assert!(p.is_attnbench() && !p.is_core_only(), "{}", p.key);
             let json = serde_json::to_string(p).unwrap();
-            for field in ["kv_dtype", "weight_dtype", "max_rel_err"] {
+            for field in ["kv_dtype", "weight_dtype", "max_rel_err", "implementation"] {
                 assert!(!json.contains(field), "{field} in {json}");
             }
         }
@@ -359,17 +377,51 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_names_its_implementation_in_the_json_and_the_csv() {
+        let mut peer = points().remove(0);
+        peer.implementation = "pytorch-sdpa".into();
+        let json = serde_json::to_string(&peer).unwrap();
+        assert!(
+            json.contains(r#""implementation":"pytorch-sdpa""#),
+            "{json}"
+        );
+        let back: PointResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.implementation, "pytorch-sdpa");
+        assert!(!back.is_attnbench());
+        // A file with a peer has the column on every row, attnbench's own rows too.
+        let own = points().remove(1);
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        for p in [&peer, &own] {
+            writer.serialize(p.csv_record(true)).unwrap();
+        }
+        let text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
+        let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+        let at = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|c| c == "implementation")
+            .expect("an implementation column");
+        let cells: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[at].to_string())
+            .collect();
+        assert_eq!(cells, ["pytorch-sdpa", "attnbench"]);
+    }
+
+    #[test]
     fn every_csv_row_has_every_column() {
         let mut points = points();
         points[1].max_rel_err = None;
         let mut writer = csv::Writer::from_writer(Vec::new());
         for p in &points {
-            writer.serialize(p.csv_record()).unwrap();
+            writer.serialize(p.csv_record(false)).unwrap();
         }
         let text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
         let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
         let header = reader.headers().unwrap().clone();
         let columns: Vec<&str> = header.iter().collect();
+        assert!(!columns.contains(&"implementation"), "{columns:?}");
         let at = columns.iter().position(|&c| c == "kernel").unwrap();
         assert_eq!(
             columns[at + 1..at + 4],

@@ -206,3 +206,21 @@ max_samples = 5
 time_budget_ms = 5
 flush_caches = false
 "#;
+
+/// Whether `python3` with NumPy is here for a test that needs it. Where it is missing the test
+/// should say so and pass (this prints the notice; the caller returns), unless
+/// `ATTNBENCH_REQUIRE_NUMPY` is set (CI sets it, after installing NumPy), where this fails.
+pub fn numpy_or_skip() -> bool {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("ATTNBENCH_REQUIRE_NUMPY").is_none(),
+            "ATTNBENCH_REQUIRE_NUMPY is set but python3 with numpy is not available"
+        );
+        eprintln!("SKIPPED: python3 with numpy not found; `pip install numpy` to run this test");
+    }
+    available
+}

@@ -88,7 +88,9 @@ enum Command {
     ///
     /// Points are matched by configuration (the key and the shape fields), in A's order;
     /// points only in A or only in B, and points that failed on either side, are listed, not
-    /// compared.
+    /// compared. `--ignore implementation` pairs a peer's result set (PyTorch's, from
+    /// tools/peers/pytorch_core.py) with attnbench's; such a set measures the attention core
+    /// alone, so judge it with `--metric core`.
     ///
     /// Statistics: each side's noise is estimated from its own samples: σ ≈ 1.4826·MAD, and
     /// the median's standard error ≈ 1.2533·σ/√n. A change ln(B/A) counts as slower or faster
@@ -96,7 +98,7 @@ enum Command {
     /// √(se_A² + se_B²) and MIN_CHANGE_PCT percent, because runs on a shared machine drift
     /// by a few percent even when each run's samples are tight.
     ///
-    /// Exit status: 0 when no point's step time regressed beyond --fail-above-pct (or the flag
+    /// Exit status: 0 when no point's time (the step, or the core with `--metric core`) regressed beyond --fail-above-pct (or the flag
     /// is not given), 1 when some point did or, with the flag, when no point was compared, a
     /// point failed on either side or a point of A is missing from B; 2 for bad arguments or an
     /// unreadable result set.

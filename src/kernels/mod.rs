@@ -33,13 +33,14 @@
 //! The naive kernel widens each stored head to f32 whole before its products. [`narrow_path`]
 //! names the code the narrow kernels run on this CPU.
 //!
-//! # Projections with bf16 weights
-//! [`project`] takes a [`Weight`] (`weight.rs`) stored in f32 (straight to faer, as always) or
-//! bf16 (`projection.rs`): at most eight rows (decode) read each weight once through
-//! [`narrow_add_values`] ([`narrow_scores`] for MLA's `x · Wᵀ`), the output columns split into
-//! a few ranges per thread so every core streams weights; more rows widen
-//! [`WEIGHT_ROW_BLOCK`] weight rows at a time into one reused buffer for faer. The bf16 reads
-//! run on the code [`narrow_path`] names.
+//! # Projections
+//! [`project`] takes a [`Weight`] (`weight.rs`) stored in f32 or bf16 (`projection.rs`): at most
+//! eight rows (decode) read each weight once (bf16 through [`narrow_add_values`] and
+//! [`narrow_scores`], f32 through its own fused multiply-add loop), each thread streaming
+//! long runs of its own part of the weight; more rows go to faer (bf16 widened
+//! [`WEIGHT_ROW_BLOCK`] rows at a time into one reused buffer). MLA's per-head products run
+//! every head in one parallel region ([`matmul_heads_transposed`], [`matmul_heads`]). The bf16
+//! reads run on the code [`narrow_path`] names.
 //!
 //! Shared pieces, and the only modules a kernel file imports: `layout.rs` (the operand and
 //! head-layout types), `convert.rs` (the stored types' bits), `simd.rs` (the exponential, the
@@ -72,8 +73,8 @@ pub use naive::naive_attention;
 pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};
 pub use norm::rms_norm_rows;
 pub use projection::{
-    WEIGHT_ROW_BLOCK, matmul, matmul_threads, matmul_weight, matmul_weight_transposed, project,
-    project_to,
+    WEIGHT_ROW_BLOCK, matmul, matmul_heads, matmul_heads_transposed, matmul_threads, matmul_weight,
+    matmul_weight_transposed, project, project_to,
 };
 pub use rope::RopeTable;
 pub use simd::{RowsRef, fast_exp};

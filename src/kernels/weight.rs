@@ -11,8 +11,8 @@ use crate::tensor::Matrix;
 
 /// One projection matrix `W: (d_in, d_out)` of `y = x · W`, stored in its [`WeightDtype`].
 ///
-/// f32 is the row-major [`Matrix`] the layers always had (products with it are unchanged, bit
-/// for bit); bf16 is the same row-major layout `(d_in, d_out)` in 2 bytes a value, each value
+/// f32 is the row-major [`Matrix`] the layers always had (faer takes its products, but for a
+/// few rows, which `projection.rs`'s f32 loop takes); bf16 is the same row-major layout `(d_in, d_out)` in 2 bytes a value, each value
 /// the master f32 rounded to nearest even with [`round_to_bf16`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weight {

@@ -1,13 +1,12 @@
 //! Multi-head latent attention (DeepSeek-V2/V3), naive and absorbed, over one latent cache.
 
-use faer::{MatMut, MatRef, Par};
-use rayon::prelude::*;
+use faer::MatRef;
 
 use crate::config::{Kernel, LayerSpec, MlaConfig, MlaPath, Precision, WeightDtype};
 use crate::error::Result;
 use crate::kernels::{
     AttentionOperands, HeadLayout, KvHead, RopeTable, Weight, attention, heads_to_rows,
-    matmul_threads, matmul_weight, matmul_weight_transposed, project, project_to, rms_norm_rows,
+    matmul_heads, matmul_heads_transposed, project, project_to, rms_norm_rows,
 };
 use crate::kv_cache::{KvCache, PlaneSpec, SequenceCache};
 use crate::layer::{AttentionLayer, CoreInputs, LayerInfo, check_step, row_positions};
@@ -235,12 +234,15 @@ impl MultiHeadLatentAttention {
         let (d_c, nope, qk) = (c.kv_lora_rank, c.qk_nope_head_dim, c.qk_head_dim());
         let latent_width = c.kv_values_per_token();
         let mut q_latent = Matrix::zeros(q.rows(), c.n_heads * latent_width);
-        for h in 0..c.n_heads {
-            let dst = q_latent.view_mut().subcols_mut(h * latent_width, d_c);
-            let q_nope = q.view().subcols(h * qk, nope);
-            let w_uk_h = self.w_uk.view().subcols(h * nope, nope);
-            matmul_weight_transposed(dst, q_nope, w_uk_h, matmul_threads());
-        }
+        // Every head's `q_nope_h · W_uk_hᵀ` in one parallel region, W_uk streamed once.
+        matmul_heads_transposed(
+            q_latent.view_mut(),
+            latent_width,
+            q.view(),
+            qk,
+            self.w_uk.view(),
+            c.n_heads,
+        );
         for r in 0..q.rows() {
             for h in 0..c.n_heads {
                 let q_rope = &q.row(r)[h * qk + nope..(h + 1) * qk];
@@ -282,21 +284,17 @@ impl MultiHeadLatentAttention {
         attention(self.kernel, &operands, &layout, heads_latent);
     }
 
-    /// Absorbed path, output: `o_h = õ_h · W_uv_h` for every (sequence, head) block, in
-    /// parallel. `heads_latent: (batch, n_heads, s_q, d_c)` → `heads: (batch, n_heads, s_q, v)`.
+    /// Absorbed path, output: `o_h = õ_h · W_uv_h` for every (sequence, head) block, in one
+    /// parallel region. `heads_latent: (batch, n_heads, s_q, d_c)` → `heads: (batch, n_heads,
+    /// s_q, v)`.
     fn unabsorb(&self, heads_latent: &[f32], s_q: usize, heads: &mut [f32]) {
-        let c = &self.config;
-        let (d_c, v) = (c.kv_lora_rank, c.v_head_dim);
-        heads
-            .par_chunks_mut(s_q * v)
-            .zip(heads_latent.par_chunks(s_q * d_c))
-            .enumerate()
-            .for_each(|(i, (o_h, latent_h))| {
-                let h = i % c.n_heads;
-                let dst = MatMut::from_row_major_slice_mut(o_h, s_q, v);
-                let lhs = MatRef::from_row_major_slice(latent_h, s_q, d_c);
-                matmul_weight(dst, lhs, self.w_uv.view().subcols(h * v, v), Par::Seq);
-            });
+        matmul_heads(
+            heads,
+            heads_latent,
+            s_q,
+            self.w_uv.view(),
+            self.config.n_heads,
+        );
     }
 
     /// `1 / sqrt(qk_nope_head_dim + qk_rope_head_dim)`, on both paths.

@@ -44,7 +44,7 @@ pub fn tiled_attention(seqs: &[AttentionOperands<'_>], layout: &HeadLayout, out:
         seqs.len() * layout.n_heads * s_q * dv,
         "output length"
     );
-    if s_q == 0 || dv == 0 {
+    if s_q == 0 || dv == 0 || super::decode::decode_attention(seqs, layout, out) {
         return;
     }
     let tile = (TARGET_ROWS / group).clamp(1, s_q);

@@ -35,15 +35,21 @@ use super::simd::{
 /// Keys per sub-block on the few-row path: long, so that each pass streams a long run of
 /// keys or values (at most eight rows of 8192 scores: 256 KiB, in L2).
 const FEW_BLOCK: usize = 8192;
-/// Keys per sub-block on the wide path: the widened sub-block (MLA's 576-wide rows: 72 KiB)
-/// stays in L2, the weights `(keys, rows)` in L1.
-const WIDE_BLOCK: usize = 32;
+/// Bytes of f32 key rows per sub-block on the wide path: the sub-block's keys (and values)
+/// stay in L2 between the score and value passes, its weights `(keys, rows)` in L1.
+const WIDE_BLOCK_BYTES: usize = 64 << 10;
+/// Fewest and most keys per sub-block on the wide path (a multiple of the score tile's 8).
+const WIDE_BLOCK_MIN: usize = 32;
+const WIDE_BLOCK: usize = 128;
 /// Fewest keys a chunk of its own is worth.
 const MIN_CHUNK: usize = 256;
-/// Estimated sequential time (ns) below which the units run on the calling thread: a rayon
-/// fork-join costs a few microseconds, and a sub-split's partials must be merged. Measured
-/// (2 threads, caches evicted): see the commit introducing it.
-const SEQUENTIAL_NS: f64 = 12_000.0;
+/// Estimated sequential time (ns, at the rates below) below which the units run on the
+/// calling thread: a fork-join wakes a sleeping worker, and a sub-split's partials must be
+/// merged. Measured on the 2-core EPYC (caches evicted, 1 thread against 2 with the split
+/// forced): MQA, 32 heads of 128 over one KV head, ran faster alone up to 128 keys (an
+/// estimate of 26 µs) and faster split from 256 (52 µs); MHA's 32 heads crossed between 16 and
+/// 64 keys (26 to 105 µs).
+const SEQUENTIAL_NS: f64 = 40_000.0;
 /// Bytes per nanosecond and f32 multiply-adds per nanosecond one core is assumed to reach,
 /// for the work estimate only (a conservative order of magnitude, not this host's numbers).
 const CORE_BYTES_PER_NS: f64 = 20.0;
@@ -360,7 +366,8 @@ impl Unit<'_> {
     fn wide(&self, state: State<'_>, range: (usize, usize)) {
         let (dk, dv) = (self.layout.qk_dim, self.layout.v_dim);
         let rp = self.rows.next_multiple_of(ROW_PAD);
-        let len = dk * rp + WIDE_BLOCK * rp + 4 * rp + WIDE_BLOCK * (dk + dv);
+        let nb = wide_block(dk);
+        let len = dk * rp + nb * rp + 4 * rp + nb * (dk + dv);
         with_buffer(&SCRATCH, len, |scratch| {
             #[cfg(target_arch = "x86_64")]
             {
@@ -409,9 +416,10 @@ impl Unit<'_> {
         let widen_v = contiguous(v).is_none();
         {
             let (qt, rest) = scratch.split_at_mut(dk * rp);
-            let (st, rest) = rest.split_at_mut(WIDE_BLOCK * rp);
+            let block = wide_block(dk);
+            let (st, rest) = rest.split_at_mut(block * rp);
             let (lane_stats, rest) = rest.split_at_mut(4 * rp);
-            let (k_buf, v_buf) = rest.split_at_mut(WIDE_BLOCK * dk);
+            let (k_buf, v_buf) = rest.split_at_mut(block * dk);
             // Queries transposed, `(dk, rp)`, the padding rows 0.
             for c in 0..dk {
                 let row = &mut qt[c * rp..][..rp];
@@ -424,8 +432,8 @@ impl Unit<'_> {
             let (l, scratch_lanes) = rest.split_at_mut(rp);
             m.fill(f32::NEG_INFINITY);
             l.fill(0.0);
-            for j0 in (start..end).step_by(WIDE_BLOCK) {
-                let nb = WIDE_BLOCK.min(end - j0);
+            for j0 in (start..end).step_by(block) {
+                let nb = block.min(end - j0);
                 let keys = rows_of(k.subrows(j0, nb), widen_k, k_buf);
                 let st = &mut st[..nb * rp];
                 scores_t::<V, L>(keys, qt, rp, st);
@@ -438,6 +446,13 @@ impl Unit<'_> {
             sum.copy_from_slice(&l[..rows]);
         }
     }
+}
+
+/// Keys per sub-block on the wide path for keys of width `dk`: [`WIDE_BLOCK_BYTES`] of them,
+/// a multiple of 8 from [`WIDE_BLOCK_MIN`] to [`WIDE_BLOCK`] (MLA's 576-wide latent: 32; 128-wide
+/// heads: 128).
+fn wide_block(dk: usize) -> usize {
+    (WIDE_BLOCK_BYTES / (4 * dk.max(1))).clamp(WIDE_BLOCK_MIN, WIDE_BLOCK) / 8 * 8
 }
 
 /// An f32 head's rows as contiguous rows, if they are.

@@ -1,7 +1,8 @@
 //! The decode path of the tiled kernel (one query row per sequence, `kernels/decode.rs`)
 //! against the naive kernel at its edges: contexts around its sub-blocks (on the wide path 128
 //! keys for narrow heads, 32 for MLA-wide rows of 512 and more; 8192 on the few-row path) and its chunk splits, odd head widths, every group size
-//! from 1 to 32 (the few-row path up to 8, the lane-major tiles above, padded to 16 rows),
+//! from 1 to 32 (the few-row path up to 8, the lane-major tiles above for keys of 256 and
+//! wider, padded to 16 rows),
 //! f32 and stored caches, a batch whose sequences hold different numbers of keys, and
 //! non-finite operands.
 
@@ -179,6 +180,7 @@ fn decode_equals_naive_at_block_edges_and_every_group_size() {
         for context in [511, 512, 513, 1023, 1024, 1025, 2049] {
             Case::new((2 * group, 2), (40, 33), &[context]).check(2);
             Case::new((group, 1), (24, 16), &[context]).check(4);
+            Case::new((group, 1), (260, 16), &[context]).check(4);
         }
     }
 }
@@ -188,9 +190,11 @@ fn decode_equals_naive_at_block_edges_and_every_group_size() {
 #[test]
 fn decode_equals_naive_over_sequences_of_different_lengths() {
     for group in [1, 6, 16, 32] {
-        let case = Case::new((2 * group, 2), (24, 20), &[1, 700, 33, 3000]);
-        for threads in [1, 2, 4] {
-            case.check(threads);
+        for dk in [24, 257] {
+            let case = Case::new((2 * group, 2), (dk, 20), &[1, 700, 33, 3000]);
+            for threads in [1, 2, 4] {
+                case.check(threads);
+            }
         }
     }
 }
@@ -215,6 +219,9 @@ fn decode_equals_naive_on_stored_caches() {
             for context in [1, 31, 33, 1100] {
                 let case = Case::new((2 * group, 2), (20, 17), &[context, 40]).stored(dtype);
                 case.check(2);
+                // Keys wide enough for the wide path's tiles (groups above 8).
+                let wide = Case::new((group, 1), (264, 17), &[context]).stored(dtype);
+                wide.check(2);
             }
         }
     }
@@ -225,8 +232,8 @@ fn decode_equals_naive_on_stored_caches() {
 /// both paths, in the first and a later sub-block and chunk.
 #[test]
 fn non_finite_operands_reach_exactly_their_outputs_at_decode() {
-    for group in [2, 16] {
-        let case = Case::new((2 * group, 2), (19, 9), &[1500]);
+    for (group, dk) in [(2, 19), (16, 19), (16, 259)] {
+        let case = Case::new((2 * group, 2), (dk, 9), &[1500]);
         let (dk, dv) = case.dims;
         for (operand, bad) in [
             (0, f32::NAN),

@@ -33,14 +33,20 @@ use super::simd::{
 };
 
 /// Keys per sub-block on the few-row path: long, so that each pass streams a long run of
-/// keys or values (at most eight rows of 8192 scores: 256 KiB, in L2).
-const FEW_BLOCK: usize = 8192;
+/// keys or values (at most eight rows of 16384 scores: 512 KiB, in L2), as long as the tiled kernel's
+/// one block of a few rows.
+const FEW_BLOCK: usize = 16384;
 /// Bytes of f32 key rows per sub-block on the wide path: the sub-block's keys (and values)
 /// stay in L2 between the score and value passes, its weights `(keys, rows)` in L1.
 const WIDE_BLOCK_BYTES: usize = 64 << 10;
 /// Fewest and most keys per sub-block on the wide path (a multiple of the score tile's 8).
 const WIDE_BLOCK_MIN: usize = 32;
 const WIDE_BLOCK: usize = 128;
+/// Narrowest keys the wide path takes. Its tiles broadcast each key element to a vector of
+/// query rows, which pays off over long key rows (MLA absorbed's 576: 0.48–0.65× the time of
+/// the tiled kernel's blocked faer products); over 128-wide heads (MQA) those products
+/// measured faster at contexts of 8192 and more (1.2–1.9×), so such groups stay on them.
+const WIDE_MIN_QK_DIM: usize = 256;
 /// Fewest keys a chunk of its own is worth.
 const MIN_CHUNK: usize = 256;
 /// Estimated sequential time (ns, at the rates below) below which the units run on the
@@ -82,7 +88,11 @@ pub(super) fn decode_attention(
     out: &mut [f32],
 ) -> bool {
     let group = layout.n_heads / layout.n_kv_heads;
-    if seqs.is_empty() || !seqs.iter().all(|s| s.q.nrows() == 1 && readable(s, group)) {
+    if seqs.is_empty()
+        || !seqs
+            .iter()
+            .all(|s| s.q.nrows() == 1 && readable(s, group, layout.qk_dim))
+    {
         return false;
     }
     let plan = Plan::new(seqs, layout);
@@ -100,11 +110,11 @@ pub(super) fn decode_attention(
 }
 
 /// Whether this path reads a sequence's operands: f32 heads whose rows are contiguous or
-/// stored heads on the few-row path; any head on the wide path, which widens what is not
-/// contiguous f32.
-fn readable(seq: &AttentionOperands<'_>, group: usize) -> bool {
+/// stored heads on the few-row path; any head on the wide path (which widens what is not
+/// contiguous f32) when its keys are at least [`WIDE_MIN_QK_DIM`] wide.
+fn readable(seq: &AttentionOperands<'_>, group: usize, qk_dim: usize) -> bool {
     if group > FEW_ROWS_MAX {
-        return true;
+        return qk_dim >= WIDE_MIN_QK_DIM;
     }
     seq.k.iter().chain(&seq.v).all(|head| match head {
         KvHead::F32(m) => m.try_as_row_major().is_some(),

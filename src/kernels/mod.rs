@@ -53,6 +53,7 @@
 //! faer picks its own instructions for the matmuls.
 
 mod convert;
+mod decode;
 mod layout;
 mod naive;
 mod narrow;
@@ -68,6 +69,7 @@ pub use convert::{
     INT8_NON_FINITE, bf16, dequantize_int8, f16, quantize_int8, round_to_bf16, round_to_f16,
     widen_bf16, widen_f16,
 };
+pub use decode::decode_path;
 pub use layout::{AttentionOperands, HeadLayout, KvHead, heads_to_rows};
 pub use naive::naive_attention;
 pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};

@@ -28,6 +28,14 @@ pub fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// True when the CPU runs AVX-512F besides AVX2 and FMA: the decode micro-kernels then run
+/// on sixteen-lane vectors (32 of them). x86-64 only, cheap like [`has_avx2_fma`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx512f() -> bool {
+    has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+}
+
 /// True when the CPU runs AVX2, FMA and F16C, the features of the kernels that read the stored
 /// types (F16C widens eight f16 in one instruction). Every CPU with AVX2 has F16C, but it is
 /// checked all the same. x86-64 only, cheap like [`has_avx2_fma`].

@@ -8,6 +8,9 @@
 //! When there are fewer tasks than threads (decode with few KV heads), each task's keys are
 //! split into ranges that run in parallel and are merged by log-sum-exp, so every core streams
 //! the cache. Matmuls inside run sequentially: the parallelism is over tasks.
+//!
+//! A call whose sequences all have one query row (decode) goes to `decode.rs` first, which
+//! takes it unless its groups are wide (more than eight rows) over keys narrower than 256.
 
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -44,7 +47,7 @@ pub fn tiled_attention(seqs: &[AttentionOperands<'_>], layout: &HeadLayout, out:
         seqs.len() * layout.n_heads * s_q * dv,
         "output length"
     );
-    if s_q == 0 || dv == 0 {
+    if s_q == 0 || dv == 0 || super::decode::decode_attention(seqs, layout, out) {
         return;
     }
     let tile = (TARGET_ROWS / group).clamp(1, s_q);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GibError, gib_to_bytes};
-use crate::kernels::narrow_path;
+use crate::kernels::{decode_path, narrow_path};
 use crate::sysinfo::cache_bytes;
 
 /// Where and how a result set was measured.
@@ -35,6 +35,11 @@ pub struct Environment {
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub narrow_path: Option<String>,
+    /// The code the wide decode tiles (many query rows over keys 256 values wide and more:
+    /// MLA absorbed) run on this machine ([`decode_path`]): `avx512f`, `avx2+fma` or
+    /// `portable`. `None` in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_path: Option<String>,
     /// `std::env::consts::OS` / `ARCH`.
     pub os: String,
     /// `rustc --version` of the compiler that built the binary.
@@ -83,6 +88,7 @@ impl Environment {
             cpu_features: Some(cpu_features()),
             cache_bytes: Some(cache_bytes()),
             narrow_path: Some(narrow_path().to_string()),
+            decode_path: Some(decode_path().to_string()),
             os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
             rustc: env!("ATTNBENCH_RUSTC_VERSION").to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -13,6 +13,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::layout::{AttentionOperands, HeadLayout, KvHead};
+use super::microkernel::ManyRows;
 use super::narrow::{StoredRows, narrow_add_values, narrow_scores};
 use super::simd::{FEW_ROWS_MAX, exp_shifted_sum, few_row_scores, max_keeping_nan, max_of};
 
@@ -332,8 +333,19 @@ impl Task<'_> {
         // instead of many short calls; the score buffer stays small because the rows are few.
         let block_len = self.block_len((start, end));
         let mut partial = Partial::new(rows, self.layout.v_dim);
-        let mut scores = vec![0.0f32; rows * block_len];
         let hidden_finite = self.hidden_values_finite(self.seq.v[self.g], (start, end));
+        if rows > WIDE_BLOCK_MAX_ROWS
+            && let Some(mut many) = self.many_rows(packed)
+        {
+            for j0 in (start..end).step_by(block_len) {
+                let nb = block_len.min(end - j0);
+                let (k, v) = blocks.block(j0, nb);
+                many.block(k, v, j0, &mut partial.acc, hidden_finite);
+            }
+            many.stats_into(&mut partial.max, &mut partial.sum);
+            return partial;
+        }
+        let mut scores = vec![0.0f32; rows * block_len];
         for j0 in (start..end).step_by(block_len) {
             let nb = block_len.min(end - j0);
             let block = &mut scores[..rows * nb];
@@ -359,6 +371,14 @@ impl Task<'_> {
             self.add_values(&mut partial.acc, block, v, (j0, nb), hidden_finite);
         }
         partial
+    }
+
+    /// The many-row block loop's micro-kernels for this task's packed queries, where the CPU
+    /// runs them (`microkernel.rs`).
+    fn many_rows(&self, packed: &[f32]) -> Option<ManyRows> {
+        let l = self.layout;
+        let last_seen = |r: usize| self.seq.first_query_position + self.q0 + r % self.tq;
+        ManyRows::new(packed, self.rows(), (l.qk_dim, l.v_dim), l.scale, last_seen)
     }
 
     /// The online softmax at decode over keys and values stored in bf16, f16 or int8, read

@@ -65,9 +65,11 @@ impl ManyRows {
         debug_assert_eq!(packed.len(), rows * d);
         let padded = rows.next_multiple_of(LANES);
         let mut qt = vec![0.0f32; d * padded];
-        for (r, row) in packed.chunks_exact(d.max(1)).take(rows).enumerate() {
-            for (c, &x) in row.iter().enumerate() {
-                qt[c * padded + r] = x;
+        // Column by column of `qt` (its rows are long), reading `packed` with a stride: the
+        // writes stay sequential.
+        for (c, column) in qt.chunks_exact_mut(padded).enumerate() {
+            for (r, x) in column[..rows].iter_mut().enumerate() {
+                *x = packed[r * d + c];
             }
         }
         let clamp = |p: usize| i32::try_from(p).unwrap_or(i32::MAX);

@@ -1,6 +1,6 @@
 //! The tiled kernel's many-row path (prefill: a packed block of more than eight query rows,
 //! on the AVX-512 micro-kernels where the CPU has them) against the naive kernel at its block
-//! edges: query lengths 1, tile − 1, tile, tile + 1 for group sizes 1 to 32 (the tile is 64
+//! edges: query lengths 1, tile − 1, tile, tile + 1 for group sizes 1 to 32 (the tile is 128
 //! packed rows), causal diagonals at the key-block edges (contexts around 256 keys), head
 //! widths that are not multiples of the sixteen lanes, keys and values read from caches in
 //! every stored type, and keys whose rows are not contiguous.
@@ -17,8 +17,8 @@ use common::assert_close_f32;
 use faer::MatRef;
 
 /// Packed rows the tiled kernel aims for per task (its `TARGET_ROWS`): a group of `g` heads
-/// takes `64 / g` queries per tile.
-const TILE_ROWS: usize = 64;
+/// takes `128 / g` queries per tile.
+const TILE_ROWS: usize = 128;
 
 /// Where the keys and values come from.
 #[derive(Clone, Copy, Debug)]
@@ -141,7 +141,7 @@ fn tile_edges(group: usize) -> Vec<usize> {
 
 #[test]
 fn many_rows_equal_naive_at_tile_edges_for_every_group_size() {
-    for group in [1, 2, 3, 4, 8, 16, 32] {
+    for group in [1, 2, 3, 4, 8, 16, 32, 64] {
         for s_q in tile_edges(group) {
             for context in [0, 5] {
                 let shape = Shape {

@@ -2,7 +2,7 @@
 //! of more than eight query rows) with its two products on register-blocked micro-kernels and
 //! its softmax vectorised across query rows.
 //!
-//! Why not faer here: each block's products are small (64 rows × 256 keys × 128 wide), so
+//! Why not faer here: each block's products are small (128 rows × 256 keys × 128 wide), so
 //! faer's packing of both operands and its dispatch take a share of every call; and a score
 //! block laid out row by row leaves the softmax with horizontal reductions per query row.
 //! Instead the queries are transposed once per task, `qt: (d, rows)`, and the scores of a

@@ -15,7 +15,9 @@
 //!   across threads when there are fewer tasks than threads (decode). A packed block of at
 //!   most eight rows (decode, or a short step of a small group) takes its keys in one long
 //!   block and, when they are contiguous in memory, gets its scores from the few-row score
-//!   loop of `simd.rs`; larger blocks take keys 256 at a time and get their scores from faer.
+//!   loop of `simd.rs`; larger blocks (prefill) take keys 256 at a time, on a CPU with
+//!   AVX-512F through the register-blocked micro-kernels of `microkernel.rs` (scores, a
+//!   softmax vectorised across query rows, weighted values), elsewhere with faer's products.
 //!
 //! # Reading a cache stored in bf16, f16 or int8
 //! The operands' keys and values are [`KvHead`]s: f32 rows (the f32 fast paths above, unchanged)
@@ -46,7 +48,9 @@
 //! head-layout types), `convert.rs` (the stored types' bits), `simd.rs` (the exponential, the
 //! lane reductions, how each element type reads as f32 lanes, the few-row scores and the CPU
 //! feature checks) and `softmax.rs`; besides them `projection.rs` imports `narrow.rs` and
-//! `weight.rs`, whose public kernels and types it is built on. On x86-64 with AVX2 and FMA (checked at run time), the
+//! `weight.rs`, whose public kernels and types it is built on, and `tiled.rs` imports
+//! `narrow.rs` and `microkernel.rs` (prefill's AVX-512 block loop, used only when the CPU
+//! has AVX-512F, checked at run time). On x86-64 with AVX2 and FMA (checked at run time), the
 //! few-row scores run on explicit AVX2 instructions and the tiled kernel's block loop is
 //! compiled for AVX2 + FMA; otherwise both run as compiled for the x86-64 baseline, like the
 //! naive kernel's softmax. The narrow kernels want F16C besides (checked with the others).
@@ -55,6 +59,7 @@
 mod convert;
 mod decode;
 mod layout;
+mod microkernel;
 mod naive;
 mod narrow;
 mod norm;

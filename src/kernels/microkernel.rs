@@ -1,0 +1,564 @@
+//! Prefill's online softmax on AVX-512: the tiled kernel's many-row block loop (a packed block
+//! of more than eight query rows) with its two products on register-blocked micro-kernels and
+//! its softmax vectorised across query rows.
+//!
+//! Why not faer here: each block's products are small (128 rows × 256 keys × 128 wide), so
+//! faer's packing of both operands and its dispatch take a share of every call; and a score
+//! block laid out row by row leaves the softmax with horizontal reductions per query row.
+//! Instead the queries are transposed once per task, `qt: (d, rows)`, and the scores of a
+//! block come out transposed, `(keys, rows)`: sixteen query rows per vector, so the scores
+//! product broadcasts key elements straight from the keys (no packing), the row maxima and
+//! sums are vertical operations, the causal mask is one integer comparison per vector, and
+//! the weighted sum `acc += P · V` broadcasts each weight against value rows read in place.
+//! All f32 (docs/design.md §5): stored keys and values arrive widened by the caller.
+//!
+//! On a CPU without AVX-512F (checked at run time) [`ManyRows::new`] returns `None` and the
+//! tiled kernel keeps its faer path.
+
+use faer::MatRef;
+
+/// The state of the online softmax of one packed block of query rows over the blocks of keys
+/// it is given, and the buffers it reuses from block to block.
+pub(super) struct ManyRows {
+    rows: usize,
+    /// `rows` rounded up to whole vectors of sixteen lanes.
+    padded: usize,
+    d: usize,
+    dv: usize,
+    scale: f32,
+    /// Queries transposed, `(d, padded)`: column `r` is packed row `r`, zero past `rows`.
+    qt: Vec<f32>,
+    /// Per padded row, the last key position it sees, as i32 lanes; −1 for padding.
+    last: Vec<i32>,
+    /// The lowest last position over the real rows: a block ending at or before it is
+    /// visible to every row and needs no mask.
+    all_see: usize,
+    /// One block's scores, then its weights, `(nb, padded)`.
+    weights: Vec<f32>,
+    /// Per padded row: running maximum, running sum, and the last block's rescale factor.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    rescale: Vec<f32>,
+    /// Keys and values of a block whose rows are not contiguous, copied.
+    k_buf: Vec<f32>,
+    v_buf: Vec<f32>,
+}
+
+/// Lanes of one AVX-512 f32 vector.
+const LANES: usize = 16;
+
+impl ManyRows {
+    /// The state before any key, for `rows` packed query rows `packed` (row-major
+    /// `(rows, d)`), values `dv` wide, scores multiplied by `scale`, row `r` seeing keys up to
+    /// position `last_seen(r)`. `None` when the CPU has no AVX-512F: the caller then runs its
+    /// portable path.
+    pub(super) fn new(
+        packed: &[f32],
+        rows: usize,
+        (d, dv): (usize, usize),
+        scale: f32,
+        last_seen: impl Fn(usize) -> usize,
+    ) -> Option<Self> {
+        if !available() || rows == 0 {
+            return None;
+        }
+        debug_assert_eq!(packed.len(), rows * d);
+        let padded = rows.next_multiple_of(LANES);
+        let mut qt = vec![0.0f32; d * padded];
+        // Column by column of `qt` (its rows are long), reading `packed` with a stride: the
+        // writes stay sequential.
+        for (c, column) in qt.chunks_exact_mut(padded).enumerate() {
+            for (r, x) in column[..rows].iter_mut().enumerate() {
+                *x = packed[r * d + c];
+            }
+        }
+        let clamp = |p: usize| i32::try_from(p).unwrap_or(i32::MAX);
+        let last: Vec<i32> = (0..padded)
+            .map(|r| if r < rows { clamp(last_seen(r)) } else { -1 })
+            .collect();
+        let all_see = (0..rows).map(&last_seen).min().unwrap_or(0);
+        Some(Self {
+            rows,
+            padded,
+            d,
+            dv,
+            scale,
+            qt,
+            last,
+            all_see,
+            weights: Vec::new(),
+            max: vec![f32::NEG_INFINITY; padded],
+            sum: vec![0.0; padded],
+            rescale: vec![0.0; padded],
+            k_buf: Vec::new(),
+            v_buf: Vec::new(),
+        })
+    }
+
+    /// One block of the online softmax: keys `k: (nb, d)` and values `v: (nb, dv)` at
+    /// positions `j0..j0 + nb`; `acc` the unnormalised output rows, row-major `(rows, dv)`,
+    /// rescaled and added to. `hidden_finite` says the values of keys hidden from some row
+    /// are all finite: otherwise each row adds its visible keys only, so that `0 · NaN`
+    /// never reaches a row that cannot see the NaN.
+    pub(super) fn block(
+        &mut self,
+        k: MatRef<'_, f32>,
+        v: MatRef<'_, f32>,
+        j0: usize,
+        acc: &mut [f32],
+        hidden_finite: bool,
+    ) {
+        let nb = k.nrows();
+        debug_assert_eq!((k.ncols(), v.ncols(), v.nrows()), (self.d, self.dv, nb));
+        debug_assert_eq!(acc.len(), self.rows * self.dv);
+        if nb == 0 {
+            return;
+        }
+        // Taken out of the state while the views borrow them, put back below.
+        let (mut k_buf, mut v_buf) = (
+            std::mem::take(&mut self.k_buf),
+            std::mem::take(&mut self.v_buf),
+        );
+        let k = rows_of(k, &mut k_buf);
+        let v = rows_of(v, &mut v_buf);
+        if self.weights.len() < nb * self.padded {
+            self.weights.resize(nb * self.padded, 0.0);
+        }
+        let masked = j0 + nb - 1 > self.all_see;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` returned `Some`, so the CPU has AVX-512F; the shapes are the state's.
+        unsafe {
+            avx512::scores(k, &self.qt, self.padded, self.scale, &mut self.weights);
+            avx512::softmax(self, nb, j0, masked);
+        }
+        for (r, row) in acc.chunks_exact_mut(self.dv.max(1)).enumerate() {
+            let f = self.rescale[r];
+            if f != 1.0 {
+                row.iter_mut().for_each(|a| *a *= f);
+            }
+        }
+        if hidden_finite || !masked {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            unsafe {
+                avx512::add_values(&self.weights, self.padded, self.rows, v, acc)
+            };
+        } else {
+            self.add_visible_values(v, j0, acc);
+        }
+        self.k_buf = k_buf;
+        self.v_buf = v_buf;
+    }
+
+    /// `acc += P · V` row by row over the keys each row sees only (a failing run's path:
+    /// a non-finite value hides among keys some row cannot see).
+    fn add_visible_values(&self, v: super::simd::RowsRef<'_, f32>, j0: usize, acc: &mut [f32]) {
+        let nb = v.nrows();
+        for (r, row) in acc.chunks_exact_mut(self.dv.max(1)).enumerate() {
+            let seen = usize::try_from(i64::from(self.last[r]) + 1 - j0 as i64).unwrap_or(0);
+            for j in 0..seen.min(nb) {
+                let w = self.weights[j * self.padded + r];
+                row.iter_mut()
+                    .zip(v.row(j).as_slice())
+                    .for_each(|(a, x)| *a += w * x);
+            }
+        }
+    }
+
+    /// The running maxima and sums of the real rows, into `max` and `sum` (`rows` each).
+    pub(super) fn stats_into(&self, max: &mut [f32], sum: &mut [f32]) {
+        max.copy_from_slice(&self.max[..self.rows]);
+        sum.copy_from_slice(&self.sum[..self.rows]);
+    }
+}
+
+/// True when the CPU runs the AVX-512 micro-kernels.
+fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `m` with contiguous rows, packed one after the other: itself when it is, else copied into
+/// `buf`. Why copy rows that are contiguous but far apart (one head's columns of a cache
+/// plane: 16 KiB apart with 32 KV heads of 128): the micro-kernels pass over a block many
+/// times, and rows on different pages cost a TLB entry each on every pass.
+fn rows_of<'a>(m: MatRef<'a, f32>, buf: &'a mut Vec<f32>) -> super::simd::RowsRef<'a, f32> {
+    let (n, w) = (m.nrows(), m.ncols());
+    if let Some(rows) = m.try_as_row_major() {
+        return rows;
+    }
+    buf.clear();
+    match m.try_as_row_major() {
+        Some(rows) => (0..n).for_each(|j| buf.extend_from_slice(rows.row(j).as_slice())),
+        None => buf.extend((0..n).flat_map(|j| (0..w).map(move |c| m[(j, c)]))),
+    }
+    MatRef::from_row_major_slice(&buf[..], n, w)
+        .try_as_row_major()
+        .expect("a row-major slice has contiguous rows")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::simd::RowsRef;
+    use super::{LANES, ManyRows};
+
+    /// Most vectors of query rows one score tile holds (64 rows).
+    const SCORE_VECTORS: usize = 4;
+
+    /// `out[j · padded + r] = scale · k_j · qt[.., r]` for every key `j` of `k` and padded
+    /// row `r`: tiles of `MR` keys by up to 64 rows, one accumulator per key and vector.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `qt` is `(d, padded)` with `padded` a multiple of 16, `out`
+    /// holds `nb · padded`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores(
+        k: RowsRef<'_, f32>,
+        qt: &[f32],
+        padded: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (nb, d) = (k.nrows(), k.ncols());
+        assert!(qt.len() >= d * padded && out.len() >= nb * padded);
+        let geometry = Geometry {
+            k_stride: k.row_stride() as usize,
+            padded,
+            d,
+            scale,
+        };
+        let k = k.as_ptr();
+        for r0 in (0..padded).step_by(LANES * SCORE_VECTORS) {
+            let vectors = ((padded - r0) / LANES).min(SCORE_VECTORS);
+            // SAFETY: rows r0..r0 + 16 · vectors are within `padded`; the caller's contract.
+            unsafe {
+                let (q, o) = (qt.as_ptr().add(r0), out.as_mut_ptr().add(r0));
+                match vectors {
+                    4 => score_keys::<6, 4>(&geometry, k, nb, q, o),
+                    3 => score_keys::<8, 3>(&geometry, k, nb, q, o),
+                    2 => score_keys::<12, 2>(&geometry, k, nb, q, o),
+                    _ => score_keys::<12, 1>(&geometry, k, nb, q, o),
+                }
+            }
+        }
+    }
+
+    /// Strides and sizes of a score product.
+    struct Geometry {
+        k_stride: usize,
+        padded: usize,
+        d: usize,
+        scale: f32,
+    }
+
+    /// All `nb` keys against `NV` vectors of rows: tiles of `MR` keys, then the leftover
+    /// keys in one smaller tile.
+    ///
+    /// # Safety
+    /// As [`scores`], with `q` and `out` at the first row of the vectors.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn score_keys<const MR: usize, const NV: usize>(
+        g: &Geometry,
+        k: *const f32,
+        nb: usize,
+        q: *const f32,
+        out: *mut f32,
+    ) {
+        let whole = nb - nb % MR;
+        // SAFETY (all): keys j..j + MR exist; the caller's contract.
+        unsafe {
+            for j in (0..whole).step_by(MR) {
+                score_tile::<MR, NV>(g, k.add(j * g.k_stride), q, out.add(j * g.padded));
+            }
+            let (k, out) = (k.add(whole * g.k_stride), out.add(whole * g.padded));
+            match nb - whole {
+                0 => {}
+                1 => score_tile::<1, NV>(g, k, q, out),
+                2 => score_tile::<2, NV>(g, k, q, out),
+                3 => score_tile::<3, NV>(g, k, q, out),
+                4 => score_tile::<4, NV>(g, k, q, out),
+                5 => score_tile::<5, NV>(g, k, q, out),
+                6 => score_tile::<6, NV>(g, k, q, out),
+                7 => score_tile::<7, NV>(g, k, q, out),
+                _ => {
+                    score_tile::<8, NV>(g, k, q, out);
+                    let left = nb - whole - 8;
+                    for j in 0..left {
+                        let at = 8 + j;
+                        score_tile::<1, NV>(g, k.add(at * g.k_stride), q, out.add(at * g.padded));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One tile: `MR` keys by `NV` vectors of rows, `MR · NV` accumulators over the whole
+    /// head width, each step one load per vector and one broadcast per key.
+    ///
+    /// # Safety
+    /// As [`score_keys`], for `MR` keys.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn score_tile<const MR: usize, const NV: usize>(
+        g: &Geometry,
+        k: *const f32,
+        q: *const f32,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        // SAFETY (all): column c < d of MR key rows and of NV vectors of qt; the caller's
+        // contract.
+        unsafe {
+            for c in 0..g.d {
+                let qc = q.add(c * g.padded);
+                let mut qv = [_mm512_setzero_ps(); NV];
+                for (n, v) in qv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(qc.add(LANES * n));
+                }
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let kb = _mm512_set1_ps(*k.add(m * g.k_stride + c));
+                    for (a, v) in row.iter_mut().zip(&qv) {
+                        *a = _mm512_fmadd_ps(kb, *v, *a);
+                    }
+                }
+            }
+            let s = _mm512_set1_ps(g.scale);
+            for (m, row) in acc.iter().enumerate() {
+                for (n, a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(m * g.padded + LANES * n), _mm512_mul_ps(*a, s));
+                }
+            }
+        }
+    }
+
+    /// The softmax step of one block of `nb` keys from `j0` over the state's score block,
+    /// sixteen rows per vector: masks the keys a row cannot see (when `masked`), takes the
+    /// block maxima (NaN for a row that sees a non-finite score: `s · 0` summed beside),
+    /// turns the scores into weights `e^(s − new max)` (0 where masked) and updates the
+    /// maxima, the sums and the rows' rescale factors (0 while a row has seen nothing).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the state's weights hold `nb · padded` scores.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn softmax(state: &mut ManyRows, nb: usize, j0: usize, masked: bool) {
+        let padded = state.padded;
+        let w = state.weights.as_mut_ptr();
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let zero = _mm512_setzero_ps();
+        for v in (0..padded).step_by(LANES) {
+            // SAFETY (all): lanes v..v + 16 of rows j < nb are within the weights, and of the
+            // per-row vectors; the caller's contract.
+            unsafe {
+                let last = _mm512_loadu_si512(state.last.as_ptr().add(v).cast());
+                let sees = |j: usize| {
+                    let pos = i32::try_from(j0 + j).unwrap_or(i32::MAX);
+                    _mm512_cmple_epi32_mask(_mm512_set1_epi32(pos), last)
+                };
+                let (mut top, mut poison) = (neg_inf, zero);
+                for j in 0..nb {
+                    let at = w.add(j * padded + v);
+                    let mut s = _mm512_loadu_ps(at);
+                    if masked {
+                        let k = sees(j);
+                        s = _mm512_mask_mov_ps(neg_inf, k, s);
+                        _mm512_storeu_ps(at, s);
+                        poison = _mm512_mask_add_ps(poison, k, poison, _mm512_mul_ps(s, zero));
+                    } else {
+                        poison = _mm512_add_ps(poison, _mm512_mul_ps(s, zero));
+                    }
+                    top = _mm512_max_ps(top, s);
+                }
+                let old = _mm512_loadu_ps(state.max.as_ptr().add(v));
+                // `max(top, old)` is `old` when `old` is NaN (a row poisoned before).
+                let new = _mm512_add_ps(_mm512_max_ps(top, old), poison);
+                let unseen = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(old, neg_inf);
+                let rescale = _mm512_mask_mov_ps(exp(_mm512_sub_ps(old, new)), unseen, zero);
+                let mut total = zero;
+                for j in 0..nb {
+                    let at = w.add(j * padded + v);
+                    let mut p = exp(_mm512_sub_ps(_mm512_loadu_ps(at), new));
+                    if masked {
+                        p = _mm512_maskz_mov_ps(sees(j), p);
+                    }
+                    _mm512_storeu_ps(at, p);
+                    total = _mm512_add_ps(total, p);
+                }
+                let sum = _mm512_loadu_ps(state.sum.as_ptr().add(v));
+                _mm512_storeu_ps(
+                    state.sum.as_mut_ptr().add(v),
+                    _mm512_fmadd_ps(sum, rescale, total),
+                );
+                _mm512_storeu_ps(state.max.as_mut_ptr().add(v), new);
+                _mm512_storeu_ps(state.rescale.as_mut_ptr().add(v), rescale);
+            }
+        }
+    }
+
+    /// [`fast_exp`](super::super::simd::fast_exp) on sixteen lanes: the same clamp at −87
+    /// (NaN passes through), reduction by ln 2 in two parts and degree-6 polynomial; `2^n`
+    /// applied by `vscalefps`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn exp(x: __m512) -> __m512 {
+        let floor = _mm512_set1_ps(-87.0);
+        let x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, floor), floor);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// `acc[r] += Σ_j weights[j · padded + r] · v_j` for the `rows` real rows: tiles of
+    /// `MR` rows by up to 64 value columns, the last vector of a row masked to its width.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `weights` holds `nb · padded`, `acc` is `(rows, dv)`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_values(
+        weights: &[f32],
+        padded: usize,
+        rows: usize,
+        v: RowsRef<'_, f32>,
+        acc: &mut [f32],
+    ) {
+        let (nb, dv) = (v.nrows(), v.ncols());
+        assert!(weights.len() >= nb * padded && acc.len() >= rows * dv);
+        let g = Values {
+            padded,
+            v_stride: v.row_stride() as usize,
+            nb,
+            dv,
+        };
+        let g = &g;
+        let (v, w, acc) = (v.as_ptr(), weights.as_ptr(), acc.as_mut_ptr());
+        for c0 in (0..dv).step_by(LANES * 4) {
+            let width = (dv - c0).min(LANES * 4);
+            let vectors = width.div_ceil(LANES);
+            let tail = width - LANES * (vectors - 1);
+            let mask: __mmask16 = if tail == LANES {
+                !0
+            } else {
+                (1u16 << tail) - 1
+            };
+            // SAFETY: columns c0..c0 + width are within dv; the caller's contract.
+            unsafe {
+                let (v, acc) = (v.add(c0), acc.add(c0));
+                match vectors {
+                    4 => value_rows::<6, 4>(g, rows, w, v, acc, mask),
+                    3 => value_rows::<8, 3>(g, rows, w, v, acc, mask),
+                    2 => value_rows::<12, 2>(g, rows, w, v, acc, mask),
+                    _ => value_rows::<12, 1>(g, rows, w, v, acc, mask),
+                }
+            }
+        }
+    }
+
+    /// Strides and sizes of a weighted sum.
+    struct Values {
+        padded: usize,
+        v_stride: usize,
+        nb: usize,
+        dv: usize,
+    }
+
+    /// All rows against `NV` vectors of value columns: tiles of `MR` rows, then the leftover
+    /// rows in one smaller tile.
+    ///
+    /// # Safety
+    /// As [`add_values`], with `v` and `acc` at the first column of the vectors.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn value_rows<const MR: usize, const NV: usize>(
+        g: &Values,
+        rows: usize,
+        w: *const f32,
+        v: *const f32,
+        acc: *mut f32,
+        mask: __mmask16,
+    ) {
+        let whole = rows - rows % MR;
+        // SAFETY (all): rows r..r + MR exist; the caller's contract.
+        unsafe {
+            for r in (0..whole).step_by(MR) {
+                value_tile::<MR, NV>(g, w.add(r), v, acc.add(r * g.dv), mask);
+            }
+            let (w, acc) = (w.add(whole), acc.add(whole * g.dv));
+            match rows - whole {
+                0 => {}
+                1 => value_tile::<1, NV>(g, w, v, acc, mask),
+                2 => value_tile::<2, NV>(g, w, v, acc, mask),
+                3 => value_tile::<3, NV>(g, w, v, acc, mask),
+                4 => value_tile::<4, NV>(g, w, v, acc, mask),
+                5 => value_tile::<5, NV>(g, w, v, acc, mask),
+                6 => value_tile::<6, NV>(g, w, v, acc, mask),
+                7 => value_tile::<7, NV>(g, w, v, acc, mask),
+                left => {
+                    value_tile::<8, NV>(g, w, v, acc, mask);
+                    for r in 8..left {
+                        value_tile::<1, NV>(g, w.add(r), v, acc.add(r * g.dv), mask);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One tile: `MR` rows by `NV` vectors of value columns held in registers over the
+    /// block's keys, each step one load per vector and one broadcast per row.
+    ///
+    /// # Safety
+    /// As [`value_rows`], for `MR` rows.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn value_tile<const MR: usize, const NV: usize>(
+        g: &Values,
+        w: *const f32,
+        v: *const f32,
+        acc: *mut f32,
+        mask: __mmask16,
+    ) {
+        let full: __mmask16 = !0;
+        let lane_mask = |n: usize| if n + 1 == NV { mask } else { full };
+        let mut o = [[_mm512_setzero_ps(); NV]; MR];
+        // SAFETY (all): rows of acc and v within their shapes, lanes past the width masked;
+        // the caller's contract.
+        unsafe {
+            for (m, row) in o.iter_mut().enumerate() {
+                for (n, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_maskz_loadu_ps(lane_mask(n), acc.add(m * g.dv + LANES * n));
+                }
+            }
+            for j in 0..g.nb {
+                let vj = v.add(j * g.v_stride);
+                let mut vv = [_mm512_setzero_ps(); NV];
+                for (n, x) in vv.iter_mut().enumerate() {
+                    *x = _mm512_maskz_loadu_ps(lane_mask(n), vj.add(LANES * n));
+                }
+                let wj = w.add(j * g.padded);
+                for (m, row) in o.iter_mut().enumerate() {
+                    let p = _mm512_set1_ps(*wj.add(m));
+                    for (x, y) in row.iter_mut().zip(&vv) {
+                        *x = _mm512_fmadd_ps(p, *y, *x);
+                    }
+                }
+            }
+            for (m, row) in o.iter().enumerate() {
+                for (n, x) in row.iter().enumerate() {
+                    _mm512_mask_storeu_ps(acc.add(m * g.dv + LANES * n), lane_mask(n), *x);
+                }
+            }
+        }
+    }
+}

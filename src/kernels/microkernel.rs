@@ -172,6 +172,13 @@ impl ManyRows {
     }
 }
 
+/// The code prefill's many-row block loop (more than 8 packed query rows) runs on this CPU:
+/// `"avx512f"` (the micro-kernels here) or `"faer"` (faer's products per block, everywhere
+/// else).
+pub fn prefill_path() -> &'static str {
+    if available() { "avx512f" } else { "faer" }
+}
+
 /// True when the CPU runs the AVX-512 micro-kernels.
 fn available() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -76,6 +76,7 @@ pub use convert::{
 };
 pub use decode::decode_path;
 pub use layout::{AttentionOperands, HeadLayout, KvHead, heads_to_rows};
+pub use microkernel::prefill_path;
 pub use naive::naive_attention;
 pub use narrow::{StoredRows, narrow_add_values, narrow_path, narrow_scores};
 pub use norm::rms_norm_rows;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GibError, gib_to_bytes};
-use crate::kernels::{decode_path, narrow_path};
+use crate::kernels::{decode_path, narrow_path, prefill_path};
 use crate::sysinfo::cache_bytes;
 
 /// Where and how a result set was measured.
@@ -40,6 +40,11 @@ pub struct Environment {
     /// `portable`. `None` in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_path: Option<String>,
+    /// The code prefill's block loop over more than 8 packed query rows runs on this machine
+    /// ([`prefill_path`]): `avx512f` or `faer`. `None` in files written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_path: Option<String>,
     /// `std::env::consts::OS` / `ARCH`.
     pub os: String,
     /// `rustc --version` of the compiler that built the binary.
@@ -89,6 +94,7 @@ impl Environment {
             cache_bytes: Some(cache_bytes()),
             narrow_path: Some(narrow_path().to_string()),
             decode_path: Some(decode_path().to_string()),
+            prefill_path: Some(prefill_path().to_string()),
             os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
             rustc: env!("ATTNBENCH_RUSTC_VERSION").to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),

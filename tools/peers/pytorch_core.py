@@ -20,11 +20,12 @@ section 1): `batch` sequences, `n_heads` query heads of `qk_dim` against `n_kv_h
 ones (the cache after the step), causal with the queries at the last positions, so a decode
 query sees every key; scores scaled by the grid's `scale`; values `v_dim` wide (MLA absorbed:
 16 heads over one latent row of 512 + 64 for keys, its first 512 for values). f32 throughout.
-A PyTorch user's code: KV heads repeated to the query heads with `expand` (and `reshape`,
-which copies when the group is wider than 1 KV head: Hugging Face's `repeat_kv`) inside the
-timed call; `is_causal=True` when the queries start at position 0, an explicit boolean mask
-(bottom-right aligned) when they follow cached tokens, none for a single query. The NumPy
-backend broadcasts the KV heads instead (no copy). The mask and the inputs are built outside
+A PyTorch user's code, at its fastest without a compiler: SDPA gets the KV heads as they
+are with `enable_gqa=True` (no repeated copy of the cache, as Hugging Face's SDPA attention
+passes them); the plain path multiplies each KV head by its group's query heads stacked as
+rows (no copy either, as the NumPy backend does); `is_causal=True` when the queries start at
+position 0, an explicit boolean mask (bottom-right aligned) when they follow cached tokens,
+none for a single query. The mask and the inputs are built outside
 the timing; no autograd (`torch.inference_mode`).
 
 Sampling is attnbench's (src/harness/measure.rs): warm-up bounded by the experiment's
@@ -294,7 +295,7 @@ class NumpyBackend:
         """The timed call and the way to read its output as a NumPy array."""
         np = self.np
         batch, heads, group = q.shape[0], core["n_heads"], core["n_heads"] // core["n_kv_heads"]
-        length, keys = core["queries"], core["keys"]
+        length = core["queries"]
         qg = q.reshape(batch, core["n_kv_heads"], group, length, core["qk_dim"])
         kt = k.swapaxes(-1, -2)[:, :, None]
         vg = v[:, :, None]
@@ -364,17 +365,7 @@ class TorchBackend:
     def prepare(self, q, k, v, core):
         torch = self.torch
         batch, heads, group = q.shape[0], core["n_heads"], core["n_heads"] // core["n_kv_heads"]
-        keys, scale = core["keys"], core["scale"]
-
-        def repeat_kv(x):
-            # Hugging Face's repeat_kv: a view for one KV head (or none to repeat), a copy
-            # when a group of several KV heads is repeated.
-            if group == 1:
-                return x
-            if x.shape[1] == 1:
-                return x.expand(batch, heads, keys, x.shape[-1])
-            b, g, s, d = x.shape
-            return x[:, :, None].expand(b, g, group, s, d).reshape(b, g * group, s, d)
+        scale = core["scale"]
 
         length = core["queries"]
         if length == 1:
@@ -385,18 +376,27 @@ class TorchBackend:
             mask, is_causal = torch.from_numpy(causal_mask(core)), False
         if self.kind == "sdpa":
             sdpa = torch.nn.functional.scaled_dot_product_attention
+            # The KV heads go in as they are: `enable_gqa` (PyTorch 2.5 and later) lets each
+            # group of query heads read its KV head without a copy, as Hugging Face's SDPA
+            # attention does when it is available. Repeating them first (the older
+            # `repeat_kv`) copies the whole cache every step.
+            gqa = {"enable_gqa": True} if group > 1 else {}
 
             def step():
-                return sdpa(q, repeat_kv(k), repeat_kv(v), attn_mask=mask, is_causal=is_causal, scale=scale)
+                return sdpa(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, **gqa)
         else:
-            if length > 1:
-                mask = torch.from_numpy(causal_mask(core))
+            # The group's query heads as the rows of one matrix per KV head, so each KV head
+            # is read in place (no repeated copy of the cache), as the NumPy backend does.
+            g = core["n_kv_heads"]
+            grouped_mask = None if length == 1 else torch.from_numpy(causal_mask(core)).repeat(group, 1)
 
             def step():
-                scores = torch.matmul(q, repeat_kv(k).transpose(-1, -2)) * scale
-                if mask is not None:
-                    scores = scores.masked_fill(~mask, float("-inf"))
-                return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+                qg = q.reshape(batch, g, group * length, q.shape[-1])
+                scores = torch.matmul(qg, k.transpose(-1, -2)) * scale
+                if grouped_mask is not None:
+                    scores = scores.masked_fill(~grouped_mask, float("-inf"))
+                out = torch.matmul(torch.softmax(scores, dim=-1), v)
+                return out.reshape(batch, heads, length, out.shape[-1])
 
         def timed():
             with torch.inference_mode():

@@ -58,6 +58,14 @@ pub struct Environment {
     pub date: String,
     /// The command line.
     pub command_line: String,
+    /// What measured the set when it is not attnbench: a peer's implementation (e.g.
+    /// `pytorch-sdpa`, written by tools/peers/pytorch_core.py). `None` for attnbench's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<String>,
+    /// The peer's versions and build by name, sorted (e.g. `cpu_capability`,
+    /// `parallel_backend`, `python`, `torch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implementation_versions: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 impl Environment {
@@ -101,6 +109,8 @@ impl Environment {
             git_revision: env!("ATTNBENCH_GIT_REVISION").to_string(),
             date: utc_now_iso8601(),
             command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            implementation: None,
+            implementation_versions: None,
         }
     }
 }

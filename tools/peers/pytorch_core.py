@@ -420,8 +420,7 @@ def measure_point(backend, point, measure, seed):
 def peer_record(point, implementation, samples, kv_bytes, machine):
     """The point's attnbench record (from `validate --json`) as a peer measured it: the core
     alone, its step the core's samples."""
-    r = dict(point["record"])
-    r["implementation"] = implementation
+    r = with_implementation(point["record"], implementation)
     r["projection_flops"] = 0
     r["flops"] = r["attention_flops"]
     r["bytes"] = r["core_bytes"]
@@ -454,9 +453,22 @@ def peer_record(point, implementation, samples, kv_bytes, machine):
     return r
 
 
+def with_implementation(record, implementation):
+    """`record` with its `implementation`, placed where attnbench writes it (after `kernel`;
+    attnbench leaves it out at its default), so the file reads and writes back unchanged."""
+    r = {}
+    for key, value in record.items():
+        if key != "implementation":
+            r[key] = value
+        if key == "kernel":
+            r["implementation"] = implementation
+    r.setdefault("implementation", implementation)
+    return r
+
+
 def failed_record(point, implementation, error):
-    r = dict(point["record"])
-    r.update({"implementation": implementation, "projection_flops": 0, "params": 0})
+    r = with_implementation(point["record"], implementation)
+    r.update({"projection_flops": 0, "params": 0})
     r["flops"], r["bytes"] = r["attention_flops"], r["core_bytes"]
     r["error"] = error
     return r
@@ -499,7 +511,8 @@ def environment(grid, backend, threads):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command_line": " ".join(sys.argv),
         "implementation": backend.implementation,
-        "implementation_versions": backend.versions(),
+        # Sorted by name, as attnbench writes it back.
+        "implementation_versions": dict(sorted(backend.versions().items())),
     }
 
 

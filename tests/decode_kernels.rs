@@ -210,6 +210,20 @@ fn decode_equals_naive_around_the_few_row_sub_block() {
     }
 }
 
+/// The few-row path's f32 value pass at contexts around 64-key boundaries (one and two
+/// blocks of the stored types' value kernel, which an f32 value kernel would share), at value
+/// widths with and without a tail of columns past a vector, every few-row group size.
+#[test]
+fn decode_equals_naive_around_the_f32_value_blocks() {
+    for group in 1..=8 {
+        for dv in [128, 136, 9] {
+            for context in [63, 64, 65, 129] {
+                Case::new((2 * group, 2), (16, dv), &[context]).check(1);
+            }
+        }
+    }
+}
+
 /// Stored caches through the same paths: bf16, f16 and int8 at group sizes of both paths, at
 /// the sub-block edges and split.
 #[test]

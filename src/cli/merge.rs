@@ -70,11 +70,15 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     }
     let results = &merged.results;
     let charts = write_results(&args.out, results, args.quiet)?;
-    let machines = results.machine_groups().len();
+    let (runs, machines) = (results.runs.len(), results.machine_groups().len());
     eprintln!(
-        "wrote {dir}/{{results.json,results.csv,results.md}} and {charts} charts: {} points from {} runs on {machines} machine(s)",
+        "wrote {dir}/{{results.json,results.csv,results.md}} and {charts} charts: {} points from {}",
         results.points.len(),
-        results.runs.len(),
+        format_args!(
+            "{runs} {} on {machines} {}",
+            if runs == 1 { "run" } else { "runs" },
+            if machines == 1 { "machine" } else { "machines" }
+        ),
         dir = args.out.display()
     );
     if let Some(gap) = gap {

@@ -23,7 +23,7 @@
 use std::arch::x86_64::{__m256, __m512};
 use std::cell::RefCell;
 
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::MatRef;
 use rayon::prelude::*;
 
 use super::layout::{AttentionOperands, HeadLayout, KvHead};
@@ -31,6 +31,7 @@ use super::narrow::{StoredRows, narrow_add_values, narrow_scores};
 use super::simd::{
     FEW_ROWS_MAX, RowsRef, exp_shifted_sum, fast_exp, few_row_scores, max_keeping_nan, max_of,
 };
+use super::tiled::add_weighted_values;
 
 /// Keys per sub-block on the few-row path: long, so that each pass streams a long run of
 /// keys or values (at most eight rows of 16384 scores: 512 KiB, in L2), as long as the tiled kernel's
@@ -331,7 +332,7 @@ impl Unit<'_> {
 
     #[inline(always)]
     fn few_blocks(&self, state: State<'_>, (start, end): (usize, usize), scratch: &mut [f32]) {
-        let (d, dv, rows) = (self.layout.qk_dim, self.layout.v_dim, self.rows);
+        let (d, rows) = (self.layout.qk_dim, self.rows);
         let (k, v) = (self.seq.k[self.g], self.seq.v[self.g]);
         let scale = self.layout.scale;
         {
@@ -353,16 +354,7 @@ impl Unit<'_> {
                 }
                 softmax_rows(block, nb, max, sum, acc);
                 match v.subrows(j0, nb) {
-                    // faer's matrix-vector path streams f32 values at the memory's speed:
-                    // `accᵀ += Vᵀ · weightsᵀ`, `acc` column-major `(dv, rows)`.
-                    KvHead::F32(m) => faer::linalg::matmul::matmul(
-                        MatMut::from_column_major_slice_mut(acc, dv, rows),
-                        Accum::Add,
-                        m.transpose(),
-                        MatRef::from_column_major_slice(block, nb, rows),
-                        1.0f32,
-                        Par::Seq,
-                    ),
+                    KvHead::F32(m) => add_weighted_values(acc, block, m, rows),
                     KvHead::Stored(s) => narrow_add_values(s, block, rows, acc),
                     KvHead::Split(..) => unreachable!("checked by `readable`"),
                 }

@@ -527,14 +527,7 @@ impl Task<'_> {
     ) {
         let (dv, rows) = (self.layout.v_dim, self.rows());
         if hidden_finite {
-            faer::linalg::matmul::matmul(
-                MatMut::from_column_major_slice_mut(acc, dv, rows),
-                Accum::Add,
-                v.transpose(),
-                MatRef::from_column_major_slice(weights, nb, rows),
-                1.0f32,
-                Par::Seq,
-            );
+            add_weighted_values(acc, weights, v, rows);
             return;
         }
         for r in 0..rows {
@@ -549,4 +542,25 @@ impl Task<'_> {
             );
         }
     }
+}
+
+/// `accᵀ += Vᵀ · weights` for `rows` packed rows: `acc` column-major `(v.ncols(), rows)`,
+/// `weights` column-major `(v.nrows(), rows)`, `v` the block's f32 values `(nb, v_dim)`.
+/// faer's matrix-vector path streams the values at the memory's speed; prefill's block loop
+/// and decode's few-row path both take it.
+#[inline(always)]
+pub(super) fn add_weighted_values(
+    acc: &mut [f32],
+    weights: &[f32],
+    v: MatRef<'_, f32>,
+    rows: usize,
+) {
+    faer::linalg::matmul::matmul(
+        MatMut::from_column_major_slice_mut(acc, v.ncols(), rows),
+        Accum::Add,
+        v.transpose(),
+        MatRef::from_column_major_slice(weights, v.nrows(), rows),
+        1.0f32,
+        Par::Seq,
+    );
 }

@@ -12,9 +12,9 @@ use attnbench::Dtype;
 use attnbench::Matrix;
 use attnbench::config::Kernel;
 use attnbench::kernels::{AttentionOperands, HeadLayout, KvHead, attention, decode_path};
-use attnbench::kv_cache::{KvCache, PlaneSpec};
+use attnbench::kv_cache::KvCache;
 use attnbench::weights::SeededRng;
-use common::assert_close_f32;
+use common::{assert_close_f32, on_threads, two_plane_cache};
 use faer::MatRef;
 
 /// One decode: `n_heads` queries of width `dk` over `n_kv` KV heads, values of width `dv`,
@@ -75,20 +75,7 @@ impl Case {
             Some(dtype) => inputs
                 .kv
                 .iter()
-                .map(|(k, v)| {
-                    let plane = |name, head_width| PlaneSpec {
-                        name,
-                        heads: n_kv,
-                        head_width,
-                        scale_split: None,
-                    };
-                    let specs = [plane("k", dk), plane("v", dv)];
-                    let mut cache = KvCache::new(1, k.rows(), &specs, dtype).unwrap();
-                    cache.sequences_mut()[0]
-                        .append(0, k.rows(), &[k.data(), v.data()])
-                        .unwrap();
-                    cache
-                })
+                .map(|(k, v)| two_plane_cache(k, v, n_kv, (dk, dv), dtype))
                 .collect(),
         };
         let seqs: Vec<AttentionOperands<'_>> = inputs
@@ -123,11 +110,7 @@ impl Case {
             scale: 1.0 / (dk as f32).sqrt(),
         };
         let mut out = vec![0.0; self.contexts.len() * h * dv];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| attention(kernel, &seqs, &layout, &mut out));
+        on_threads(threads, || attention(kernel, &seqs, &layout, &mut out));
         out
     }
 

@@ -11,9 +11,8 @@ use attnbench::Dtype;
 use attnbench::Matrix;
 use attnbench::config::Kernel;
 use attnbench::kernels::{AttentionOperands, HeadLayout, KvHead, attention};
-use attnbench::kv_cache::{KvCache, PlaneSpec};
 use attnbench::weights::SeededRng;
-use common::assert_close_f32;
+use common::{assert_close_f32, on_threads, two_plane_cache};
 use faer::MatRef;
 
 /// Packed rows the tiled kernel aims for per task (its `TARGET_ROWS`): a group of `g` heads
@@ -65,20 +64,7 @@ fn attend(shape: Shape, source: Source, kernel: Kernel, threads: usize) -> Vec<f
         })
         .collect();
     let cache = match source {
-        Source::Cache(dtype) => {
-            let plane = |name, head_width| PlaneSpec {
-                name,
-                heads: n_kv,
-                head_width,
-                scale_split: None,
-            };
-            let specs = [plane("k", dk), plane("v", dv)];
-            let mut cache = KvCache::new(1, s_k, &specs, dtype).unwrap();
-            cache.sequences_mut()[0]
-                .append(0, s_k, &[k.data(), v.data()])
-                .unwrap();
-            Some(cache)
-        }
+        Source::Cache(dtype) => Some(two_plane_cache(&k, &v, n_kv, (dk, dv), dtype)),
         _ => None,
     };
     fn f32_heads(m: &Matrix, w: usize) -> Vec<KvHead<'_>> {
@@ -111,11 +97,7 @@ fn attend(shape: Shape, source: Source, kernel: Kernel, threads: usize) -> Vec<f
         scale: 1.0 / (dk as f32).sqrt(),
     };
     let mut out = vec![f32::NAN; n_heads * shape.s_q * dv];
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| attention(kernel, &operands, &layout, &mut out));
+    on_threads(threads, || attention(kernel, &operands, &layout, &mut out));
     out
 }
 

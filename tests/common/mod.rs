@@ -224,3 +224,35 @@ pub fn numpy_or_skip() -> bool {
     }
     available
 }
+
+/// A one-sequence cache of two planes, `k` `(keys, n_kv · dk)` and `v` `(keys, n_kv · dv)`,
+/// stored in `dtype` (rounded on append as the layers' caches are).
+pub fn two_plane_cache(
+    k: &attnbench::Matrix,
+    v: &attnbench::Matrix,
+    n_kv: usize,
+    (dk, dv): (usize, usize),
+    dtype: attnbench::Dtype,
+) -> attnbench::KvCache {
+    let plane = |name, head_width| attnbench::kv_cache::PlaneSpec {
+        name,
+        heads: n_kv,
+        head_width,
+        scale_split: None,
+    };
+    let specs = [plane("k", dk), plane("v", dv)];
+    let mut cache = attnbench::KvCache::new(1, k.rows(), &specs, dtype).unwrap();
+    cache.sequences_mut()[0]
+        .append(0, k.rows(), &[k.data(), v.data()])
+        .unwrap();
+    cache
+}
+
+/// `f` run on a rayon pool of `threads` threads.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}

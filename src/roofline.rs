@@ -89,6 +89,10 @@ impl fmt::Display for CalibrationEvent<'_> {
     }
 }
 
+/// Bytes the read probe of a run streams ([`Machine::probe_read`]): eight times the largest
+/// last-level cache seen on the hosts so far, read three times in well under a second.
+pub const PROBE_BYTES: usize = 256 << 20;
+
 /// 1 and every core: the thread counts a run uses unless told otherwise.
 pub fn default_calibration_threads() -> Vec<usize> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -174,6 +178,31 @@ impl Machine {
         let gflops = self.matmul_gflops.get(&threads)?;
         let gbps = self.read_gbps.get(&threads)?;
         Some((flops as f64 / gflops).max(bytes as f64 / gbps))
+    }
+
+    /// The read bandwidth now, GB/s, for each of `threads` this calibration covers (others
+    /// are left out): the calibration's best pattern for that count over an array of
+    /// [`PROBE_BYTES`] (or the calibration's own size, if smaller), the fastest of three
+    /// passes. A run probes before its first point and after its last, so that its results
+    /// say how far the machine's bandwidth was from the ceiling its percentages divide by.
+    pub fn probe_read(&self, threads: &[usize]) -> BTreeMap<usize, f64> {
+        let values = self.size.read_bytes.min(PROBE_BYTES) / size_of::<f32>();
+        // Written, not just reserved, so that the pages are real before the first pass.
+        let stream: Vec<f32> = (0..values).map(|i| (i % 7) as f32).collect();
+        let mut probed = BTreeMap::new();
+        for &t in threads {
+            let Some(pattern) = self.read_pattern.get(&t) else {
+                continue;
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("thread pool");
+            let (gbps, _) =
+                pool.install(|| read::read_ceiling(&stream, std::slice::from_ref(pattern), 2));
+            probed.insert(t, gbps);
+        }
+        probed
     }
 
     /// Fills in the ideal times of `point`'s step and core, and the percentage of each that

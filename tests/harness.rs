@@ -154,6 +154,58 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
     assert_eq!(csv.lines().next(), published.lines().next());
     let md = fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| variant") && md.contains("against MHA"));
+    // The read bandwidth was probed before and after the points, on every thread count.
+    let probes = r.environment.read_probe_gbps.as_ref().expect("probed");
+    assert_eq!(
+        probes.keys().copied().collect::<Vec<_>>(),
+        r.environment.threads
+    );
+    for probe in probes.values() {
+        assert!(probe.start.is_finite() && probe.start > 0.0, "{probe:?}");
+        assert!(probe.end.is_finite() && probe.end > 0.0, "{probe:?}");
+    }
+    let line = format!(
+        "1 thread(s): {:.1} and {:.1} GB/s",
+        probes[&1].start, probes[&1].end
+    );
+    assert!(
+        md.contains("Read bandwidth probed at the start and at the end") && md.contains(&line),
+        "{md}"
+    );
+}
+
+/// A run on a machine whose bandwidth is far from its calibration's says so on stderr, naming
+/// both figures, and still writes its results (the probes are in them).
+#[test]
+fn a_run_warns_when_the_probed_bandwidth_strays_from_the_calibration() {
+    use attnbench::results::{read_machine, write_machine};
+    let dir = scratch("drift");
+    let mut machine = read_machine(Path::new(machine())).unwrap();
+    // No machine reads at a petabyte per second: every probe is far below this.
+    for gbps in machine.read_gbps.values_mut() {
+        *gbps = 1e6;
+    }
+    let inflated = dir.join("machine.json");
+    write_machine(&inflated, &machine).unwrap();
+    let file = write(&dir, "tiny.toml", TINY);
+    let out = dir.join("out");
+    let result = attnbench(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--machine",
+        inflated.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_success(&result);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("warning: on 1 thread(s) this machine read at")
+            && stderr.contains("0% of the 1000000.0 GB/s its calibration"),
+        "{stderr}"
+    );
+    assert!(results(&out).environment.read_probe_gbps.is_some());
 }
 
 /// TINY at every stored type: GQA and both MLA paths (grouped K/V rows and MLA's latent),

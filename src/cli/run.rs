@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow};
 use attnbench::experiment::{Experiment, Shard, ShardSpec, load_experiment, shard_from_env};
 use attnbench::harness::{Existing, Progress, run_experiment};
 use attnbench::report::{render, write_rendered};
-use attnbench::results::{Grid, Machine, ResultsDir, ResultsFile};
+use attnbench::results::{Environment, Grid, Machine, ResultsDir, ResultsFile};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -119,6 +119,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         reporter.event(event)
     })?;
     reporter.finish();
+    warn_of_drift(&results.environment, &machine);
     if let Some((shard, positions)) = planned.shard {
         results.record_shard(shard, &grid, grid_points, positions);
     }
@@ -132,6 +133,40 @@ pub fn run(args: &RunArgs) -> Result<()> {
         dir = dir.display()
     );
     Ok(())
+}
+
+/// How far the bandwidth probed around a run may stray from the calibration's before the
+/// run warns: a shared machine's read bandwidth moves by more than this with its neighbours'
+/// load (37.7 against 61.6 GB/s on the 2-core EPYC, hours apart), and every roofline
+/// percentage moves with it.
+const DRIFT_WARNING: f64 = 0.15;
+
+/// Warns on stderr when a read probe of the run (its start or end) differs from `machine`'s
+/// calibrated bandwidth by more than [`DRIFT_WARNING`], naming both and what to do.
+fn warn_of_drift(environment: &Environment, machine: &Machine) {
+    let Some(probes) = &environment.read_probe_gbps else {
+        return;
+    };
+    for (threads, probe) in probes {
+        let Some(&calibrated) = machine.read_gbps.get(threads) else {
+            continue;
+        };
+        let worst = [probe.start, probe.end]
+            .into_iter()
+            .max_by(|a, b| (a - calibrated).abs().total_cmp(&(b - calibrated).abs()))
+            .expect("two probes");
+        if (worst - calibrated).abs() > DRIFT_WARNING * calibrated {
+            eprintln!(
+                "warning: on {threads} thread(s) this machine read at {worst:.1} GB/s during the \
+                 run, {:.0}% of the {calibrated:.1} GB/s its calibration ({}) measured: the \
+                 roofline percentages divide by the calibration. Calibrate again when the \
+                 machine is as it will be for the run (`attnbench calibrate`), or read them \
+                 knowing this (results.md gives both probes).",
+                100.0 * worst / calibrated,
+                machine.environment.date
+            );
+        }
+    }
 }
 
 /// Refuses to resume `shard` in a directory whose `results.json` records another shard (or

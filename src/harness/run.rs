@@ -14,7 +14,7 @@ use super::measure::{PreparedPoint, sample};
 use crate::experiment::{Experiment, MeasureSettings, Point};
 use crate::results::{
     Environment, ExperimentRecord, Grid, Machine, PointResult, RESULTS_FORMAT, ReadError,
-    ResultsDir, ResultsFile, WriteError,
+    ReadProbe, ResultsDir, ResultsFile, WriteError,
 };
 
 /// What can stop a run (a failing point does not: it becomes a row with `error`).
@@ -88,7 +88,9 @@ pub enum Progress<'a> {
 
 /// Runs (or resumes) `experiment` into `dir`, calling `progress` as it goes. Returns the
 /// results; the caller writes the final files with [`ResultsDir::write_results`] and
-/// the report (`report::render` and `report::write_rendered`).
+/// the report (`report::render` and `report::write_rendered`). With a `machine`, its read
+/// bandwidth is probed before the first point and after the last
+/// ([`Machine::probe_read`]) and recorded in the environment.
 pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,
@@ -122,7 +124,9 @@ pub fn run_experiment(
     let mut threads: Vec<usize> = experiment.points.iter().map(|p| p.threads).collect();
     threads.sort_unstable();
     threads.dedup();
-    let environment = Environment::capture(threads);
+    let probe_threads = threads.clone();
+    let mut environment = Environment::capture(threads);
+    let probe_start = machine.map(|m| m.probe_read(&probe_threads));
 
     let total = experiment.points.len();
     let mut points = Vec::with_capacity(total);
@@ -146,6 +150,23 @@ pub fn run_experiment(
             result: &result,
         });
         points.push(result);
+    }
+    if let (Some(machine), Some(start)) = (machine, probe_start) {
+        let end = machine.probe_read(&probe_threads);
+        environment.read_probe_gbps = Some(
+            start
+                .into_iter()
+                .filter_map(|(t, start)| {
+                    Some((
+                        t,
+                        ReadProbe {
+                            start,
+                            end: *end.get(&t)?,
+                        },
+                    ))
+                })
+                .collect(),
+        );
     }
     Ok(ResultsFile {
         format: RESULTS_FORMAT.to_string(),

@@ -17,7 +17,7 @@ use super::rows::{
 };
 use crate::config::{Mode, Variant, WeightDtype};
 use crate::experiment::Skipped;
-use crate::results::{Machine, PointResult, ResultsDir, ResultsFile, Summary};
+use crate::results::{Environment, Machine, PointResult, ResultsDir, ResultsFile, Summary};
 
 /// The points of one mode's section, and whether their set shows the stored types.
 struct Section<'a> {
@@ -286,6 +286,36 @@ pub(super) fn peaks(m: &Machine) -> String {
     peaks.join("; ")
 }
 
+/// The sentence on the read bandwidth probed around the run (`environment.read_probe_gbps`)
+/// against calibration `m`'s, e.g. `... 2 thread(s): 37.7 and 38.1 GB/s (61% and 62% of
+/// the calibration's)`; `None` when the run recorded no probe.
+pub(super) fn read_probes(env: &Environment, m: &Machine) -> Option<String> {
+    let probes = env.read_probe_gbps.as_ref().filter(|p| !p.is_empty())?;
+    let per_thread: Vec<String> = probes
+        .iter()
+        .map(|(t, p)| {
+            let of = |gbps: f64| match m.read_gbps.get(t) {
+                Some(&calibrated) if calibrated > 0.0 => {
+                    format!("{:.0}%", 100.0 * gbps / calibrated)
+                }
+                _ => "?%".to_string(),
+            };
+            format!(
+                "{t} thread(s): {:.1} and {:.1} GB/s ({} and {})",
+                p.start,
+                p.end,
+                of(p.start),
+                of(p.end)
+            )
+        })
+        .collect();
+    Some(format!(
+        "Read bandwidth probed at the start and at the end of the run, by the calibration's \
+         best pattern (percent of the calibration's, which the roofline columns divide by): {}.",
+        per_thread.join("; ")
+    ))
+}
+
 /// All tables of `results`, as Markdown: the header, each mode's tables, the links to
 /// `charts` (the results' [`plan`](super::charts::plan)), the failed points and the skipped
 /// combinations.
@@ -345,6 +375,9 @@ fn header(results: &ResultsFile) -> String {
     );
     if let Some(m) = &results.machine {
         let _ = writeln!(out, "Calibration ({}): {}.\n", m.environment.date, peaks(m));
+        if let Some(probes) = read_probes(env, m) {
+            let _ = writeln!(out, "{probes}\n");
+        }
     }
     machines::write_runs(&mut out, results);
     out

@@ -66,6 +66,22 @@ pub struct Environment {
     /// `parallel_backend`, `python`, `torch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub implementation_versions: Option<BTreeMap<String, serde_json::Value>>,
+    /// The read bandwidth, GB/s, probed at the start and at the end of the run by thread
+    /// count, with the calibration's best pattern for that count (`Machine::probe_read`): a
+    /// shared machine's bandwidth moves with its neighbours' load, and a roofline percentage
+    /// divides by the calibration's. `None` for a run without calibration and in files
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_probe_gbps: Option<BTreeMap<usize, ReadProbe>>,
+}
+
+/// The read bandwidth of one thread count probed around a run, GB/s.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadProbe {
+    /// Before the first point.
+    pub start: f64,
+    /// After the last point.
+    pub end: f64,
 }
 
 impl Environment {
@@ -111,6 +127,7 @@ impl Environment {
             command_line: std::env::args().collect::<Vec<_>>().join(" "),
             implementation: None,
             implementation_versions: None,
+            read_probe_gbps: None,
         }
     }
 }

@@ -10,14 +10,18 @@
 //! - a few rows (at most [`FEW_ROWS_MAX`], MHA and small GQA groups): memory-bound, each key
 //!   dotted with every row along its width (`simd.rs`'s few-row scores, `narrow.rs` for the
 //!   stored types) and each value row added to every row's accumulators (`narrow.rs`);
-//! - more rows (MQA, MLA absorbed, large GQA groups): compute-bound matrix products, run as
+//! - more rows over wide keys (MLA absorbed's 576): compute-bound matrix products, run as
 //!   register-blocked micro-kernels with the query rows in the vector lanes for the scores
 //!   (no horizontal sums, and the softmax runs lane-wise) and value columns in the lanes for
-//!   the weighted sum; a stored sub-block is widened into f32 first (each row once).
+//!   the weighted sum; a stored sub-block is widened into f32 first (each row once);
+//! - more rows over narrow f32 keys (MQA, large GQA groups over heads of 128): the prefill
+//!   micro-kernels of `microkernel.rs` (AVX-512F) in each unit. Elsewhere, and over stored
+//!   types, such groups go back to the tiled kernel's block loop.
 //!
 //! Units run on rayon when the estimated work is worth a fork-join, sequentially otherwise
-//! ([`SEQUENTIAL_NS`]); all buffers are thread-local and reused, so a step allocates nothing
-//! after the first.
+//! ([`SEQUENTIAL_NS`]); the buffers of the first two shapes are thread-local and reused, so
+//! their steps allocate nothing after the first (the micro-kernels' state is a few small
+//! buffers per unit).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
@@ -27,6 +31,7 @@ use faer::MatRef;
 use rayon::prelude::*;
 
 use super::layout::{AttentionOperands, HeadLayout, KvHead};
+use super::microkernel::ManyRows;
 use super::narrow::{StoredRows, narrow_add_values, narrow_scores};
 use super::simd::{
     FEW_ROWS_MAX, RowsRef, exp_shifted_sum, fast_exp, few_row_scores, max_keeping_nan, max_of,
@@ -46,8 +51,12 @@ const WIDE_BLOCK: usize = 128;
 /// Narrowest keys the wide path takes. Its tiles broadcast each key element to a vector of
 /// query rows, which pays off over long key rows (MLA absorbed's 576: 0.48–0.65× the time of
 /// the tiled kernel's blocked faer products); over 128-wide heads (MQA) those products
-/// measured faster at contexts of 8192 and more (1.2–1.9×), so such groups stay on them.
+/// measured faster at contexts of 8192 and more (1.2–1.9×), and the prefill micro-kernels
+/// faster still, so such groups run on those ([`Unit::many`]).
 const WIDE_MIN_QK_DIM: usize = 256;
+/// Keys per block of the many-row path: the tiled kernel's block, its scores `(256, rows)`
+/// in L1 and L2 with the block's keys and values.
+const MANY_BLOCK: usize = 256;
 /// Fewest keys a chunk of its own is worth.
 const MIN_CHUNK: usize = 256;
 /// Estimated sequential time (ns, at the rates below) below which the units run on the
@@ -115,7 +124,13 @@ pub(super) fn decode_attention(
 /// contiguous f32) when its keys are at least [`WIDE_MIN_QK_DIM`] wide.
 fn readable(seq: &AttentionOperands<'_>, group: usize, qk_dim: usize) -> bool {
     if group > FEW_ROWS_MAX {
-        return qk_dim >= WIDE_MIN_QK_DIM;
+        return qk_dim >= WIDE_MIN_QK_DIM
+            || (super::microkernel::available()
+                && seq
+                    .k
+                    .iter()
+                    .chain(&seq.v)
+                    .all(|head| matches!(head, KvHead::F32(_))));
     }
     seq.k.iter().chain(&seq.v).all(|head| match head {
         KvHead::F32(m) => m.try_as_row_major().is_some(),
@@ -175,13 +190,14 @@ impl<'a> Plan<'a> {
         }
         let estimate_ns = (bytes / CORE_BYTES_PER_NS).max(fmas / CORE_FMAS_PER_NS);
         let parallel = threads > 1 && estimate_ns >= SEQUENTIAL_NS;
-        // Enough units that every thread has work to the end: two per thread when the heads
-        // alone are fewer, each at least MIN_CHUNK keys.
-        let chunks = if parallel && heads < 2 * threads {
-            (2 * threads)
-                .div_ceil(heads)
-                .min(longest / MIN_CHUNK)
-                .max(1)
+        // A unit for every thread when the heads alone are fewer, each at least MIN_CHUNK
+        // keys. One per thread, not more: a worker that wakes late (tens of µs on the 2-core
+        // EPYC) then finds a whole chunk left, where with two per thread the caller ran its
+        // own and then waited on the worker's second. Measured there (caches warm, 2
+        // threads): MQA's decode core at 2048 tokens took 190 µs against 205–218 with two
+        // per thread, MLA absorbed's (16 heads) 397–403 against 450–461.
+        let chunks = if parallel && heads < threads {
+            threads.div_ceil(heads).min(longest / MIN_CHUNK).max(1)
         } else {
             1
         };
@@ -227,8 +243,10 @@ impl<'a> Plan<'a> {
         let state = State { acc, max, sum };
         if self.group <= FEW_ROWS_MAX {
             unit.few(state, (start, end));
-        } else {
+        } else if self.layout.qk_dim >= WIDE_MIN_QK_DIM {
             unit.wide(state, (start, end));
+        } else {
+            unit.many(state, (start, end));
         }
     }
 
@@ -300,6 +318,22 @@ struct Unit<'a> {
 }
 
 impl Unit<'_> {
+    /// The group's query rows packed row-major, `(rows, qk_dim)`, into `packed`: one copy
+    /// when the query is contiguous (the group's heads are adjacent in it), element by
+    /// element otherwise.
+    fn pack_queries(&self, packed: &mut [f32]) {
+        let d = self.layout.qk_dim;
+        let first = self.g * self.rows * d;
+        if let Some(q) = self.seq.q.try_as_row_major() {
+            return packed.copy_from_slice(&q.row(0).as_slice()[first..][..packed.len()]);
+        }
+        for (h, row) in packed.chunks_exact_mut(d).enumerate() {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = self.query(h, c);
+            }
+        }
+    }
+
     /// Query row of local head `h`, element `c`.
     #[inline]
     fn query(&self, h: usize, c: usize) -> f32 {
@@ -337,9 +371,7 @@ impl Unit<'_> {
         let scale = self.layout.scale;
         {
             let (q, scores) = scratch.split_at_mut(rows * d);
-            for (i, x) in q.iter_mut().enumerate() {
-                *x = self.query(i / d, i % d);
-            }
+            self.pack_queries(q);
             let State { acc, max, sum } = state;
             for j0 in (start..end).step_by(FEW_BLOCK) {
                 let nb = FEW_BLOCK.min(end - j0);
@@ -360,6 +392,32 @@ impl Unit<'_> {
                 }
             }
         }
+    }
+
+    /// Many rows over narrow f32 keys (MQA and GQA groups above eight over heads under
+    /// [`WIDE_MIN_QK_DIM`] wide) over keys `start..end`: the prefill micro-kernels
+    /// (`microkernel.rs`, AVX-512F, checked by `readable`) over blocks of [`MANY_BLOCK`]
+    /// keys, with no mask (every key is visible to the one query). Run as a unit of this
+    /// path, a short context splits over the threads like any other: through the tiled
+    /// kernel's key ranges MQA's decode core at 512 tokens took as long on 2 threads as on 1.
+    fn many(&self, state: State<'_>, (start, end): (usize, usize)) {
+        let (d, rows) = (self.layout.qk_dim, self.rows);
+        let (KvHead::F32(k), KvHead::F32(v)) = (self.seq.k[self.g], self.seq.v[self.g]) else {
+            unreachable!("checked by `readable`")
+        };
+        let State { acc, max, sum } = state;
+        with_buffer(&SCRATCH, rows * d, |packed| {
+            self.pack_queries(packed);
+            let position = self.seq.first_query_position;
+            let dims = (d, self.layout.v_dim);
+            let mut many = ManyRows::new(packed, rows, dims, self.layout.scale, |_| position)
+                .expect("checked by `readable`");
+            for j0 in (start..end).step_by(MANY_BLOCK) {
+                let nb = MANY_BLOCK.min(end - j0);
+                many.block(k.subrows(j0, nb), v.subrows(j0, nb), j0, acc, true);
+            }
+            many.stats_into(max, sum);
+        });
     }
 
     /// The wide path over keys `start..end`, on the widest vectors the CPU runs. The

@@ -180,7 +180,7 @@ pub fn prefill_path() -> &'static str {
 }
 
 /// True when the CPU runs the AVX-512 micro-kernels.
-fn available() -> bool {
+pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")

@@ -338,8 +338,9 @@ mod tests {
 
     #[test]
     fn an_old_results_file_reads_as_f32_and_writes_back_without_the_new_fields() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/kv_heads/results.json");
+        // Three points of results/kv_heads as measured on 2026-11-24, before the stored types.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/results-before-stored-types.json");
         let results = read_results(&path).unwrap();
         for p in &results.points {
             assert_eq!(

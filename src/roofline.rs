@@ -93,6 +93,48 @@ impl fmt::Display for CalibrationEvent<'_> {
 /// last-level cache seen on the hosts so far, read three times in well under a second.
 pub const PROBE_BYTES: usize = 256 << 20;
 
+/// Probes of the read bandwidth with a calibration's patterns, over one array allocated (and
+/// written, so that its pages exist) once: a run probes before every point and around the
+/// whole run, and says how far the machine's bandwidth was from the ceiling its percentages
+/// divide by.
+pub struct ReadProber<'m> {
+    machine: &'m Machine,
+    stream: Vec<f32>,
+}
+
+impl<'m> ReadProber<'m> {
+    /// A prober of `machine`'s patterns over [`PROBE_BYTES`] (or the calibration's own read
+    /// size, if smaller).
+    pub fn new(machine: &'m Machine) -> Self {
+        let values = machine.size.read_bytes.min(PROBE_BYTES) / size_of::<f32>();
+        let stream = (0..values).map(|i| (i % 7) as f32).collect();
+        Self { machine, stream }
+    }
+
+    /// The read bandwidth now on `threads` threads, GB/s: the calibration's best pattern for
+    /// that count, the fastest of three passes; `None` when the calibration has no pattern
+    /// for it.
+    pub fn probe(&self, threads: usize) -> Option<f64> {
+        let pattern = self.machine.read_pattern.get(&threads)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let (gbps, _) =
+            pool.install(|| read::read_ceiling(&self.stream, std::slice::from_ref(pattern), 2));
+        Some(gbps)
+    }
+
+    /// [`probe`](Self::probe) on each of `threads` the calibration covers (others are left
+    /// out).
+    pub fn probe_all(&self, threads: &[usize]) -> BTreeMap<usize, f64> {
+        threads
+            .iter()
+            .filter_map(|&t| Some((t, self.probe(t)?)))
+            .collect()
+    }
+}
+
 /// 1 and every core: the thread counts a run uses unless told otherwise.
 pub fn default_calibration_threads() -> Vec<usize> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -181,28 +223,14 @@ impl Machine {
     }
 
     /// The read bandwidth now, GB/s, for each of `threads` this calibration covers (others
-    /// are left out): the calibration's best pattern for that count over an array of
-    /// [`PROBE_BYTES`] (or the calibration's own size, if smaller), the fastest of three
-    /// passes. A run probes before its first point and after its last, so that its results
-    /// say how far the machine's bandwidth was from the ceiling its percentages divide by.
+    /// are left out), by a [`ReadProber`] of this calibration made for the call.
     pub fn probe_read(&self, threads: &[usize]) -> BTreeMap<usize, f64> {
-        let values = self.size.read_bytes.min(PROBE_BYTES) / size_of::<f32>();
-        // Written, not just reserved, so that the pages are real before the first pass.
-        let stream: Vec<f32> = (0..values).map(|i| (i % 7) as f32).collect();
-        let mut probed = BTreeMap::new();
-        for &t in threads {
-            let Some(pattern) = self.read_pattern.get(&t) else {
-                continue;
-            };
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .expect("thread pool");
-            let (gbps, _) =
-                pool.install(|| read::read_ceiling(&stream, std::slice::from_ref(pattern), 2));
-            probed.insert(t, gbps);
-        }
-        probed
+        self.read_prober().probe_all(threads)
+    }
+
+    /// A [`ReadProber`] of this calibration's patterns (one array for all its probes).
+    pub fn read_prober(&self) -> ReadProber<'_> {
+        ReadProber::new(self)
     }
 
     /// Fills in the ideal times of `point`'s step and core, and the percentage of each that

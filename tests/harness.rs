@@ -172,6 +172,20 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
         md.contains("Read bandwidth probed at the start and at the end") && md.contains(&line),
         "{md}"
     );
+    // And before every point, with its own table: the probe, then the step's and the core's
+    // bandwidth as a share of it.
+    for p in &r.points {
+        let probe = p.read_probe_gbps.expect("probed before the point");
+        assert!(probe.is_finite() && probe > 0.0, "{}: {probe}", p.key);
+        let share = |gbps: Option<f64>| format!("{:.0}%", 100.0 * gbps.unwrap() / probe);
+        let cell = format!(
+            "{probe:.1} ({} / {})",
+            share(p.step.gbps),
+            share(p.core.gbps)
+        );
+        assert!(md.contains(&cell), "{}: no cell {cell} in {md}", p.key);
+    }
+    assert!(md.contains("### decode: read bandwidth probed before the point"));
 }
 
 /// A run on a machine whose bandwidth is far from its calibration's says so on stderr, naming

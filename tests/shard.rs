@@ -113,11 +113,13 @@ fn untimed(p: &PointResult) -> PointResult {
     p.peak_transient_bytes = None;
     p.core_peak_transient_bytes = None;
     p.run = None;
+    p.read_probe_gbps = None;
     p
 }
 
-/// The tables from the first section on, every number replaced by `#`: what the tables say
-/// apart from the figures measured (and the header's dates and runs).
+/// The tables from the first section on, every number replaced by `#` and every run of
+/// spaces or dashes by one (a column's padding follows its widest figure): what the tables
+/// say apart from the figures measured (and the header's dates and runs).
 fn tables_without_numbers(dir: &Path) -> String {
     let text = fs::read_to_string(dir.join("results.md")).unwrap();
     let tables = &text[text.find("\n## ").expect("a section")..];
@@ -125,9 +127,10 @@ fn tables_without_numbers(dir: &Path) -> String {
     let mut in_number = false;
     for c in tables.chars() {
         let digit = c.is_ascii_digit() || (in_number && c == '.');
+        let padding = (c == ' ' || c == '-') && out.ends_with(c);
         if digit && !in_number {
             out.push('#');
-        } else if !digit {
+        } else if !digit && !padding {
             out.push(c);
         }
         in_number = digit;

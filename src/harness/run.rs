@@ -89,8 +89,8 @@ pub enum Progress<'a> {
 /// Runs (or resumes) `experiment` into `dir`, calling `progress` as it goes. Returns the
 /// results; the caller writes the final files with [`ResultsDir::write_results`] and
 /// the report (`report::render` and `report::write_rendered`). With a `machine`, its read
-/// bandwidth is probed before the first point and after the last
-/// ([`Machine::probe_read`]) and recorded in the environment.
+/// bandwidth is probed (`Machine::read_prober`) before every point, recorded on the point, and
+/// before the first point and after the last, recorded in the environment.
 pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,
@@ -126,7 +126,8 @@ pub fn run_experiment(
     threads.dedup();
     let probe_threads = threads.clone();
     let mut environment = Environment::capture(threads);
-    let probe_start = machine.map(|m| m.probe_read(&probe_threads));
+    let prober = machine.map(Machine::read_prober);
+    let probe_start = prober.as_ref().map(|p| p.probe_all(&probe_threads));
 
     let total = experiment.points.len();
     let mut points = Vec::with_capacity(total);
@@ -140,7 +141,9 @@ pub fn run_experiment(
             total,
             point,
         });
+        let probed = prober.as_ref().and_then(|p| p.probe(point.threads));
         let mut result = measure_point(point, experiment.seed, &experiment.measure);
+        result.read_probe_gbps = probed;
         if let Some(machine) = machine {
             machine.fill_roofline(&mut result);
         }
@@ -151,8 +154,8 @@ pub fn run_experiment(
         });
         points.push(result);
     }
-    if let (Some(machine), Some(start)) = (machine, probe_start) {
-        let end = machine.probe_read(&probe_threads);
+    if let (Some(prober), Some(start)) = (&prober, probe_start) {
+        let end = prober.probe_all(&probe_threads);
         environment.read_probe_gbps = Some(
             start
                 .into_iter()

@@ -45,7 +45,7 @@ struct TableDef {
 }
 
 /// The tables of each mode, in the order they are shown.
-const TABLES: [TableDef; 5] = [
+const TABLES: [TableDef; 6] = [
     TableDef {
         heading: "latency, ms (median ± MAD)",
         note: None,
@@ -75,6 +75,15 @@ const TABLES: [TableDef; 5] = [
         shown: any_roofline,
         cell: roofline_cell,
         footer: roofline_footer,
+    },
+    TableDef {
+        heading: "read bandwidth probed before the point, GB/s (the step's and the core's bandwidth, % of it)",
+        note: Some(
+            "The machine's read bandwidth just before the point, by the calibration's pattern, and what the step and the core read per second as a share of it: a step or core bound by memory reads at most about 100% of what the machine offered then (more when part of it came from the CPU caches).",
+        ),
+        shown: any_read_probe,
+        cell: read_probe_cell,
+        footer: no_footer,
     },
     TableDef {
         heading: "against MHA (speed-up ×, KV memory ratio)",
@@ -140,6 +149,24 @@ fn always(_: &[&PointResult]) -> bool {
 /// Some point has a roofline (the run had a calibration).
 fn any_roofline(points: &[&PointResult]) -> bool {
     points.iter().any(|p| p.step.roofline_pct.is_some())
+}
+
+/// Some point recorded the bandwidth probed before it.
+fn any_read_probe(points: &[&PointResult]) -> bool {
+    points.iter().any(|p| p.read_probe_gbps.is_some())
+}
+
+/// `probe (step% / core%)`: the probed GB/s, and the step's and the core's GB/s over it.
+fn read_probe_cell(_: &[&PointResult], p: &PointResult) -> String {
+    let Some(probe) = p.read_probe_gbps.filter(|g| *g > 0.0) else {
+        return String::new();
+    };
+    let pct = |s: &Summary| s.gbps.map(|g| format!("{:.0}%", 100.0 * g / probe));
+    match (pct(&p.step), pct(&p.core)) {
+        (Some(step), Some(core)) => format!("{probe:.1} ({step} / {core})"),
+        (Some(step), None) => format!("{probe:.1} ({step})"),
+        _ => format!("{probe:.1}"),
+    }
 }
 
 /// Some point has a baseline other than itself.

@@ -193,6 +193,10 @@ pub struct PointResult {
     /// In a merged set, the index in [`ResultsFile::runs`](super::ResultsFile::runs) of the
     /// run (and so the machine) that measured it; `None` in a set one run measured.
     pub run: Option<usize>,
+    /// The read bandwidth, GB/s, probed just before the point on its thread count with the
+    /// calibration's pattern (`Machine::probe_read`): what the machine offered a memory-bound
+    /// step at that moment. `None` without calibration and in files from before.
+    pub read_probe_gbps: Option<f64>,
 }
 
 impl PointResult {
@@ -258,6 +262,7 @@ impl PointResult {
             params: spec.param_count(),
             error: None,
             run: None,
+            read_probe_gbps: None,
         }
     }
 

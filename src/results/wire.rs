@@ -34,6 +34,10 @@ pub(super) struct PointWire {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run: Option<usize>,
+    /// The bandwidth probed before the point ([`PointResult::read_probe_gbps`]), left out
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read_probe_gbps: Option<f64>,
 }
 
 /// The flat row: every field but the samples, also the CSV's record. A missing `Option` field
@@ -109,6 +113,7 @@ impl From<PointWire> for PointResult {
             samples_ns,
             core_samples_ns,
             run,
+            read_probe_gbps,
         } = wire;
         let step = Summary {
             median_ns: w.median_ns,
@@ -175,6 +180,7 @@ impl From<PointWire> for PointResult {
             params: w.params,
             error: w.error,
             run,
+            read_probe_gbps,
         }
     }
 }
@@ -187,6 +193,7 @@ impl From<PointResult> for PointWire {
             samples_ns: p.step.samples_ns,
             core_samples_ns: p.core.samples_ns,
             run: p.run,
+            read_probe_gbps: p.read_probe_gbps,
         }
     }
 }

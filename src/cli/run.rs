@@ -137,8 +137,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// How far the bandwidth probed around a run may stray from the calibration's before the
 /// run warns: a shared machine's read bandwidth moves by more than this with its neighbours'
-/// load (64.3 then 37.6 GB/s on the 2-core EPYC, at the start and the end of one run of
-/// two and a half minutes), and every roofline percentage moves with it.
+/// load (from 33.1 to 70.9 GB/s on the 2-core EPYC, probed before the points of one run of
+/// five minutes), and every roofline percentage moves with it.
 const DRIFT_WARNING: f64 = 0.15;
 
 /// Warns on stderr when a read probe of the run (its start or end) differs from `machine`'s

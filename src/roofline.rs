@@ -89,7 +89,7 @@ impl fmt::Display for CalibrationEvent<'_> {
     }
 }
 
-/// Bytes the read probe of a run streams ([`Machine::probe_read`]): eight times the largest
+/// Bytes the read probe of a run streams ([`ReadProber`]): eight times the largest
 /// last-level cache seen on the hosts so far, read three times in well under a second.
 pub const PROBE_BYTES: usize = 256 << 20;
 
@@ -220,12 +220,6 @@ impl Machine {
         let gflops = self.matmul_gflops.get(&threads)?;
         let gbps = self.read_gbps.get(&threads)?;
         Some((flops as f64 / gflops).max(bytes as f64 / gbps))
-    }
-
-    /// The read bandwidth now, GB/s, for each of `threads` this calibration covers (others
-    /// are left out), by a [`ReadProber`] of this calibration made for the call.
-    pub fn probe_read(&self, threads: &[usize]) -> BTreeMap<usize, f64> {
-        self.read_prober().probe_all(threads)
     }
 
     /// A [`ReadProber`] of this calibration's patterns (one array for all its probes).

@@ -67,7 +67,7 @@ pub struct Environment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub implementation_versions: Option<BTreeMap<String, serde_json::Value>>,
     /// The read bandwidth, GB/s, probed at the start and at the end of the run by thread
-    /// count, with the calibration's best pattern for that count (`Machine::probe_read`): a
+    /// count, with the calibration's best pattern for that count (`roofline::ReadProber`): a
     /// shared machine's bandwidth moves with its neighbours' load, and a roofline percentage
     /// divides by the calibration's. `None` for a run without calibration and in files
     /// written before it was recorded.

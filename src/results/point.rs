@@ -194,7 +194,7 @@ pub struct PointResult {
     /// run (and so the machine) that measured it; `None` in a set one run measured.
     pub run: Option<usize>,
     /// The read bandwidth, GB/s, probed just before the point on its thread count with the
-    /// calibration's pattern (`Machine::probe_read`): what the machine offered a memory-bound
+    /// calibration's pattern (`roofline::ReadProber`): what the machine offered a memory-bound
     /// step at that moment. `None` without calibration and in files from before.
     pub read_probe_gbps: Option<f64>,
 }

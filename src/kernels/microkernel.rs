@@ -23,17 +23,23 @@ pub(super) struct ManyRows {
     rows: usize,
     /// `rows` rounded up to whole vectors of sixteen lanes.
     padded: usize,
+    /// Distance between the rows of `qt` and of `weights`: `padded` and one vector more. At
+    /// `padded` alone (128 rows: 512 bytes) every row starts in the same few L1 sets, and a
+    /// pass down a column of `qt` or `weights` evicts itself: the micro-kernels ran at about
+    /// half the FMA peak on a Xeon (12-way 48 KiB L1) until the rows were staggered.
+    stride: usize,
     d: usize,
     dv: usize,
     scale: f32,
-    /// Queries transposed, `(d, padded)`: column `r` is packed row `r`, zero past `rows`.
+    /// Queries transposed, `(d, padded)` with row stride `stride`: column `r` is packed row
+    /// `r`, zero past `rows`.
     qt: Vec<f32>,
     /// Per padded row, the last key position it sees, as i32 lanes; −1 for padding.
     last: Vec<i32>,
     /// The lowest last position over the real rows: a block ending at or before it is
     /// visible to every row and needs no mask.
     all_see: usize,
-    /// One block's scores, then its weights, `(nb, padded)`.
+    /// One block's scores, then its weights, `(nb, padded)` with row stride `stride`.
     weights: Vec<f32>,
     /// Per padded row: running maximum, running sum, and the last block's rescale factor.
     max: Vec<f32>,
@@ -64,10 +70,11 @@ impl ManyRows {
         }
         debug_assert_eq!(packed.len(), rows * d);
         let padded = rows.next_multiple_of(LANES);
-        let mut qt = vec![0.0f32; d * padded];
+        let stride = padded + LANES;
+        let mut qt = vec![0.0f32; d * stride];
         // Column by column of `qt` (its rows are long), reading `packed` with a stride: the
         // writes stay sequential.
-        for (c, column) in qt.chunks_exact_mut(padded).enumerate() {
+        for (c, column) in qt.chunks_exact_mut(stride).enumerate() {
             for (r, x) in column[..rows].iter_mut().enumerate() {
                 *x = packed[r * d + c];
             }
@@ -80,6 +87,7 @@ impl ManyRows {
         Some(Self {
             rows,
             padded,
+            stride,
             d,
             dv,
             scale,
@@ -121,14 +129,15 @@ impl ManyRows {
         );
         let k = rows_of(k, &mut k_buf);
         let v = rows_of(v, &mut v_buf);
-        if self.weights.len() < nb * self.padded {
-            self.weights.resize(nb * self.padded, 0.0);
+        if self.weights.len() < nb * self.stride {
+            self.weights.resize(nb * self.stride, 0.0);
         }
         let masked = j0 + nb - 1 > self.all_see;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` returned `Some`, so the CPU has AVX-512F; the shapes are the state's.
         unsafe {
-            avx512::scores(k, &self.qt, self.padded, self.scale, &mut self.weights);
+            let rows = (self.padded, self.stride);
+            avx512::scores(k, &self.qt, rows, self.scale, &mut self.weights);
             avx512::softmax(self, nb, j0, masked);
         }
         for (r, row) in acc.chunks_exact_mut(self.dv.max(1)).enumerate() {
@@ -141,7 +150,7 @@ impl ManyRows {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             unsafe {
-                avx512::add_values(&self.weights, self.padded, self.rows, v, acc)
+                avx512::add_values(&self.weights, self.stride, self.rows, v, acc)
             };
         } else {
             self.add_visible_values(v, j0, acc);
@@ -157,7 +166,7 @@ impl ManyRows {
         for (r, row) in acc.chunks_exact_mut(self.dv.max(1)).enumerate() {
             let seen = usize::try_from(i64::from(self.last[r]) + 1 - j0 as i64).unwrap_or(0);
             for j in 0..seen.min(nb) {
-                let w = self.weights[j * self.padded + r];
+                let w = self.weights[j * self.stride + r];
                 row.iter_mut()
                     .zip(v.row(j).as_slice())
                     .for_each(|(a, x)| *a += w * x);
@@ -220,25 +229,26 @@ mod avx512 {
     /// Most vectors of query rows one score tile holds (64 rows).
     const SCORE_VECTORS: usize = 4;
 
-    /// `out[j · padded + r] = scale · k_j · qt[.., r]` for every key `j` of `k` and padded
-    /// row `r`: tiles of `MR` keys by up to 64 rows, one accumulator per key and vector.
+    /// `out[j · stride + r] = scale · k_j · qt[.., r]` for every key `j` of `k` and padded
+    /// row `r < padded`: tiles of `MR` keys by up to 64 rows, one accumulator per key and
+    /// vector.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `qt` is `(d, padded)` with `padded` a multiple of 16, `out`
-    /// holds `nb · padded`.
+    /// The CPU has AVX-512F; `qt` is `(d, padded)` with row stride `stride ≥ padded`,
+    /// `padded` a multiple of 16; `out` holds `nb` rows of stride `stride`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scores(
         k: RowsRef<'_, f32>,
         qt: &[f32],
-        padded: usize,
+        (padded, stride): (usize, usize),
         scale: f32,
         out: &mut [f32],
     ) {
         let (nb, d) = (k.nrows(), k.ncols());
-        assert!(qt.len() >= d * padded && out.len() >= nb * padded);
+        assert!(stride >= padded && qt.len() >= d * stride && out.len() >= nb * stride);
         let geometry = Geometry {
             k_stride: k.row_stride() as usize,
-            padded,
+            stride,
             d,
             scale,
         };
@@ -261,7 +271,8 @@ mod avx512 {
     /// Strides and sizes of a score product.
     struct Geometry {
         k_stride: usize,
-        padded: usize,
+        /// Row stride of the transposed queries and of the scores.
+        stride: usize,
         d: usize,
         scale: f32,
     }
@@ -283,9 +294,9 @@ mod avx512 {
         // SAFETY (all): keys j..j + MR exist; the caller's contract.
         unsafe {
             for j in (0..whole).step_by(MR) {
-                score_tile::<MR, NV>(g, k.add(j * g.k_stride), q, out.add(j * g.padded));
+                score_tile::<MR, NV>(g, k.add(j * g.k_stride), q, out.add(j * g.stride));
             }
-            let (k, out) = (k.add(whole * g.k_stride), out.add(whole * g.padded));
+            let (k, out) = (k.add(whole * g.k_stride), out.add(whole * g.stride));
             match nb - whole {
                 0 => {}
                 1 => score_tile::<1, NV>(g, k, q, out),
@@ -300,7 +311,7 @@ mod avx512 {
                     let left = nb - whole - 8;
                     for j in 0..left {
                         let at = 8 + j;
-                        score_tile::<1, NV>(g, k.add(at * g.k_stride), q, out.add(at * g.padded));
+                        score_tile::<1, NV>(g, k.add(at * g.k_stride), q, out.add(at * g.stride));
                     }
                 }
             }
@@ -325,7 +336,7 @@ mod avx512 {
         // contract.
         unsafe {
             for c in 0..g.d {
-                let qc = q.add(c * g.padded);
+                let qc = q.add(c * g.stride);
                 let mut qv = [_mm512_setzero_ps(); NV];
                 for (n, v) in qv.iter_mut().enumerate() {
                     *v = _mm512_loadu_ps(qc.add(LANES * n));
@@ -340,7 +351,7 @@ mod avx512 {
             let s = _mm512_set1_ps(g.scale);
             for (m, row) in acc.iter().enumerate() {
                 for (n, a) in row.iter().enumerate() {
-                    _mm512_storeu_ps(out.add(m * g.padded + LANES * n), _mm512_mul_ps(*a, s));
+                    _mm512_storeu_ps(out.add(m * g.stride + LANES * n), _mm512_mul_ps(*a, s));
                 }
             }
         }
@@ -353,10 +364,10 @@ mod avx512 {
     /// maxima, the sums and the rows' rescale factors (0 while a row has seen nothing).
     ///
     /// # Safety
-    /// The CPU has AVX-512F; the state's weights hold `nb · padded` scores.
+    /// The CPU has AVX-512F; the state's weights hold `nb` rows of scores.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn softmax(state: &mut ManyRows, nb: usize, j0: usize, masked: bool) {
-        let padded = state.padded;
+        let (padded, stride) = (state.padded, state.stride);
         let w = state.weights.as_mut_ptr();
         let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
         let zero = _mm512_setzero_ps();
@@ -371,7 +382,7 @@ mod avx512 {
                 };
                 let (mut top, mut poison) = (neg_inf, zero);
                 for j in 0..nb {
-                    let at = w.add(j * padded + v);
+                    let at = w.add(j * stride + v);
                     let mut s = _mm512_loadu_ps(at);
                     if masked {
                         let k = sees(j);
@@ -390,7 +401,7 @@ mod avx512 {
                 let rescale = _mm512_mask_mov_ps(exp(_mm512_sub_ps(old, new)), unseen, zero);
                 let mut total = zero;
                 for j in 0..nb {
-                    let at = w.add(j * padded + v);
+                    let at = w.add(j * stride + v);
                     let mut p = exp(_mm512_sub_ps(_mm512_loadu_ps(at), new));
                     if masked {
                         p = _mm512_maskz_mov_ps(sees(j), p);
@@ -429,29 +440,51 @@ mod avx512 {
         _mm512_scalef_ps(p, n)
     }
 
-    /// `acc[r] += Σ_j weights[j · padded + r] · v_j` for the `rows` real rows: tiles of
-    /// `MR` rows by up to 64 value columns, the last vector of a row masked to its width.
+    /// `acc[r] += Σ_j weights[j · stride + r] · v_j` for the `rows` real rows: keys in
+    /// chunks of [`VALUE_KEYS`], and over each chunk tiles of `MR` rows by up to 64 value
+    /// columns, the last vector of a row masked to its width.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `weights` holds `nb · padded`, `acc` is `(rows, dv)`.
+    /// The CPU has AVX-512F; `weights` holds `nb` rows of stride `stride`, `acc` is
+    /// `(rows, dv)`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn add_values(
         weights: &[f32],
-        padded: usize,
+        stride: usize,
         rows: usize,
         v: RowsRef<'_, f32>,
         acc: &mut [f32],
     ) {
         let (nb, dv) = (v.nrows(), v.ncols());
-        assert!(weights.len() >= nb * padded && acc.len() >= rows * dv);
-        let g = Values {
-            padded,
-            v_stride: v.row_stride() as usize,
-            nb,
-            dv,
-        };
-        let g = &g;
+        assert!(weights.len() >= nb * stride && acc.len() >= rows * dv);
+        let v_stride = v.row_stride() as usize;
         let (v, w, acc) = (v.as_ptr(), weights.as_ptr(), acc.as_mut_ptr());
+        for j0 in (0..nb).step_by(VALUE_KEYS) {
+            let g = &Values {
+                stride,
+                v_stride,
+                nb: (nb - j0).min(VALUE_KEYS),
+                dv,
+            };
+            // SAFETY: keys j0.. exist; the caller's contract.
+            let (v, w) = unsafe { (v.add(j0 * v_stride), w.add(j0 * stride)) };
+            // SAFETY: the caller's contract, for the chunk's keys.
+            unsafe { add_chunk(g, rows, w, v, acc) };
+        }
+    }
+
+    /// Keys per chunk of [`add_values`]: every tile of rows passes over the chunk's values
+    /// (64 columns of 64 keys: 16 KiB) while they stay in L1, instead of over the whole
+    /// block's, which spill to L2 between tiles.
+    const VALUE_KEYS: usize = 64;
+
+    /// [`add_values`] over one chunk of `g.nb` keys.
+    ///
+    /// # Safety
+    /// As [`add_values`], with `w` and `v` at the chunk's first key.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_chunk(g: &Values, rows: usize, w: *const f32, v: *const f32, acc: *mut f32) {
+        let dv = g.dv;
         for c0 in (0..dv).step_by(LANES * 4) {
             let width = (dv - c0).min(LANES * 4);
             let vectors = width.div_ceil(LANES);
@@ -476,7 +509,8 @@ mod avx512 {
 
     /// Strides and sizes of a weighted sum.
     struct Values {
-        padded: usize,
+        /// Row stride of the weights.
+        stride: usize,
         v_stride: usize,
         nb: usize,
         dv: usize,
@@ -553,7 +587,7 @@ mod avx512 {
                 for (n, x) in vv.iter_mut().enumerate() {
                     *x = _mm512_maskz_loadu_ps(lane_mask(n), vj.add(LANES * n));
                 }
-                let wj = w.add(j * g.padded);
+                let wj = w.add(j * g.stride);
                 for (m, row) in o.iter_mut().enumerate() {
                     let p = _mm512_set1_ps(*wj.add(m));
                     for (x, y) in row.iter_mut().zip(&vv) {

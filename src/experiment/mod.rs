@@ -1010,9 +1010,12 @@ mod tests {
             error(&text),
             "f.toml:9:20: key `measure.memory_limit_gib`: 1000000000000000000000000000000 GiB must be below 2^64 bytes (16 EiB)"
         );
-        let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 0.5\n");
+        // A fraction of a GiB, and far above any point's estimate: the estimate counts faer's
+        // workspace at three times the last-level cache (900 MiB on a Xeon with 300 MiB of L3),
+        // so a small limit would refuse the point on some machines and not on others.
+        let text = format!("{LLAMA}[measure]\nmemory_limit_gib = 2048.5\n");
         let experiment = parse_experiment(&text, "f.toml", "f", 1).unwrap();
-        assert_eq!(experiment.measure.memory_limit_bytes, 1 << 29);
+        assert_eq!(experiment.measure.memory_limit_bytes, 4097 << 29);
     }
 
     #[test]

@@ -62,6 +62,8 @@ mod layout;
 mod microkernel;
 mod naive;
 mod narrow;
+#[cfg(target_arch = "x86_64")]
+mod narrow512;
 mod norm;
 mod projection;
 mod rope;

@@ -1,17 +1,19 @@
 //! Decode over a KV cache stored in bf16, f16 or int8 (docs/design.md §5): the scores of a few
 //! packed f32 query rows against stored keys, and the weighted sum `acc += p · v` over stored
-//! values. Both read each stored row once and widen it in registers, eight values at a time,
-//! so no f32 copy of the cache is ever made; products and sums are f32.
+//! values. Both read each stored row once and widen it in registers, eight or sixteen values
+//! at a time, so no f32 copy of the cache is ever made; products and sums are f32.
 //!
-//! On x86-64 with AVX2, FMA and F16C (checked at run time, [`narrow_path`] says which path
-//! runs) both run on explicit vector instructions; elsewhere on portable loops of the same
-//! contract. AVX-512 BF16's `vdpbf16ps` is not used: it multiplies bf16 by bf16, so the f32
+//! Checked at run time ([`narrow_path`] says which path runs): on x86-64 with AVX-512F and BW
+//! both run sixteen lanes at a time (`narrow512.rs`); else with AVX2, FMA and F16C on the
+//! eight-lane vector instructions here; elsewhere on portable loops of the same contract. AVX-512 BF16's `vdpbf16ps` is not used: it multiplies bf16 by bf16, so the f32
 //! query would be rounded to bf16, and §5 keeps activations in f32.
 
 use faer::ColRef;
 
 use super::convert::{bf16, dequantize_int8, f16, widen_bf16, widen_f16};
-use super::simd::{FEW_ROWS_MAX, RowScales, RowsRef, Unscaled, Widen, stored_row_scores};
+use super::simd::{
+    FEW_ROWS_MAX, RowScales, RowsRef, Unscaled, Widen, check_few_rows, stored_row_scores,
+};
 use crate::config::Dtype;
 
 /// Keys or values of one KV head in a stored type, as the narrow kernels read them: `n` rows
@@ -129,12 +131,17 @@ impl<'a> StoredRows<'a> {
     }
 }
 
-/// The code the narrow kernels run on this CPU, for the results to record:
-/// `"avx2+fma+f16c"` (explicit vector instructions) or `"portable"`.
+/// The code the narrow kernels run on this CPU, for the results to record: `"avx512f"`
+/// (sixteen lanes, `narrow512.rs`), `"avx2+fma+f16c"` (eight lanes) or `"portable"`.
 pub fn narrow_path() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma_f16c() {
-        return "avx2+fma+f16c";
+    {
+        if super::narrow512::available() {
+            return "avx512f";
+        }
+        if super::simd::has_avx2_fma_f16c() {
+            return "avx2+fma+f16c";
+        }
     }
     "portable"
 }
@@ -159,14 +166,46 @@ pub fn narrow_scores(
     out: &mut [f32],
 ) {
     match keys {
-        StoredRows::Bf16(k) => stored_row_scores(k, Unscaled, queries, rows, scale, out),
-        StoredRows::F16(k) => stored_row_scores(k, Unscaled, queries, rows, scale, out),
+        StoredRows::Bf16(k) => scores(k, Unscaled, queries, rows, scale, out),
+        StoredRows::F16(k) => scores(k, Unscaled, queries, rows, scale, out),
         StoredRows::Int8 { codes, scales } => {
             check_scales(codes.nrows(), scales);
-            stored_row_scores(codes, scales, queries, rows, scale, out);
+            scores(codes, scales, queries, rows, scale, out);
         }
     }
 }
+
+/// [`narrow_scores`] for one element type: the AVX-512 path when the CPU has it, else
+/// [`stored_row_scores`] (AVX2 or portable).
+#[track_caller]
+fn scores<T: Stored, S: RowScales>(
+    keys: RowsRef<'_, T>,
+    scales: S,
+    queries: &[f32],
+    rows: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::narrow512::available() {
+        check_few_rows(keys.nrows(), keys.ncols(), queries, rows, out);
+        // SAFETY: the CPU has AVX-512F (checked above); the shapes are checked above.
+        unsafe { super::narrow512::scores(keys, scales, queries, rows, scale, out) };
+        return;
+    }
+    stored_row_scores(keys, scales, queries, rows, scale, out);
+}
+
+/// The stored element types: [`Widen`], and on x86-64 sixteen lanes at a time too.
+#[cfg(target_arch = "x86_64")]
+pub trait Stored: super::narrow512::Lanes16 {}
+#[cfg(target_arch = "x86_64")]
+impl<T: super::narrow512::Lanes16> Stored for T {}
+/// The stored element types: [`Widen`].
+#[cfg(not(target_arch = "x86_64"))]
+pub trait Stored: Widen {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: Widen> Stored for T {}
 
 /// The weighted sum over stored values for a few packed rows, reading each value row once:
 /// `acc[r · d + c] += Σ_j weights[r · n + j] · value_j[c]`, with `value_j` row `j` of `values`
@@ -199,7 +238,7 @@ fn check_scales(n: usize, scales: ColRef<'_, f32>) {
 
 /// [`narrow_add_values`] for one element type: the shape checks and the path.
 #[track_caller]
-fn add_values<T: Widen, S: RowScales>(
+fn add_values<T: Stored, S: RowScales>(
     values: RowsRef<'_, T>,
     scales: S,
     weights: &[f32],
@@ -213,10 +252,18 @@ fn add_values<T: Widen, S: RowScales>(
     assert_eq!(weights.len(), rows * values.nrows(), "weights");
     assert_eq!(acc.len(), rows * values.ncols(), "accumulators");
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma_f16c() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked above); the shapes are checked above.
-        unsafe { avx2::add_values(values, scales, weights, rows, acc) };
-        return;
+    {
+        if super::narrow512::available() {
+            // SAFETY: the CPU has AVX-512F (checked above); the shapes are checked above.
+            unsafe { super::narrow512::add_values(values, scales, weights, rows, acc) };
+            return;
+        }
+        if super::simd::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); the shapes are checked
+            // above.
+            unsafe { avx2::add_values(values, scales, weights, rows, acc) };
+            return;
+        }
     }
     portable_add_values(values, scales, weights, rows, acc);
 }
@@ -241,11 +288,91 @@ fn portable_add_values<T: Widen, S: RowScales>(
     }
 }
 
+/// Bytes of value rows per block: a block stays in L1 while every column range of the
+/// accumulators passes over it.
+const VALUE_BLOCK_BYTES: usize = 32 << 10;
+
+/// Most value rows per block (the whole 16 KiB at d = 128 in bf16).
+const VALUE_BLOCK: usize = 64;
+
+/// Value rows per block for rows of `d` values of `T`: [`VALUE_BLOCK_BYTES`] worth, at
+/// least 1 and at most [`VALUE_BLOCK`]. Long rows (a bf16 weight matrix's, thousands of
+/// values) take few rows per block, so that a column pass reads a few long runs of memory
+/// in turn instead of one cache line from each of 64 rows kilobytes apart, which the
+/// hardware prefetchers cannot follow.
+fn block_rows<T>(d: usize) -> usize {
+    (VALUE_BLOCK_BYTES / (d * size_of::<T>()).max(1)).clamp(1, VALUE_BLOCK)
+}
+
+/// One block of value rows as the weighted sum's column passes read it.
+pub(super) struct ValueBlock<'a, 's, T, const R: usize> {
+    /// The block's rows `(nb, d)`.
+    pub block: RowsRef<'a, T>,
+    /// The next block's rows (empty after the last), for the passes to prefetch.
+    pub ahead: RowsRef<'a, T>,
+    /// Per row of the block, its weight for each of the `R` rows times the row's scale.
+    pub scaled: &'s [[f32; R]],
+    /// The block may hold int8's non-finite code: the passes widen with marking.
+    pub marked: bool,
+}
+
+/// The walk of the weighted sum over `values`: blocks of [`block_rows`] rows; for each, its
+/// weights times the rows' scales are gathered once into a small row-major `(nb, R)` table,
+/// so that each column pass broadcasts them straight from memory (a load, not a multiply and
+/// a shuffle per row per pass), and whether the block holds int8's non-finite code is checked
+/// once by `holds_non_finite` (a block without it is widened without the per-lane marking),
+/// `columns` then runs the
+/// vector passes over columns `0..whole`, and the walk adds the columns `whole..d` one by one.
+/// Inlined into the vector paths, so that `columns`, a closure of theirs, keeps their target
+/// features.
+#[inline(always)]
+pub(super) fn for_each_value_block<T: Widen, S: RowScales, const R: usize>(
+    (values, scales): (RowsRef<'_, T>, S),
+    weights: &[f32],
+    acc: &mut [f32],
+    (whole, holds_non_finite): (usize, impl Fn(&[T]) -> bool),
+    mut columns: impl FnMut(ValueBlock<'_, '_, T, R>, &mut [f32]),
+) {
+    let (n, d) = (values.nrows(), values.ncols());
+    let block_rows = block_rows::<T>(d);
+    let mut scaled = [[0.0f32; R]; VALUE_BLOCK];
+    for j0 in (0..n).step_by(block_rows) {
+        let block = values.subrows(j0, block_rows.min(n - j0));
+        let next = j0 + block.nrows();
+        let ahead = values.subrows(next, block_rows.min(n - next));
+        let scaled = &mut scaled[..block.nrows()];
+        for (j, w) in scaled.iter_mut().enumerate() {
+            let row_scale = scales.at(j0 + j);
+            for (r, w) in w.iter_mut().enumerate() {
+                *w = weights[r * n + j0 + j] * row_scale;
+            }
+        }
+        let marked = T::MARKS_NON_FINITE
+            && (0..block.nrows()).any(|j| holds_non_finite(block.row(j).as_slice()));
+        let pass = ValueBlock {
+            block,
+            ahead,
+            scaled,
+            marked,
+        };
+        columns(pass, acc);
+        for (j, w) in scaled.iter().enumerate() {
+            let value = block.row(j).as_slice();
+            for (r, &p) in w.iter().enumerate() {
+                for c in whole..d {
+                    acc[r * d + c] = p.mul_add(value[c].widen(), acc[r * d + c]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
     use super::super::simd::{RowScales, RowsRef, Widen};
+    use super::ValueBlock;
 
     /// [`dequantize_int8`](super::dequantize_int8) eight codes at a time: the same values
     /// (each code, NaN for −128, times the scale, one rounding), in a quarter of the
@@ -267,22 +394,6 @@ mod avx2 {
         for (o, code) in out[whole..].iter_mut().zip(&codes[whole..]) {
             *o = code.widen() * scale;
         }
-    }
-
-    /// Bytes of value rows per block: a block stays in L1 while every column range of the
-    /// accumulators passes over it.
-    const VALUE_BLOCK_BYTES: usize = 32 << 10;
-
-    /// Most value rows per block (the whole 16 KiB at d = 128 in bf16).
-    const VALUE_BLOCK: usize = 64;
-
-    /// Value rows per block for rows of `d` values of `T`: [`VALUE_BLOCK_BYTES`] worth, at
-    /// least 1 and at most [`VALUE_BLOCK`]. Long rows (a bf16 weight matrix's, thousands of
-    /// values) take few rows per block, so that a column pass reads a few long runs of memory
-    /// in turn instead of one cache line from each of 64 rows kilobytes apart, which the
-    /// hardware prefetchers cannot follow.
-    fn block_rows<T>(d: usize) -> usize {
-        (VALUE_BLOCK_BYTES / (d * size_of::<T>()).max(1)).clamp(1, VALUE_BLOCK)
     }
 
     /// [`super::narrow_add_values`] on AVX2 + FMA + F16C, shapes already checked.
@@ -314,42 +425,29 @@ mod avx2 {
         }
     }
 
-    /// `R` rows: value rows in blocks of [`block_rows`]; in each block the columns `8 · C`
-    /// at a time (`R · C` accumulators held in registers across the block), then eight at a
-    /// time, then the last `d mod 8` one by one.
-    ///
-    /// The block's weights, times the rows' scales, are gathered once per block into a small
-    /// row-major `(rows, R)` table, so that each column pass broadcasts them straight from
-    /// memory (a load, not a multiply and a shuffle per row per pass). A block without
-    /// int8's non-finite code (checked once, while the block is fetched) is widened without
-    /// the per-lane marking.
+    /// `R` rows over the value blocks of [`for_each_value_block`](super::for_each_value_block):
+    /// in each block the columns `8 · C` at a time (`R · C` accumulators held in registers
+    /// across the block), then eight at a time; the block walk adds the last `d mod 8`.
     ///
     /// # Safety
     /// AVX2, FMA and F16C; `weights.len() == R · n`, `acc.len() == R · d`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn add_by<T: Widen, S: RowScales, const R: usize, const C: usize>(
-        (values, scales): (RowsRef<'_, T>, S),
+        values: (RowsRef<'_, T>, S),
         weights: &[f32],
         acc: &mut [f32],
     ) {
-        let (n, d) = (values.nrows(), values.ncols());
+        let d = values.0.ncols();
         let wide = d - d % (8 * C);
         let whole = d - d % 8;
-        let block_rows = block_rows::<T>(d);
-        let mut scaled = [[0.0f32; R]; VALUE_BLOCK];
-        for j0 in (0..n).step_by(block_rows) {
-            let block = values.subrows(j0, block_rows.min(n - j0));
-            let next = j0 + block.nrows();
-            let ahead = values.subrows(next, block_rows.min(n - next));
-            let scaled = &mut scaled[..block.nrows()];
-            for (j, w) in scaled.iter_mut().enumerate() {
-                let row_scale = scales.at(j0 + j);
-                for (r, w) in w.iter_mut().enumerate() {
-                    *w = weights[r * n + j0 + j] * row_scale;
-                }
-            }
-            let marked = T::MARKS_NON_FINITE
-                && (0..block.nrows()).any(|j| T::any_non_finite(block.row(j).as_slice()));
+        let check = (whole, T::any_non_finite);
+        super::for_each_value_block::<T, S, R>(values, weights, acc, check, |pass, acc| {
+            let ValueBlock {
+                block,
+                ahead,
+                scaled,
+                marked,
+            } = pass;
             for c in (0..wide).step_by(8 * C) {
                 // SAFETY: c + 8 · C ≤ d; the caller's contract covers the rest.
                 unsafe {
@@ -364,15 +462,7 @@ mod avx2 {
                 // SAFETY: c + 8 ≤ d; as above. The marking path: at most one pass per block.
                 unsafe { columns::<T, R, 1, true>(block, ahead, scaled, c, acc) };
             }
-            for (j, w) in scaled.iter().enumerate() {
-                let value = block.row(j).as_slice();
-                for (r, &p) in w.iter().enumerate() {
-                    for c in whole..d {
-                        acc[r * d + c] = p.mul_add(value[c].widen(), acc[r * d + c]);
-                    }
-                }
-            }
-        }
+        });
     }
 
     /// Columns `c..c + 8 · C` of the `R` accumulator rows, over the rows of `block`:
@@ -573,44 +663,77 @@ mod tests {
             }
         }
 
-        /// The scores on both paths: the dispatched one, then the portable loop.
-        fn scores(&self, queries: &[f32], rows: usize, scale: f32) -> [Vec<f32>; 2] {
-            let mut out = [vec![0.0; rows * self.n], vec![0.0; rows * self.n]];
+        /// The scores on every path: the dispatched one, the eight-lane one (AVX2 where the
+        /// CPU has it, so that a host with AVX-512 tests both vector paths; else the portable
+        /// loop again), then the portable loop.
+        fn scores(&self, queries: &[f32], rows: usize, scale: f32) -> [Vec<f32>; 3] {
+            let mut out: [Vec<f32>; 3] = std::array::from_fn(|_| vec![0.0; rows * self.n]);
             narrow_scores(self.rows(), queries, rows, scale, &mut out[0]);
-            let (q, o) = (queries, &mut out[1]);
+            let (q, [_, eight, portable]) = (queries, &mut out);
             match self.rows() {
-                StoredRows::Bf16(k) => portable_scores(k, Unscaled, q, rows, scale, o),
-                StoredRows::F16(k) => portable_scores(k, Unscaled, q, rows, scale, o),
+                StoredRows::Bf16(k) => {
+                    stored_row_scores(k, Unscaled, q, rows, scale, eight);
+                    portable_scores(k, Unscaled, q, rows, scale, portable);
+                }
+                StoredRows::F16(k) => {
+                    stored_row_scores(k, Unscaled, q, rows, scale, eight);
+                    portable_scores(k, Unscaled, q, rows, scale, portable);
+                }
                 StoredRows::Int8 { codes, scales } => {
-                    portable_scores(codes, scales, q, rows, scale, o);
+                    stored_row_scores(codes, scales, q, rows, scale, eight);
+                    portable_scores(codes, scales, q, rows, scale, portable);
                 }
             }
             out
         }
 
-        /// `acc + weights · values` on both paths, as [`Self::scores`].
-        fn add_values(&self, weights: &[f32], rows: usize, acc: &[f32]) -> [Vec<f32>; 2] {
-            let mut out = [acc.to_vec(), acc.to_vec()];
+        /// `acc + weights · values` on every path, as [`Self::scores`].
+        fn add_values(&self, weights: &[f32], rows: usize, acc: &[f32]) -> [Vec<f32>; 3] {
+            let mut out: [Vec<f32>; 3] = std::array::from_fn(|_| acc.to_vec());
             narrow_add_values(self.rows(), weights, rows, &mut out[0]);
-            let (w, o) = (weights, &mut out[1]);
+            let (w, [_, eight, portable]) = (weights, &mut out);
             match self.rows() {
-                StoredRows::Bf16(v) => portable_add_values(v, Unscaled, w, rows, o),
-                StoredRows::F16(v) => portable_add_values(v, Unscaled, w, rows, o),
+                StoredRows::Bf16(v) => {
+                    eight_lane_add_values(v, Unscaled, w, rows, eight);
+                    portable_add_values(v, Unscaled, w, rows, portable);
+                }
+                StoredRows::F16(v) => {
+                    eight_lane_add_values(v, Unscaled, w, rows, eight);
+                    portable_add_values(v, Unscaled, w, rows, portable);
+                }
                 StoredRows::Int8 { codes, scales } => {
-                    portable_add_values(codes, scales, w, rows, o);
+                    eight_lane_add_values(codes, scales, w, rows, eight);
+                    portable_add_values(codes, scales, w, rows, portable);
                 }
             }
             out
         }
     }
 
+    /// The AVX2 weighted sum where the CPU has AVX2, FMA and F16C, else the portable loop.
+    fn eight_lane_add_values<T: Widen, S: RowScales>(
+        values: RowsRef<'_, T>,
+        scales: S,
+        weights: &[f32],
+        rows: usize,
+        acc: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::super::simd::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features; the callers pass consistent shapes.
+            unsafe { avx2::add_values(values, scales, weights, rows, acc) };
+            return;
+        }
+        portable_add_values(values, scales, weights, rows, acc);
+    }
+
     const STORED: [Dtype; 3] = [Dtype::Bf16, Dtype::F16, Dtype::Int8];
 
     /// Both paths against f64 sums of the values read back, `got` (f32) beside `want` (f64):
     /// a tolerance that grows with the number of terms summed.
-    fn assert_near(got: &[Vec<f32>; 2], want: &[f64], terms: usize, label: &str) {
+    fn assert_near(got: &[Vec<f32>; 3], want: &[f64], terms: usize, label: &str) {
         let tol = 1e-5 * (1.0 + (terms as f64).sqrt());
-        for (path, out) in ["dispatched", "portable"].iter().zip(got) {
+        for (path, out) in ["dispatched", "eight-lane", "portable"].iter().zip(got) {
             for (i, (g, w)) in out.iter().zip(want).enumerate() {
                 let err = (f64::from(*g) - w).abs();
                 assert!(err < tol, "{label} {path} at {i}: {g} vs {w}");
@@ -680,9 +803,10 @@ mod tests {
 
     /// A NaN or an infinity stored in a key makes that key's scores non-finite and no other;
     /// in a value, column `c` of every row and no other (int8 stores both as its −128), on both
-    /// paths, at a column in the eight lanes and one in the tail. The wider shape puts it in
+    /// paths, at a column in the eight lanes and one in the tail. The wider shapes put it in
     /// the columns taken several vectors at a time, in either of two value blocks, beside a
-    /// block without it (which the kernels widen without marking).
+    /// block without it (which the kernels widen without marking), and in the 64-code chunks
+    /// the AVX-512 path checks for int8's non-finite code at once.
     #[test]
     fn non_finite_stored_values_reach_exactly_their_outputs() {
         let mut state = 0x51_7cc1_b727_220au64;
@@ -692,6 +816,8 @@ mod tests {
             ((70, 40), (4, 17)),
             ((70, 40), (66, 30)),
             ((70, 40), (69, 39)),
+            ((20, 130), (5, 100)),
+            ((20, 130), (19, 129)),
         ];
         for dtype in STORED {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
@@ -745,11 +871,16 @@ mod tests {
     #[test]
     fn the_path_is_named() {
         let path = narrow_path();
-        assert!(["avx2+fma+f16c", "portable"].contains(&path), "{path}");
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            path == "avx2+fma+f16c",
-            super::super::simd::has_avx2_fma_f16c()
+        assert!(
+            ["avx512f", "avx2+fma+f16c", "portable"].contains(&path),
+            "{path}"
         );
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = super::super::narrow512::available();
+            assert_eq!(path == "avx512f", avx512);
+            let avx2 = super::super::simd::has_avx2_fma_f16c();
+            assert_eq!(path == "avx2+fma+f16c", avx2 && !avx512);
+        }
     }
 }

@@ -391,9 +391,21 @@ pub fn stored_row_scores<T: Widen, S: RowScales>(
     portable_scores(keys, scales, queries, rows, scale, out);
 }
 
+/// The order in which the few-row scores take the keys of a block of `n`: `J` at a time, one
+/// from each of `J` equal ranges, so that `J` streams of keys are in flight (one sequential
+/// stream per core does not reach the memory's bandwidth); then the leftover keys
+/// `J · (n / J)..n`, one at a time.
+pub(super) fn key_streams<const J: usize>(
+    n: usize,
+) -> (impl Iterator<Item = [usize; J]>, std::ops::Range<usize>) {
+    let per = n / J;
+    let groups = (0..per).map(move |i| std::array::from_fn(|s| s * per + i));
+    (groups, J * per..n)
+}
+
 /// The shape checks of the few-row scores: `queries: (rows, d)`, `out: (rows, n_keys)`.
 #[track_caller]
-fn check_few_rows(n_keys: usize, d: usize, queries: &[f32], rows: usize, out: &[f32]) {
+pub(super) fn check_few_rows(n_keys: usize, d: usize, queries: &[f32], rows: usize, out: &[f32]) {
     assert!(
         (1..=FEW_ROWS_MAX).contains(&rows),
         "few_row_scores takes 1 to {FEW_ROWS_MAX} rows, not {rows}"
@@ -514,18 +526,12 @@ macro_rules! few_row_kernels {
             scale: f32,
             out: &mut [f32],
         ) {
-            let n = keys.0.nrows();
-            let per = n / J;
-            for i in 0..per {
-                let mut js = [0usize; J];
-                for (s, j) in js.iter_mut().enumerate() {
-                    *j = s * per + i;
-                }
-                // SAFETY: every index is below J · per ≤ n; the caller's contract covers the
-                // rest.
+            let (groups, leftovers) = super::key_streams::<J>(keys.0.nrows());
+            for js in groups {
+                // SAFETY: every index is below n; the caller's contract covers the rest.
                 unsafe { block::<T, S, R, J>(keys, js, queries, scale, out) };
             }
-            for j in J * per..n {
+            for j in leftovers {
                 // SAFETY: as above, for one row.
                 unsafe { block::<T, S, R, 1>(keys, [j], queries, scale, out) };
             }

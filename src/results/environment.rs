@@ -30,7 +30,7 @@ pub struct Environment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<BTreeMap<String, u64>>,
     /// The code the kernels over a bf16, f16 or int8 cache run on this machine
-    /// ([`narrow_path`]): `avx2+fma+f16c` or `portable`. Recorded on every run, since it is
+    /// ([`narrow_path`]): `avx512f`, `avx2+fma+f16c` or `portable`. Recorded on every run, since it is
     /// the machine's and the binary's, whatever the points store. `None` in files written
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -116,12 +116,9 @@ impl<'m> ReadProber<'m> {
     /// for it.
     pub fn probe(&self, threads: usize) -> Option<f64> {
         let pattern = self.machine.read_pattern.get(&threads)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
-        let (gbps, _) =
-            pool.install(|| read::read_ceiling(&self.stream, std::slice::from_ref(pattern), 2));
+        let (gbps, _) = in_pool(threads, || {
+            read::read_ceiling(&self.stream, std::slice::from_ref(pattern), 2)
+        });
         Some(gbps)
     }
 
@@ -133,6 +130,15 @@ impl<'m> ReadProber<'m> {
             .filter_map(|&t| Some((t, self.probe(t)?)))
             .collect()
     }
+}
+
+/// Runs `f` in a rayon pool of `threads` threads (a probe's, as the calibration ran).
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+        .install(f)
 }
 
 /// 1 and every core: the thread counts a run uses unless told otherwise.
@@ -220,6 +226,29 @@ impl Machine {
         let gflops = self.matmul_gflops.get(&threads)?;
         let gbps = self.read_gbps.get(&threads)?;
         Some((flops as f64 / gflops).max(bytes as f64 / gbps))
+    }
+
+    /// The matmul rate now on `threads` threads, GFLOP/s: the calibration's best product for
+    /// that count, the fastest of three runs (tens of milliseconds); `None` when the
+    /// calibration has no pattern for it. Why probe it: on a shared machine the second core's
+    /// rate moved with its neighbours' load (322 GFLOP/s calibrated on 2 threads of a Xeon,
+    /// 183 to 232 in quick calibrations an hour later), and every prefill percentage divides
+    /// by the calibration's.
+    pub fn probe_matmul(&self, threads: usize) -> Option<f64> {
+        let pattern = self.matmul_pattern.get(&threads)?;
+        let (gflops, _) = in_pool(threads, || {
+            matmul::matmul_ceiling(std::slice::from_ref(pattern), threads, 2)
+        });
+        Some(gflops)
+    }
+
+    /// [`probe_matmul`](Self::probe_matmul) on each of `threads` the calibration covers
+    /// (others are left out).
+    pub fn probe_matmul_all(&self, threads: &[usize]) -> BTreeMap<usize, f64> {
+        threads
+            .iter()
+            .filter_map(|&t| Some((t, self.probe_matmul(t)?)))
+            .collect()
     }
 
     /// A [`ReadProber`] of this calibration's patterns (one array for all its probes).

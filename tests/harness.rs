@@ -154,50 +154,62 @@ fn a_run_writes_json_csv_and_markdown_with_honest_memory() {
     assert_eq!(csv.lines().next(), published.lines().next());
     let md = fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| variant") && md.contains("against MHA"));
-    // The read bandwidth was probed before and after the points, on every thread count.
-    let probes = r.environment.read_probe_gbps.as_ref().expect("probed");
-    assert_eq!(
-        probes.keys().copied().collect::<Vec<_>>(),
-        r.environment.threads
-    );
-    for probe in probes.values() {
-        assert!(probe.start.is_finite() && probe.start > 0.0, "{probe:?}");
-        assert!(probe.end.is_finite() && probe.end > 0.0, "{probe:?}");
-    }
-    let line = format!(
-        "1 thread(s): {:.1} and {:.1} GB/s",
-        probes[&1].start, probes[&1].end
-    );
-    assert!(
-        md.contains("Read bandwidth probed at the start and at the end") && md.contains(&line),
-        "{md}"
-    );
-    // And before every point, with its own table: the probe, then the step's and the core's
-    // bandwidth as a share of it.
-    for p in &r.points {
-        let probe = p.read_probe_gbps.expect("probed before the point");
-        assert!(probe.is_finite() && probe > 0.0, "{}: {probe}", p.key);
-        let share = |gbps: Option<f64>| format!("{:.0}%", 100.0 * gbps.unwrap() / probe);
-        let cell = format!(
-            "{probe:.1} ({} / {})",
-            share(p.step.gbps),
-            share(p.core.gbps)
+    // The read bandwidth and the matmul rate were probed before and after the points, on
+    // every thread count.
+    let environment = &r.environment;
+    for (what, unit, probes) in [
+        ("Read bandwidth", "GB/s", &environment.read_probe_gbps),
+        ("Matmul rate", "GFLOP/s", &environment.matmul_probe_gflops),
+    ] {
+        let probes = probes.as_ref().expect("probed");
+        assert_eq!(
+            probes.keys().copied().collect::<Vec<_>>(),
+            environment.threads
         );
-        assert!(md.contains(&cell), "{}: no cell {cell} in {md}", p.key);
+        for probe in probes.values() {
+            assert!(probe.start.is_finite() && probe.start > 0.0, "{probe:?}");
+            assert!(probe.end.is_finite() && probe.end > 0.0, "{probe:?}");
+        }
+        let line = format!(
+            "1 thread(s): {:.1} and {:.1} {unit}",
+            probes[&1].start, probes[&1].end
+        );
+        let sentence = format!("{what} probed at the start and at the end");
+        assert!(md.contains(&sentence) && md.contains(&line), "{md}");
+    }
+    // And before every point, each with its own table: the probe, then the step's and the
+    // core's bandwidth (FLOP rate) as a share of it.
+    for p in &r.points {
+        for (probe, step, core) in [
+            (p.read_probe_gbps, p.step.gbps, p.core.gbps),
+            (p.matmul_probe_gflops, p.step.gflops, p.core.gflops),
+        ] {
+            let probe = probe.expect("probed before the point");
+            assert!(probe.is_finite() && probe > 0.0, "{}: {probe}", p.key);
+            let share = |rate: Option<f64>| format!("{:.0}%", 100.0 * rate.unwrap() / probe);
+            let cell = format!("{probe:.1} ({} / {})", share(step), share(core));
+            assert!(md.contains(&cell), "{}: no cell {cell} in {md}", p.key);
+        }
     }
     assert!(md.contains("### decode: read bandwidth probed before the point"));
+    assert!(md.contains("### prefill: matmul rate probed before the point"));
 }
 
-/// A run on a machine whose bandwidth is far from its calibration's says so on stderr, naming
-/// both figures, and still writes its results (the probes are in them).
+/// A run on a machine whose bandwidth and matmul rate are far from its calibration's says so
+/// on stderr, naming both figures of each, and still writes its results (the probes are in
+/// them).
 #[test]
-fn a_run_warns_when_the_probed_bandwidth_strays_from_the_calibration() {
+fn a_run_warns_when_the_probed_ceilings_stray_from_the_calibration() {
     use attnbench::results::{read_machine, write_machine};
     let dir = scratch("drift");
     let mut machine = read_machine(Path::new(machine())).unwrap();
-    // No machine reads at a petabyte per second: every probe is far below this.
+    // No machine reads at a petabyte per second or multiplies at a petaflop: every probe
+    // is far below these.
     for gbps in machine.read_gbps.values_mut() {
         *gbps = 1e6;
+    }
+    for gflops in machine.matmul_gflops.values_mut() {
+        *gflops = 1e6;
     }
     let inflated = dir.join("machine.json");
     write_machine(&inflated, &machine).unwrap();
@@ -219,7 +231,13 @@ fn a_run_warns_when_the_probed_bandwidth_strays_from_the_calibration() {
             && stderr.contains("0% of the 1000000.0 GB/s its calibration"),
         "{stderr}"
     );
-    assert!(results(&out).environment.read_probe_gbps.is_some());
+    assert!(
+        stderr.contains("warning: on 1 thread(s) this machine computed at")
+            && stderr.contains("0% of the 1000000.0 GFLOP/s its calibration"),
+        "{stderr}"
+    );
+    let environment = results(&out).environment;
+    assert!(environment.read_probe_gbps.is_some() && environment.matmul_probe_gflops.is_some());
 }
 
 /// TINY at every stored type: GQA and both MLA paths (grouped K/V rows and MLA's latent),

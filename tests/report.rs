@@ -621,6 +621,7 @@ fn stored_types_set() -> ResultsFile {
             }
             // The probes were of the f32 run's moments, not of these made-up points.
             q.read_probe_gbps = None;
+            q.matmul_probe_gflops = None;
             q.step.median_ns = p.step.median_ns.map(|m| m * time);
             q.step.mad_ns = p.step.mad_ns.map(|m| m * time);
             q.kv_cache_bytes = p.kv_cache_bytes.map(|b| (b as f64 * bytes) as u64);

@@ -114,6 +114,7 @@ fn untimed(p: &PointResult) -> PointResult {
     p.core_peak_transient_bytes = None;
     p.run = None;
     p.read_probe_gbps = None;
+    p.matmul_probe_gflops = None;
     p
 }
 

@@ -135,36 +135,54 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// How far the bandwidth probed around a run may stray from the calibration's before the
-/// run warns: a shared machine's read bandwidth moves by more than this with its neighbours'
-/// load (from 33.1 to 70.9 GB/s on the 2-core EPYC, probed before the points of one run of
-/// five minutes), and every roofline percentage moves with it.
+/// How far a ceiling probed around a run may stray from the calibration's before the run
+/// warns: a shared machine's read bandwidth moves by more than this with its neighbours' load
+/// (from 33.1 to 70.9 GB/s on the 2-core EPYC, probed before the points of one run of five
+/// minutes), and so did a Xeon's 2-thread matmul rate (322 GFLOP/s calibrated, 183 to 232
+/// within the hour); every roofline percentage moves with them.
 const DRIFT_WARNING: f64 = 0.15;
 
-/// Warns on stderr when a read probe of the run (its start or end) differs from `machine`'s
-/// calibrated bandwidth by more than [`DRIFT_WARNING`], naming both and what to do.
+/// Warns on stderr when a probe of the run (its start or end, of the matmul rate or of the
+/// read bandwidth) differs from `machine`'s calibrated ceiling by more than
+/// [`DRIFT_WARNING`], naming both and what to do.
 fn warn_of_drift(environment: &Environment, machine: &Machine) {
-    let Some(probes) = &environment.read_probe_gbps else {
-        return;
-    };
-    for (threads, probe) in probes {
-        let Some(&calibrated) = machine.read_gbps.get(threads) else {
+    let kinds = [
+        (
+            "computed at",
+            "GFLOP/s",
+            &environment.matmul_probe_gflops,
+            &machine.matmul_gflops,
+        ),
+        (
+            "read at",
+            "GB/s",
+            &environment.read_probe_gbps,
+            &machine.read_gbps,
+        ),
+    ];
+    for (verb, unit, probes, calibration) in kinds {
+        let Some(probes) = probes else {
             continue;
         };
-        let worst = [probe.start, probe.end]
-            .into_iter()
-            .max_by(|a, b| (a - calibrated).abs().total_cmp(&(b - calibrated).abs()))
-            .expect("two probes");
-        if (worst - calibrated).abs() > DRIFT_WARNING * calibrated {
-            eprintln!(
-                "warning: on {threads} thread(s) this machine read at {worst:.1} GB/s during the \
-                 run, {:.0}% of the {calibrated:.1} GB/s its calibration ({}) measured: the \
-                 roofline percentages divide by the calibration. Calibrate again when the \
-                 machine is as it will be for the run (`attnbench calibrate`), or read them \
-                 knowing this (results.md gives both probes).",
-                100.0 * worst / calibrated,
-                machine.environment.date
-            );
+        for (threads, probe) in probes {
+            let Some(&calibrated) = calibration.get(threads) else {
+                continue;
+            };
+            let worst = [probe.start, probe.end]
+                .into_iter()
+                .max_by(|a, b| (a - calibrated).abs().total_cmp(&(b - calibrated).abs()))
+                .expect("two probes");
+            if (worst - calibrated).abs() > DRIFT_WARNING * calibrated {
+                eprintln!(
+                    "warning: on {threads} thread(s) this machine {verb} {worst:.1} {unit} \
+                     during the run, {:.0}% of the {calibrated:.1} {unit} its calibration ({}) \
+                     measured: the roofline percentages divide by the calibration. Calibrate \
+                     again when the machine is as it will be for the run (`attnbench \
+                     calibrate`), or read them knowing this (results.md gives both probes).",
+                    100.0 * worst / calibrated,
+                    machine.environment.date
+                );
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! interruption, only over the grid the log records. The caller writes the final files
 //! (atomically, through the results store) once the run returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ use super::measure::{PreparedPoint, sample};
 use crate::experiment::{Experiment, MeasureSettings, Point};
 use crate::results::{
     Environment, ExperimentRecord, Grid, Machine, PointResult, RESULTS_FORMAT, ReadError,
-    ReadProbe, ResultsDir, ResultsFile, WriteError,
+    ResultsDir, ResultsFile, RunProbe, WriteError,
 };
 
 /// What can stop a run (a failing point does not: it becomes a row with `error`).
@@ -88,9 +88,10 @@ pub enum Progress<'a> {
 
 /// Runs (or resumes) `experiment` into `dir`, calling `progress` as it goes. Returns the
 /// results; the caller writes the final files with [`ResultsDir::write_results`] and
-/// the report (`report::render` and `report::write_rendered`). With a `machine`, its read
-/// bandwidth is probed (`Machine::read_prober`) before every point, recorded on the point, and
-/// before the first point and after the last, recorded in the environment.
+/// the report (`report::render` and `report::write_rendered`). With a `machine`, its matmul
+/// rate (`Machine::probe_matmul`) and its read bandwidth (`Machine::read_prober`) are probed
+/// before every point, recorded on the point, and before the first point and after the last,
+/// recorded in the environment.
 pub fn run_experiment(
     experiment: &Experiment,
     dir: &Path,
@@ -128,6 +129,7 @@ pub fn run_experiment(
     let mut environment = Environment::capture(threads);
     let prober = machine.map(Machine::read_prober);
     let probe_start = prober.as_ref().map(|p| p.probe_all(&probe_threads));
+    let matmul_start = machine.map(|m| m.probe_matmul_all(&probe_threads));
 
     let total = experiment.points.len();
     let mut points = Vec::with_capacity(total);
@@ -141,9 +143,11 @@ pub fn run_experiment(
             total,
             point,
         });
+        let matmul_probed = machine.and_then(|m| m.probe_matmul(point.threads));
         let probed = prober.as_ref().and_then(|p| p.probe(point.threads));
         let mut result = measure_point(point, experiment.seed, &experiment.measure);
         result.read_probe_gbps = probed;
+        result.matmul_probe_gflops = matmul_probed;
         if let Some(machine) = machine {
             machine.fill_roofline(&mut result);
         }
@@ -155,21 +159,11 @@ pub fn run_experiment(
         points.push(result);
     }
     if let (Some(prober), Some(start)) = (&prober, probe_start) {
-        let end = prober.probe_all(&probe_threads);
-        environment.read_probe_gbps = Some(
-            start
-                .into_iter()
-                .filter_map(|(t, start)| {
-                    Some((
-                        t,
-                        ReadProbe {
-                            start,
-                            end: *end.get(&t)?,
-                        },
-                    ))
-                })
-                .collect(),
-        );
+        environment.read_probe_gbps = Some(run_probes(start, prober.probe_all(&probe_threads)));
+    }
+    if let (Some(machine), Some(start)) = (machine, matmul_start) {
+        let end = machine.probe_matmul_all(&probe_threads);
+        environment.matmul_probe_gflops = Some(run_probes(start, end));
     }
     Ok(ResultsFile {
         format: RESULTS_FORMAT.to_string(),
@@ -180,6 +174,18 @@ pub fn run_experiment(
         points,
         runs: Vec::new(),
     })
+}
+
+/// The probes of each thread count at the start and at the end of a run, paired (a count
+/// probed only once is left out).
+fn run_probes(start: BTreeMap<usize, f64>, end: BTreeMap<usize, f64>) -> BTreeMap<usize, RunProbe> {
+    start
+        .into_iter()
+        .filter_map(|(t, start)| {
+            let end = *end.get(&t)?;
+            Some((t, RunProbe { start, end }))
+        })
+        .collect()
 }
 
 /// The points of `dir` that `--resume` keeps: those of its log, once the grid the log records

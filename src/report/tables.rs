@@ -45,7 +45,7 @@ struct TableDef {
 }
 
 /// The tables of each mode, in the order they are shown.
-const TABLES: [TableDef; 6] = [
+const TABLES: [TableDef; 7] = [
     TableDef {
         heading: "latency, ms (median ± MAD)",
         note: None,
@@ -75,6 +75,15 @@ const TABLES: [TableDef; 6] = [
         shown: any_roofline,
         cell: roofline_cell,
         footer: roofline_footer,
+    },
+    TableDef {
+        heading: "matmul rate probed before the point, GFLOP/s (the step's and the core's rate, % of it)",
+        note: Some(
+            "The machine's f32 matmul rate just before the point, by the calibration's product, and the step's and the core's FLOPs per second as a share of it: a step or core bound by arithmetic reaches at most about 100% of what the machine offered then.",
+        ),
+        shown: any_matmul_probe,
+        cell: matmul_probe_cell,
+        footer: no_footer,
     },
     TableDef {
         heading: "read bandwidth probed before the point, GB/s (the step's and the core's bandwidth, % of it)",
@@ -158,10 +167,26 @@ fn any_read_probe(points: &[&PointResult]) -> bool {
 
 /// `probe (step% / core%)`: the probed GB/s, and the step's and the core's GB/s over it.
 fn read_probe_cell(_: &[&PointResult], p: &PointResult) -> String {
-    let Some(probe) = p.read_probe_gbps.filter(|g| *g > 0.0) else {
+    probe_cell(p, p.read_probe_gbps, |s| s.gbps)
+}
+
+/// Some point recorded the matmul rate probed before it.
+fn any_matmul_probe(points: &[&PointResult]) -> bool {
+    points.iter().any(|p| p.matmul_probe_gflops.is_some())
+}
+
+/// `probe (step% / core%)`: the probed GFLOP/s, and the step's and the core's GFLOP/s over it.
+fn matmul_probe_cell(_: &[&PointResult], p: &PointResult) -> String {
+    probe_cell(p, p.matmul_probe_gflops, |s| s.gflops)
+}
+
+/// `probe (step% / core%)`: a ceiling probed before `p`, and the rate of its step and of its
+/// core (`rate` of each summary) as a share of it; empty without a probe.
+fn probe_cell(p: &PointResult, probe: Option<f64>, rate: fn(&Summary) -> Option<f64>) -> String {
+    let Some(probe) = probe.filter(|g| *g > 0.0) else {
         return String::new();
     };
-    let pct = |s: &Summary| s.gbps.map(|g| format!("{:.0}%", 100.0 * g / probe));
+    let pct = |s: &Summary| rate(s).map(|g| format!("{:.0}%", 100.0 * g / probe));
     match (pct(&p.step), pct(&p.core)) {
         (Some(step), Some(core)) => format!("{probe:.1} ({step} / {core})"),
         (Some(step), None) => format!("{probe:.1} ({step})"),
@@ -313,34 +338,54 @@ pub(super) fn peaks(m: &Machine) -> String {
     peaks.join("; ")
 }
 
-/// The sentence on the read bandwidth probed around the run (`environment.read_probe_gbps`)
-/// against calibration `m`'s, e.g. `... 2 thread(s): 37.7 and 38.1 GB/s (61% and 62% of
-/// the calibration's)`; `None` when the run recorded no probe.
-pub(super) fn read_probes(env: &Environment, m: &Machine) -> Option<String> {
-    let probes = env.read_probe_gbps.as_ref().filter(|p| !p.is_empty())?;
-    let per_thread: Vec<String> = probes
-        .iter()
-        .map(|(t, p)| {
-            let of = |gbps: f64| match m.read_gbps.get(t) {
-                Some(&calibrated) if calibrated > 0.0 => {
-                    format!("{:.0}%", 100.0 * gbps / calibrated)
-                }
-                _ => "?%".to_string(),
-            };
-            format!(
-                "{t} thread(s): {:.1} and {:.1} GB/s ({} and {})",
-                p.start,
-                p.end,
-                of(p.start),
-                of(p.end)
-            )
-        })
-        .collect();
-    Some(format!(
-        "Read bandwidth probed at the start and at the end of the run, by the calibration's \
-         best pattern (percent of the calibration's, which the roofline columns divide by): {}.",
-        per_thread.join("; ")
-    ))
+/// The sentences on the ceilings probed around the run (`environment.matmul_probe_gflops`
+/// and `read_probe_gbps`) against calibration `m`'s, e.g. `Read bandwidth probed ...: 2
+/// thread(s): 37.7 and 38.1 GB/s (61% and 62% of the calibration's)`; `None` when the run
+/// recorded no probe.
+pub(super) fn run_probes(env: &Environment, m: &Machine) -> Option<String> {
+    let sentences: Vec<String> = [
+        (
+            "Matmul rate",
+            "best product",
+            "GFLOP/s",
+            &env.matmul_probe_gflops,
+            &m.matmul_gflops,
+        ),
+        (
+            "Read bandwidth",
+            "best pattern",
+            "GB/s",
+            &env.read_probe_gbps,
+            &m.read_gbps,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, pattern, unit, probes, calibrated)| {
+        let probes = probes.as_ref().filter(|p| !p.is_empty())?;
+        let per_thread: Vec<String> = probes
+            .iter()
+            .map(|(t, p)| {
+                let of = |rate: f64| match calibrated.get(t) {
+                    Some(&c) if c > 0.0 => format!("{:.0}%", 100.0 * rate / c),
+                    _ => "?%".to_string(),
+                };
+                format!(
+                    "{t} thread(s): {:.1} and {:.1} {unit} ({} and {})",
+                    p.start,
+                    p.end,
+                    of(p.start),
+                    of(p.end)
+                )
+            })
+            .collect();
+        Some(format!(
+            "{what} probed at the start and at the end of the run, by the calibration's \
+             {pattern} (percent of the calibration's, which the roofline columns divide by): {}.",
+            per_thread.join("; ")
+        ))
+    })
+    .collect();
+    (!sentences.is_empty()).then(|| sentences.join(" "))
 }
 
 /// All tables of `results`, as Markdown: the header, each mode's tables, the links to
@@ -402,7 +447,7 @@ fn header(results: &ResultsFile) -> String {
     );
     if let Some(m) = &results.machine {
         let _ = writeln!(out, "Calibration ({}): {}.\n", m.environment.date, peaks(m));
-        if let Some(probes) = read_probes(env, m) {
+        if let Some(probes) = run_probes(env, m) {
             let _ = writeln!(out, "{probes}\n");
         }
     }

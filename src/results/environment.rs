@@ -72,12 +72,19 @@ pub struct Environment {
     /// divides by the calibration's. `None` for a run without calibration and in files
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_probe_gbps: Option<BTreeMap<usize, ReadProbe>>,
+    pub read_probe_gbps: Option<BTreeMap<usize, RunProbe>>,
+    /// The matmul rate, GFLOP/s, probed at the start and at the end of the run by thread
+    /// count, with the calibration's best product for that count (`Machine::probe_matmul`),
+    /// for the same reason: the compute-bound percentages divide by the calibration's rate.
+    /// `None` as for `read_probe_gbps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matmul_probe_gflops: Option<BTreeMap<usize, RunProbe>>,
 }
 
-/// The read bandwidth of one thread count probed around a run, GB/s.
+/// A ceiling of one thread count probed around a run: the read bandwidth (GB/s) or the
+/// matmul rate (GFLOP/s).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReadProbe {
+pub struct RunProbe {
     /// Before the first point.
     pub start: f64,
     /// After the last point.
@@ -128,6 +135,7 @@ impl Environment {
             implementation: None,
             implementation_versions: None,
             read_probe_gbps: None,
+            matmul_probe_gflops: None,
         }
     }
 }

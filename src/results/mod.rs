@@ -23,7 +23,7 @@ mod wire;
 
 pub use dir::{LoggedRun, PointLog, ResultsDir, ResultsFolder, read_log, read_logged_run};
 pub use environment::{
-    Environment, ReadProbe, cpu_features, memory_limit_bytes, total_memory_bytes, utc_now_iso8601,
+    Environment, RunProbe, cpu_features, memory_limit_bytes, total_memory_bytes, utc_now_iso8601,
 };
 pub use error::{ReadError, WriteError};
 pub use file::{

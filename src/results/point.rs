@@ -197,6 +197,10 @@ pub struct PointResult {
     /// calibration's pattern (`roofline::ReadProber`): what the machine offered a memory-bound
     /// step at that moment. `None` without calibration and in files from before.
     pub read_probe_gbps: Option<f64>,
+    /// The matmul rate, GFLOP/s, probed just before the point on its thread count with the
+    /// calibration's product (`Machine::probe_matmul`): what the machine offered a
+    /// compute-bound step at that moment. `None` without calibration and in files from before.
+    pub matmul_probe_gflops: Option<f64>,
 }
 
 impl PointResult {
@@ -263,6 +267,7 @@ impl PointResult {
             error: None,
             run: None,
             read_probe_gbps: None,
+            matmul_probe_gflops: None,
         }
     }
 

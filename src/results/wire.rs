@@ -38,6 +38,10 @@ pub(super) struct PointWire {
     /// when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     read_probe_gbps: Option<f64>,
+    /// The matmul rate probed before the point ([`PointResult::matmul_probe_gflops`]), left
+    /// out when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    matmul_probe_gflops: Option<f64>,
 }
 
 /// The flat row: every field but the samples, also the CSV's record. A missing `Option` field
@@ -114,6 +118,7 @@ impl From<PointWire> for PointResult {
             core_samples_ns,
             run,
             read_probe_gbps,
+            matmul_probe_gflops,
         } = wire;
         let step = Summary {
             median_ns: w.median_ns,
@@ -181,6 +186,7 @@ impl From<PointWire> for PointResult {
             error: w.error,
             run,
             read_probe_gbps,
+            matmul_probe_gflops,
         }
     }
 }
@@ -194,6 +200,7 @@ impl From<PointResult> for PointWire {
             core_samples_ns: p.core.samples_ns,
             run: p.run,
             read_probe_gbps: p.read_probe_gbps,
+            matmul_probe_gflops: p.matmul_probe_gflops,
         }
     }
 }

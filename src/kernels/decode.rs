@@ -411,7 +411,8 @@ impl Unit<'_> {
             let position = self.seq.first_query_position;
             let dims = (d, self.layout.v_dim);
             let mut many = ManyRows::new(packed, rows, dims, self.layout.scale, |_| position)
-                .expect("checked by `readable`");
+                .expect("checked by `readable`")
+                .streaming();
             for j0 in (start..end).step_by(MANY_BLOCK) {
                 let nb = MANY_BLOCK.min(end - j0);
                 many.block(k.subrows(j0, nb), v.subrows(j0, nb), j0, acc, true);

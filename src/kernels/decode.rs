@@ -415,6 +415,10 @@ impl Unit<'_> {
                 .streaming();
             for j0 in (start..end).step_by(MANY_BLOCK) {
                 let nb = MANY_BLOCK.min(end - j0);
+                let after = MANY_BLOCK.min(end - j0 - nb);
+                if after > 0 {
+                    many.prefetch_next(k.subrows(j0 + nb, after), v.subrows(j0 + nb, after));
+                }
                 many.block(k.subrows(j0, nb), v.subrows(j0, nb), j0, acc, true);
             }
             many.stats_into(max, sum);

@@ -52,6 +52,21 @@ pub(super) struct ManyRows {
     /// streamed once from memory (decode), not for blocks that prefill's query tiles reread
     /// from cache, where the extra instructions only cost.
     fetch_ahead: bool,
+    /// The block after the next one `block` is given, for its score pass to prefetch.
+    next: Option<NextRows>,
+}
+
+/// Where the rows of a block of keys and values start, for prefetching only: never read
+/// through. Prefetching the block after the current one into L2, spread over the current
+/// block's score tiles, gives memory a whole block's compute to deliver it in, where one
+/// tile ahead gives it less than a microsecond.
+#[derive(Clone, Copy)]
+struct NextRows {
+    k: *const f32,
+    k_stride: usize,
+    v: *const f32,
+    v_stride: usize,
+    rows: usize,
 }
 
 /// Lanes of one AVX-512 f32 vector.
@@ -105,6 +120,7 @@ impl ManyRows {
             k_buf: Vec::new(),
             v_buf: Vec::new(),
             fetch_ahead: false,
+            next: None,
         })
     }
 
@@ -115,6 +131,22 @@ impl ManyRows {
             fetch_ahead: true,
             ..self
         }
+    }
+
+    /// Names the keys `k: (n, d)` and values `v: (n, dv)` of the block after the one the next
+    /// [`ManyRows::block`] is given, for that call's score pass to prefetch into L2 (streaming
+    /// states only; rows that are not contiguous are not prefetched).
+    pub(super) fn prefetch_next(&mut self, k: MatRef<'_, f32>, v: MatRef<'_, f32>) {
+        self.next = match (k.try_as_row_major(), v.try_as_row_major()) {
+            (Some(k), Some(v)) if self.fetch_ahead && k.nrows() == v.nrows() => Some(NextRows {
+                k: k.as_ptr(),
+                k_stride: k.row_stride() as usize,
+                v: v.as_ptr(),
+                v_stride: v.row_stride() as usize,
+                rows: k.nrows(),
+            }),
+            _ => None,
+        };
     }
 
     /// One block of the online softmax: keys `k: (nb, d)` and values `v: (nb, dv)` at
@@ -151,7 +183,7 @@ impl ManyRows {
         // SAFETY: `new` returned `Some`, so the CPU has AVX-512F; the shapes are the state's.
         unsafe {
             let rows = (self.padded, self.stride);
-            let ahead = self.fetch_ahead.then_some(v);
+            let ahead = self.fetch_ahead.then_some((v, self.next.take()));
             avx512::scores(k, ahead, &self.qt, rows, self.scale, &mut self.weights);
             avx512::softmax(self, nb, j0, masked);
         }
@@ -239,15 +271,16 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::simd::RowsRef;
-    use super::{LANES, ManyRows};
+    use super::{LANES, ManyRows, NextRows};
 
     /// Most vectors of query rows one score tile holds (64 rows).
     const SCORE_VECTORS: usize = 4;
 
     /// `out[j · stride + r] = scale · k_j · qt[.., r]` for every key `j` of `k` and padded
     /// row `r < padded`: tiles of `MR` keys by up to 64 rows, one accumulator per key and
-    /// vector. With `fetch_values` (the block's values, `(nb, dv)`), the first pass over the
-    /// keys prefetches the next tile's keys and this tile's values (see [`Ahead`]).
+    /// vector. With `fetch` (the block's values, `(nb, dv)`, and maybe the next block's
+    /// rows), the first pass over the keys prefetches the next tile's keys, this tile's
+    /// values and a share of the next block (see [`Ahead`]).
     ///
     /// # Safety
     /// The CPU has AVX-512F; `qt` is `(d, padded)` with row stride `stride ≥ padded`,
@@ -255,7 +288,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scores(
         k: RowsRef<'_, f32>,
-        fetch_values: Option<RowsRef<'_, f32>>,
+        fetch: Option<(RowsRef<'_, f32>, Option<NextRows>)>,
         qt: &[f32],
         (padded, stride): (usize, usize),
         scale: f32,
@@ -263,13 +296,14 @@ mod avx512 {
     ) {
         let (nb, d) = (k.nrows(), k.ncols());
         assert!(stride >= padded && qt.len() >= d * stride && out.len() >= nb * stride);
-        let ahead = fetch_values.map(|v| {
+        let ahead = fetch.map(|(v, next)| {
             assert_eq!(v.nrows(), nb);
             Ahead {
                 k_bytes: d * 4,
                 v: v.as_ptr(),
                 v_stride: v.row_stride() as usize,
                 v_bytes: v.ncols() * 4,
+                next,
             }
         });
         let k_stride = k.row_stride() as usize;
@@ -318,6 +352,8 @@ mod avx512 {
         v: *const f32,
         v_stride: usize,
         v_bytes: usize,
+        /// The next block, into L2, an equal share of its rows at each tile.
+        next: Option<NextRows>,
     }
 
     /// Prefetches the cache lines of `n` rows from `p`, `stride` floats apart, `bytes` long.
@@ -351,6 +387,7 @@ mod avx512 {
         out: *mut f32,
     ) {
         let whole = nb - nb % MR;
+        let tiles = (whole / MR).max(1);
         // SAFETY (all): keys j..j + MR exist; the caller's contract.
         unsafe {
             for j in (0..whole).step_by(MR) {
@@ -359,6 +396,17 @@ mod avx512 {
                     let (ks, vs) = (g.k_stride, a.v_stride);
                     prefetch_rows::<_MM_HINT_T0>(k.wrapping_add((j + MR) * ks), MR, ks, a.k_bytes);
                     prefetch_rows::<_MM_HINT_T1>(a.v.wrapping_add(j * vs), MR, vs, a.v_bytes);
+                    if let Some(n) = a.next {
+                        let share = n.rows.div_ceil(tiles);
+                        let first = (j / MR * share).min(n.rows);
+                        let count = share.min(n.rows - first);
+                        let (nk, nv) = (
+                            n.k.wrapping_add(first * n.k_stride),
+                            n.v.wrapping_add(first * n.v_stride),
+                        );
+                        prefetch_rows::<_MM_HINT_T1>(nk, count, n.k_stride, a.k_bytes);
+                        prefetch_rows::<_MM_HINT_T1>(nv, count, n.v_stride, a.v_bytes);
+                    }
                 }
                 score_tile::<MR, NV>(g, k.add(j * g.k_stride), q, out.add(j * g.stride));
             }

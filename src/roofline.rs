@@ -265,6 +265,25 @@ impl Machine {
         point.step.set_ideal(step);
         point.core.set_ideal(core);
     }
+
+    /// The ideal time in ns of `point`'s step when its attention core and the rest of the step
+    /// (the projections, reading the weights) run one after the other, as a layer runs them:
+    /// the core's ideal plus the rest's, each `max(flops / peak, bytes / bandwidth)`. The
+    /// step's [`ideal_ns`](Self::ideal_ns) lets the two overlap, so when one is bound by
+    /// arithmetic and the other by memory (MQA's and MLA absorbed's cores at long contexts
+    /// beside projections that read the weights) this one is longer, and
+    /// `step ideal / this` is the most of the step's roofline a layer that runs its phases in
+    /// turn can reach. `None` without calibration for the point's thread count, and for a
+    /// point without projections (a peer's core alone).
+    pub fn phases_ideal_ns(&self, point: &PointResult) -> Option<f64> {
+        if point.is_core_only() {
+            return None;
+        }
+        let threads = point.threads;
+        let core = self.ideal_ns(point.attention_flops, point.core_bytes, threads)?;
+        let rest = self.ideal_ns(point.projection_flops, point.rest_bytes(), threads)?;
+        Some(core + rest)
+    }
 }
 
 /// Measures the ceilings for each thread count in `threads`, in a rayon pool of that many

@@ -23,6 +23,8 @@ use crate::results::{Environment, Machine, PointResult, ResultsDir, ResultsFile,
 struct Section<'a> {
     /// The points of the mode, in file order.
     points: Vec<&'a PointResult>,
+    /// The whole set, for the calibration each point's roofline used.
+    results: &'a ResultsFile,
     /// Some point of the whole set (not only of this mode) is stored in a type other than
     /// f32: the tables gain `kv` and `weights` columns and the notes say how bytes count.
     stored: bool,
@@ -35,17 +37,17 @@ struct TableDef {
     /// The paragraph under the heading, when the heading does not say it all.
     note: Option<&'static str>,
     /// Whether the points of the mode call for the table.
-    shown: fn(&[&PointResult]) -> bool,
-    /// The cell of a point, given every point of its mode (where the speed-up finds its
-    /// baseline); empty when the point has no value.
-    cell: fn(&[&PointResult], &PointResult) -> String,
+    shown: fn(&Section<'_>) -> bool,
+    /// The cell of a point, given its mode's section (where the speed-up finds its baseline
+    /// and the phases their calibration); empty when the point has no value.
+    cell: fn(&Section<'_>, &PointResult) -> String,
     /// The paragraphs under the table, given the section: what its figures count, and what a
     /// flag in its cells means when a cell has one. Empty for none.
     footer: fn(&Section<'_>) -> String,
 }
 
 /// The tables of each mode, in the order they are shown.
-const TABLES: [TableDef; 7] = [
+const TABLES: [TableDef; 8] = [
     TableDef {
         heading: "latency, ms (median ± MAD)",
         note: None,
@@ -75,6 +77,15 @@ const TABLES: [TableDef; 7] = [
         shown: any_roofline,
         cell: roofline_cell,
         footer: roofline_footer,
+    },
+    TableDef {
+        heading: "roofline with the phases in turn, % (the step's share of that ideal / the most the roofline above can read)",
+        note: Some(
+            "The roofline's ideal lets the step's arithmetic and its reads overlap from end to end. A layer runs its attention core and the rest of the step (the projections, which read the weights) one after the other, so its ideal with the phases in turn is the core's ideal plus the rest's, each max(FLOPs / peak matmul FLOP/s, bytes / read bandwidth). The second figure is the step's ideal over this one: the most the roofline table can read for a step that runs its phases in turn. It is below 100% where one phase is bound by arithmetic and the other by memory.",
+        ),
+        shown: phases_bound,
+        cell: phases_cell,
+        footer: phases_footer,
     },
     TableDef {
         heading: "matmul rate probed before the point, GFLOP/s (the step's and the core's rate, % of it)",
@@ -151,32 +162,92 @@ fn roofline_footer(section: &Section<'_>) -> String {
     out
 }
 
-fn always(_: &[&PointResult]) -> bool {
+fn always(_: &Section<'_>) -> bool {
     true
 }
 
 /// Some point has a roofline (the run had a calibration).
-fn any_roofline(points: &[&PointResult]) -> bool {
-    points.iter().any(|p| p.step.roofline_pct.is_some())
+fn any_roofline(section: &Section<'_>) -> bool {
+    section.points.iter().any(|p| p.step.roofline_pct.is_some())
+}
+
+/// The ideal time of `p`'s step with its phases in turn, ns, by the calibration its roofline
+/// used ([`Machine::phases_ideal_ns`]).
+fn phases_ideal_ns(section: &Section<'_>, p: &PointResult) -> Option<f64> {
+    section.results.machine_of(p)?.phases_ideal_ns(p)
+}
+
+/// `step ideal / phases ideal`, percent: the most of the roofline `p`'s step can reach with
+/// its phases in turn.
+fn phases_reach_pct(section: &Section<'_>, p: &PointResult) -> Option<f64> {
+    let phases = phases_ideal_ns(section, p).filter(|ns| *ns > 0.0)?;
+    Some(100.0 * p.step.ideal_ns? / phases)
+}
+
+/// Some point's phases in turn keep its step below its roofline by at least half a percent:
+/// below that the table would repeat the roofline's.
+fn phases_bound(section: &Section<'_>) -> bool {
+    section
+        .points
+        .iter()
+        .any(|p| phases_reach_pct(section, p).is_some_and(|pct| pct < 99.5))
+}
+
+/// The step's median against its ideal with the phases in turn, percent.
+fn phases_share_pct(section: &Section<'_>, p: &PointResult) -> Option<f64> {
+    let ideal = phases_ideal_ns(section, p)?;
+    Some(100.0 * ideal / p.step.median_ns?)
+}
+
+/// `step% / reach%`: the step's median against its ideal with the phases in turn, and the
+/// most of the roofline that allows; a share above 100% keeps a decimal and is flagged, as
+/// the roofline's are.
+fn phases_cell(section: &Section<'_>, p: &PointResult) -> String {
+    match (phases_share_pct(section, p), phases_reach_pct(section, p)) {
+        (Some(share), Some(reach)) if share > 100.0 => {
+            format!("{share:.1}% {ABOVE_CEILING} / {reach:.0}%")
+        }
+        (Some(share), Some(reach)) => format!("{share:.0}% / {reach:.0}%"),
+        _ => String::new(),
+    }
+}
+
+/// What [`ABOVE_CEILING`] means in the phases' table, when a cell has it.
+fn phases_footer(section: &Section<'_>) -> String {
+    let above = section
+        .points
+        .iter()
+        .any(|p| phases_share_pct(section, p).is_some_and(|pct| pct > 100.0));
+    match above {
+        true => format!(
+            "{ABOVE_CEILING} faster than its ideal with the phases in turn: part of its bytes \
+             came from the CPU caches (a run that does not evict them), or the calibration \
+             was slower than the machine during the run."
+        ),
+        false => String::new(),
+    }
 }
 
 /// Some point recorded the bandwidth probed before it.
-fn any_read_probe(points: &[&PointResult]) -> bool {
-    points.iter().any(|p| p.read_probe_gbps.is_some())
+fn any_read_probe(section: &Section<'_>) -> bool {
+    section.points.iter().any(|p| p.read_probe_gbps.is_some())
 }
 
 /// `probe (step% / core%)`: the probed GB/s, and the step's and the core's GB/s over it.
-fn read_probe_cell(_: &[&PointResult], p: &PointResult) -> String {
+fn read_probe_cell(_: &Section<'_>, p: &PointResult) -> String {
     probe_cell(p, p.read_probe_gbps, |s| s.gbps)
 }
 
 /// Some point recorded the matmul rate probed before it.
-fn any_matmul_probe(points: &[&PointResult]) -> bool {
-    points.iter().any(|p| p.matmul_probe_gflops.is_some())
+fn any_matmul_probe(section: &Section<'_>) -> bool {
+    section
+        .points
+        .iter()
+        .any(|p| p.matmul_probe_gflops.is_some())
 }
 
 /// `probe (step% / core%)`: the probed GFLOP/s, and the step's and the core's GFLOP/s over it.
-fn matmul_probe_cell(_: &[&PointResult], p: &PointResult) -> String {
+fn matmul_probe_cell(_: &Section<'_>, p: &PointResult) -> String {
     probe_cell(p, p.matmul_probe_gflops, |s| s.gflops)
 }
 
@@ -195,14 +266,15 @@ fn probe_cell(p: &PointResult, probe: Option<f64>, rate: fn(&Summary) -> Option<
 }
 
 /// Some point has a baseline other than itself.
-fn any_baseline(points: &[&PointResult]) -> bool {
+fn any_baseline(section: &Section<'_>) -> bool {
+    let points = &section.points;
     points
         .iter()
         .any(|p| baseline(points, p).is_some_and(|b| b.key != p.key))
 }
 
 /// `median ± MAD`, or `error` for a failed point.
-fn latency_cell(_: &[&PointResult], p: &PointResult) -> String {
+fn latency_cell(_: &Section<'_>, p: &PointResult) -> String {
     match (p.step.median_ns, p.step.mad_ns, &p.error) {
         (_, _, Some(_)) => "error".to_string(),
         (Some(m), Some(d), None) => format!("{} ± {}", fmt_ms(m), fmt_ms(d)),
@@ -210,12 +282,12 @@ fn latency_cell(_: &[&PointResult], p: &PointResult) -> String {
     }
 }
 
-fn kv_cache_cell(_: &[&PointResult], p: &PointResult) -> String {
+fn kv_cache_cell(_: &Section<'_>, p: &PointResult) -> String {
     p.kv_cache_bytes.map(fmt_mib).unwrap_or_default()
 }
 
 /// `core median (share%)`.
-fn core_cell(_: &[&PointResult], p: &PointResult) -> String {
+fn core_cell(_: &Section<'_>, p: &PointResult) -> String {
     match (p.core.median_ns, p.core_share_pct) {
         (Some(c), Some(share)) => format!("{} ({share:.0}%)", fmt_ms(c)),
         _ => String::new(),
@@ -224,7 +296,7 @@ fn core_cell(_: &[&PointResult], p: &PointResult) -> String {
 
 /// `step% / core%`, or the step's alone when the core has none; a figure above the calibrated
 /// ceiling has a decimal and [`ABOVE_CEILING`], e.g. `88% / 102.6% ⚠`.
-fn roofline_cell(_: &[&PointResult], p: &PointResult) -> String {
+fn roofline_cell(_: &Section<'_>, p: &PointResult) -> String {
     // A flagged figure keeps a decimal: 100.4% must not read as a plain 100%.
     let pct = |s: &Summary| {
         s.roofline_pct.map(|pct| match s.above_ceiling() {
@@ -240,8 +312,8 @@ fn roofline_cell(_: &[&PointResult], p: &PointResult) -> String {
 }
 
 /// `speed-up× / KV ratio` against the point's baseline.
-fn against_mha_cell(points: &[&PointResult], p: &PointResult) -> String {
-    let Some(b) = baseline(points, p) else {
+fn against_mha_cell(section: &Section<'_>, p: &PointResult) -> String {
+    let Some(b) = baseline(&section.points, p) else {
         return String::new();
     };
     match (
@@ -409,7 +481,12 @@ pub(super) fn markdown(results: &ResultsFile, charts: &[ChartSpec]) -> String {
                 true => format!("{mode} on machine {}", i + 1),
                 false => mode.to_string(),
             };
-            write_mode(&mut out, &title, mode, &Section { points, stored });
+            let section = Section {
+                points,
+                results,
+                stored,
+            };
+            write_mode(&mut out, &title, mode, &section);
         }
     }
     if stored {
@@ -490,12 +567,12 @@ fn write_mode(out: &mut String, title: &str, mode: Mode, section: &Section<'_>) 
     };
     let _ = writeln!(out, "## {title}\n");
     let _ = writeln!(out, "Columns: {length_name} = {what}.\n");
-    for def in TABLES.iter().filter(|def| (def.shown)(points)) {
+    for def in TABLES.iter().filter(|def| (def.shown)(section)) {
         let _ = writeln!(out, "### {title}: {}\n", def.heading);
         if let Some(note) = def.note {
             let _ = writeln!(out, "{note}\n");
         }
-        let cell = |p: &PointResult| (def.cell)(points, p);
+        let cell = |p: &PointResult| (def.cell)(section, p);
         let _ = writeln!(out, "{}\n", table(section, &varies, length_name, &cell));
         let footer = (def.footer)(section);
         if !footer.is_empty() {

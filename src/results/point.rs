@@ -370,6 +370,17 @@ impl PointResult {
         self.projection_flops == 0
     }
 
+    /// Bytes of the step outside its attention core: the step's `bytes` less the KV cache the
+    /// core reads itself (`kv_cache_bytes_analytic`). MLA naive's core reads the keys and
+    /// values the expansion made, not the cache, so its expansion keeps the cache's bytes.
+    pub fn rest_bytes(&self) -> u64 {
+        let core_reads_cache = self.mla_path != Some(MlaPath::Naive);
+        match core_reads_cache {
+            true => self.bytes.saturating_sub(self.kv_cache_bytes_analytic),
+            false => self.bytes,
+        }
+    }
+
     /// The label of the variant, e.g. `gqa`, `mla-absorbed`.
     pub fn variant_label(&self) -> String {
         match self.mla_path {

@@ -59,6 +59,10 @@ const WIDE_MIN_QK_DIM: usize = 256;
 const MANY_BLOCK: usize = 256;
 /// Fewest keys a chunk of its own is worth.
 const MIN_CHUNK: usize = 256;
+/// Chunks of a head's keys start on multiples of this (whole score tiles of 8 keys). Small,
+/// so the chunks stay even: on multiples of `WIDE_BLOCK` (128), a 513-key cache (a decode at
+/// context 512) split 384 + 129, and one thread did three quarters of the work.
+const CHUNK_ALIGN: usize = 16;
 /// Estimated sequential time (ns, at the rates below) below which the units run on the
 /// calling thread: a fork-join wakes a sleeping worker, and a sub-split's partials must be
 /// merged. Measured on the 2-core EPYC (caches evicted, 1 thread against 2 with the split
@@ -226,7 +230,7 @@ impl<'a> Plan<'a> {
         let (b, g) = (head / self.layout.n_kv_heads, head % self.layout.n_kv_heads);
         let seq = &self.seqs[b];
         let keys = visible_keys(seq);
-        let per = keys.div_ceil(self.chunks).next_multiple_of(WIDE_BLOCK);
+        let per = keys.div_ceil(self.chunks).next_multiple_of(CHUNK_ALIGN);
         let start = (index % self.chunks * per).min(keys);
         let end = (start + per).min(keys);
         let unit = Unit {

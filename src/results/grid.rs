@@ -280,7 +280,7 @@ flush_caches = false
 "#;
 
     fn grid(text: &str) -> Grid {
-        Grid::of(&parse_experiment(text, "g.toml", "g", 1 << 30).unwrap())
+        Grid::of(&parse_experiment(text, "g.toml", "g", u64::MAX).unwrap())
     }
 
     #[test]

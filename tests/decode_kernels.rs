@@ -193,14 +193,15 @@ fn decode_equals_naive_around_the_few_row_sub_block() {
     }
 }
 
-/// The few-row path's f32 value pass at contexts around 64-key boundaries (one and two
-/// blocks of the stored types' value kernel, which an f32 value kernel would share), at value
-/// widths with and without a tail of columns past a vector, every few-row group size.
+/// The few-row path's f32 value pass, which runs the stored types' value kernels
+/// (`narrow.rs`, blocks of 32 KiB of rows: 64 rows of 128, 60 of 136), at contexts around
+/// their block boundaries, at value widths with and without a tail of columns past a vector,
+/// every few-row group size.
 #[test]
 fn decode_equals_naive_around_the_f32_value_blocks() {
     for group in 1..=8 {
         for dv in [128, 136, 9] {
-            for context in [63, 64, 65, 129] {
+            for context in [59, 60, 61, 63, 64, 65, 129] {
                 Case::new((2 * group, 2), (16, dv), &[context]).check(1);
             }
         }

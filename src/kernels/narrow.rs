@@ -231,6 +231,23 @@ pub fn narrow_add_values(values: StoredRows<'_>, weights: &[f32], rows: usize, a
     }
 }
 
+/// [`narrow_add_values`] over f32 value rows `(n, d)`, the same kernels: decode's few-row
+/// path over an f32 cache. They stream the rows in blocks with the next block prefetched,
+/// which on the 2-core Xeon read the values of 32 heads × 8192 keys × 128 at 16.2 GB/s on 1
+/// thread, against 11.2 for faer's matrix-vector product (as fast or faster at every shape
+/// measured: 512 to 8192 keys, 1 to 8 rows).
+///
+/// # Panics
+/// As [`narrow_add_values`].
+pub(super) fn add_f32_values(
+    values: RowsRef<'_, f32>,
+    weights: &[f32],
+    rows: usize,
+    acc: &mut [f32],
+) {
+    add_values(values, Unscaled, weights, rows, acc);
+}
+
 #[track_caller]
 fn check_scales(n: usize, scales: ColRef<'_, f32>) {
     assert_eq!(scales.nrows(), n, "one int8 scale per row");

@@ -60,6 +60,16 @@ pub(super) trait Lanes16: Widen {
     }
 }
 
+/// f32 rows as they are, for decode's weighted sum over an f32 cache (`add_f32_values`).
+impl Lanes16 for f32 {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn lanes(ptr: *const Self) -> __m512 {
+        // SAFETY: the caller's contract: 64 readable bytes.
+        unsafe { _mm512_loadu_ps(ptr) }
+    }
+}
+
 impl Lanes16 for bf16 {
     /// Zero-extends the sixteen 16-bit patterns and shifts them into the upper halves.
     #[target_feature(enable = "avx512f")]

@@ -236,6 +236,20 @@ fn tiled_equals_naive_at_block_edges_and_group_sizes() {
     }
 }
 
+/// Causal prefill at a real head width (128: the micro-kernels' widest tiles, 64 rows of
+/// scores and 6 rows of values at a time), where a tile of rows computes only the keys some
+/// row of it sees: query tiles on the diagonal, after cached tokens or not, MHA and groups
+/// whose rows repeat the same positions head after head.
+#[test]
+fn tiled_equals_naive_where_tiles_skip_the_keys_none_of_their_rows_see() {
+    for (n_heads, n_kv_heads) in [(2, 2), (6, 2), (4, 1)] {
+        for (s_q, context) in [(128, 0), (200, 0), (70, 37), (129, 300)] {
+            let case = Case::new(1, (n_heads, n_kv_heads), (128, 128), (s_q, context));
+            run(&case, 2);
+        }
+    }
+}
+
 #[test]
 fn long_decode_contexts_split_across_threads_merge_exactly() {
     // One sequence, one KV head: fewer tasks than threads, so the keys are split.

@@ -72,6 +72,29 @@ struct NextRows {
 /// Lanes of one AVX-512 f32 vector.
 const LANES: usize = 16;
 
+/// Which keys of a block its rows see, for a block the causal mask cuts: row `r` sees the
+/// block's keys up to position `last[r]`, so a set of rows sees a prefix of them, up to its
+/// latest row's position. The micro-kernels compute a tile of rows over that prefix only:
+/// a query tile on the diagonal (all of MHA's 128-token prefill, one 128 × 128 block) spent
+/// half its products on keys no row of a tile could see.
+#[derive(Clone, Copy)]
+struct Causal<'a> {
+    /// Per padded row, the last key position it sees (−1 for padding).
+    last: &'a [i32],
+    /// Position of the block's first key.
+    j0: usize,
+}
+
+impl Causal<'_> {
+    /// Of the `nb` keys from `first` (a position), how many some row of `rows` sees.
+    fn seen(&self, rows: std::ops::Range<usize>, first: usize, nb: usize) -> usize {
+        let latest = self.last[rows].iter().copied().max().unwrap_or(-1);
+        usize::try_from(i64::from(latest) + 1 - first as i64)
+            .unwrap_or(0)
+            .min(nb)
+    }
+}
+
 impl ManyRows {
     /// The state before any key, for `rows` packed query rows `packed` (row-major
     /// `(rows, d)`), values `dv` wide, scores multiplied by `scale`, row `r` seeing keys up to
@@ -184,7 +207,19 @@ impl ManyRows {
         unsafe {
             let rows = (self.padded, self.stride);
             let ahead = self.fetch_ahead.then_some((v, self.next.take()));
-            avx512::scores(k, ahead, &self.qt, rows, self.scale, &mut self.weights);
+            let causal = masked.then_some(Causal {
+                last: &self.last,
+                j0,
+            });
+            avx512::scores(
+                k,
+                ahead,
+                &self.qt,
+                rows,
+                self.scale,
+                causal,
+                &mut self.weights,
+            );
             avx512::softmax(self, nb, j0, masked);
         }
         for (r, row) in acc.chunks_exact_mut(self.dv.max(1)).enumerate() {
@@ -197,7 +232,11 @@ impl ManyRows {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             unsafe {
-                avx512::add_values(&self.weights, self.stride, self.rows, v, acc)
+                let causal = masked.then_some(Causal {
+                    last: &self.last,
+                    j0,
+                });
+                avx512::add_values(&self.weights, self.stride, self.rows, causal, v, acc)
             };
         } else {
             self.add_visible_values(v, j0, acc);
@@ -271,7 +310,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::simd::RowsRef;
-    use super::{LANES, ManyRows, NextRows};
+    use super::{Causal, LANES, ManyRows, NextRows};
 
     /// Most vectors of query rows one score tile holds (64 rows).
     const SCORE_VECTORS: usize = 4;
@@ -284,7 +323,9 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has AVX-512F; `qt` is `(d, padded)` with row stride `stride ≥ padded`,
-    /// `padded` a multiple of 16; `out` holds `nb` rows of stride `stride`.
+    /// `padded` a multiple of 16; `out` holds `nb` rows of stride `stride`. With `causal`, a
+    /// tile's rows get the scores of the keys some row of the tile sees only; the others are
+    /// left as they were (the softmax masks them).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scores(
         k: RowsRef<'_, f32>,
@@ -292,6 +333,7 @@ mod avx512 {
         qt: &[f32],
         (padded, stride): (usize, usize),
         scale: f32,
+        causal: Option<Causal<'_>>,
         out: &mut [f32],
     ) {
         let (nb, d) = (k.nrows(), k.ncols());
@@ -310,6 +352,10 @@ mod avx512 {
         let k = k.as_ptr();
         for r0 in (0..padded).step_by(LANES * SCORE_VECTORS) {
             let vectors = ((padded - r0) / LANES).min(SCORE_VECTORS);
+            let nb = causal.map_or(nb, |c| c.seen(r0..r0 + LANES * vectors, c.j0, nb));
+            if nb == 0 {
+                continue;
+            }
             let geometry = Geometry {
                 k_stride,
                 stride,
@@ -490,12 +536,23 @@ mod avx512 {
             // per-row vectors; the caller's contract.
             unsafe {
                 let last = _mm512_loadu_si512(state.last.as_ptr().add(v).cast());
+                // Keys past every lane's last are masked in all sixteen: their weights are 0,
+                // with no score read (the score pass left them as they were).
+                let seen = if masked {
+                    let causal = Causal {
+                        last: &state.last,
+                        j0,
+                    };
+                    causal.seen(v..v + LANES, j0, nb)
+                } else {
+                    nb
+                };
                 let sees = |j: usize| {
                     let pos = i32::try_from(j0 + j).unwrap_or(i32::MAX);
                     _mm512_cmple_epi32_mask(_mm512_set1_epi32(pos), last)
                 };
                 let (mut top, mut poison) = (neg_inf, zero);
-                for j in 0..nb {
+                for j in 0..seen {
                     let at = w.add(j * stride + v);
                     let mut s = _mm512_loadu_ps(at);
                     if masked {
@@ -514,7 +571,7 @@ mod avx512 {
                 let unseen = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(old, neg_inf);
                 let rescale = _mm512_mask_mov_ps(exp(_mm512_sub_ps(old, new)), unseen, zero);
                 let mut total = zero;
-                for j in 0..nb {
+                for j in 0..seen {
                     let at = w.add(j * stride + v);
                     let mut p = exp(_mm512_sub_ps(_mm512_loadu_ps(at), new));
                     if masked {
@@ -522,6 +579,9 @@ mod avx512 {
                     }
                     _mm512_storeu_ps(at, p);
                     total = _mm512_add_ps(total, p);
+                }
+                for j in seen..nb {
+                    _mm512_storeu_ps(w.add(j * stride + v), zero);
                 }
                 let sum = _mm512_loadu_ps(state.sum.as_ptr().add(v));
                 _mm512_storeu_ps(
@@ -556,7 +616,8 @@ mod avx512 {
 
     /// `acc[r] += Σ_j weights[j · stride + r] · v_j` for the `rows` real rows: keys in
     /// chunks of [`VALUE_KEYS`], and over each chunk tiles of `MR` rows by up to 64 value
-    /// columns, the last vector of a row masked to its width.
+    /// columns, the last vector of a row masked to its width. With `causal`, a tile of rows
+    /// adds the keys some row of the tile sees only (the others' weights are 0).
     ///
     /// # Safety
     /// The CPU has AVX-512F; `weights` holds `nb` rows of stride `stride`, `acc` is
@@ -566,6 +627,7 @@ mod avx512 {
         weights: &[f32],
         stride: usize,
         rows: usize,
+        causal: Option<Causal<'_>>,
         v: RowsRef<'_, f32>,
         acc: &mut [f32],
     ) {
@@ -579,6 +641,7 @@ mod avx512 {
                 v_stride,
                 nb: (nb - j0).min(VALUE_KEYS),
                 dv,
+                causal: causal.map(|c| (c, c.j0 + j0)),
             };
             // SAFETY: keys j0.. exist; the caller's contract.
             let (v, w) = unsafe { (v.add(j0 * v_stride), w.add(j0 * stride)) };
@@ -622,12 +685,22 @@ mod avx512 {
     }
 
     /// Strides and sizes of a weighted sum.
-    struct Values {
+    struct Values<'a> {
         /// Row stride of the weights.
         stride: usize,
         v_stride: usize,
         nb: usize,
         dv: usize,
+        /// The rows' causal mask and the position of the chunk's first key.
+        causal: Option<(Causal<'a>, usize)>,
+    }
+
+    impl Values<'_> {
+        /// Keys of the chunk some row of `rows` sees.
+        fn seen(&self, rows: std::ops::Range<usize>) -> usize {
+            self.causal
+                .map_or(self.nb, |(c, first)| c.seen(rows, first, self.nb))
+        }
     }
 
     /// All rows against `NV` vectors of value columns: tiles of `MR` rows, then the leftover
@@ -648,22 +721,25 @@ mod avx512 {
         // SAFETY (all): rows r..r + MR exist; the caller's contract.
         unsafe {
             for r in (0..whole).step_by(MR) {
-                value_tile::<MR, NV>(g, w.add(r), v, acc.add(r * g.dv), mask);
+                let nb = g.seen(r..r + MR);
+                value_tile::<MR, NV>(g, nb, w.add(r), v, acc.add(r * g.dv), mask);
             }
             let (w, acc) = (w.add(whole), acc.add(whole * g.dv));
+            let nb = g.seen(whole..rows);
             match rows - whole {
                 0 => {}
-                1 => value_tile::<1, NV>(g, w, v, acc, mask),
-                2 => value_tile::<2, NV>(g, w, v, acc, mask),
-                3 => value_tile::<3, NV>(g, w, v, acc, mask),
-                4 => value_tile::<4, NV>(g, w, v, acc, mask),
-                5 => value_tile::<5, NV>(g, w, v, acc, mask),
-                6 => value_tile::<6, NV>(g, w, v, acc, mask),
-                7 => value_tile::<7, NV>(g, w, v, acc, mask),
+                1 => value_tile::<1, NV>(g, nb, w, v, acc, mask),
+                2 => value_tile::<2, NV>(g, nb, w, v, acc, mask),
+                3 => value_tile::<3, NV>(g, nb, w, v, acc, mask),
+                4 => value_tile::<4, NV>(g, nb, w, v, acc, mask),
+                5 => value_tile::<5, NV>(g, nb, w, v, acc, mask),
+                6 => value_tile::<6, NV>(g, nb, w, v, acc, mask),
+                7 => value_tile::<7, NV>(g, nb, w, v, acc, mask),
                 left => {
-                    value_tile::<8, NV>(g, w, v, acc, mask);
+                    value_tile::<8, NV>(g, nb, w, v, acc, mask);
                     for r in 8..left {
-                        value_tile::<1, NV>(g, w.add(r), v, acc.add(r * g.dv), mask);
+                        let (w, acc) = (w.add(r), acc.add(r * g.dv));
+                        value_tile::<1, NV>(g, nb, w, v, acc, mask);
                     }
                 }
             }
@@ -671,19 +747,23 @@ mod avx512 {
     }
 
     /// One tile: `MR` rows by `NV` vectors of value columns held in registers over the
-    /// block's keys, each step one load per vector and one broadcast per row.
+    /// chunk's first `nb` keys, each step one load per vector and one broadcast per row.
     ///
     /// # Safety
-    /// As [`value_rows`], for `MR` rows.
+    /// As [`value_rows`], for `MR` rows, `nb ≤ g.nb`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn value_tile<const MR: usize, const NV: usize>(
         g: &Values,
+        nb: usize,
         w: *const f32,
         v: *const f32,
         acc: *mut f32,
         mask: __mmask16,
     ) {
+        if nb == 0 {
+            return;
+        }
         let full: __mmask16 = !0;
         let lane_mask = |n: usize| if n + 1 == NV { mask } else { full };
         let mut o = [[_mm512_setzero_ps(); NV]; MR];
@@ -695,7 +775,7 @@ mod avx512 {
                     *x = _mm512_maskz_loadu_ps(lane_mask(n), acc.add(m * g.dv + LANES * n));
                 }
             }
-            for j in 0..g.nb {
+            for j in 0..nb {
                 let vj = v.add(j * g.v_stride);
                 let mut vv = [_mm512_setzero_ps(); NV];
                 for (n, x) in vv.iter_mut().enumerate() {

@@ -2,13 +2,15 @@
 """Write results/peers-comparison.md: attnbench's attention core against PyTorch's on the
 shapes of variants/peers.toml and variants/peers_mla.toml, from the committed result sets.
 
-    python3 tools/peers/comparison.py [--attnbench PATH]
+    python3 tools/peers/comparison.py [--attnbench PATH] [--host NAME]
 
 Reads results/{peers,peers_mla}{,-pytorch-sdpa,-pytorch-matmul}/results.json (written by
 `attnbench run` and tools/peers/pytorch_core.py; docs/peers.md), prints a per-shape table of
 the core medians and the ratio of attnbench's to the faster PyTorch path's, and appends the
 full `attnbench compare --ignore implementation --metric core` of every pair (noise bounds
-and verdicts). Measures nothing.
+and verdicts). With --host NAME the sets of a second machine are read instead,
+results/{peers,peers_mla}-NAME{,-pytorch-sdpa,-pytorch-matmul}/, and the table goes to
+results/peers-comparison-NAME.md. Measures nothing.
 """
 import argparse
 import json
@@ -29,7 +31,10 @@ def points(name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attnbench", default=str(ROOT / "target/release/attnbench"))
+    parser.add_argument("--host", help="the sets of another machine: results/SET-HOST/...")
     args = parser.parse_args()
+    sets = [f"{name}-{args.host}" if args.host else name for name in SETS]
+    out = f"peers-comparison-{args.host}.md" if args.host else "peers-comparison.md"
     lines, ratios = [], []
     lines.append("# attnbench against PyTorch: the attention core, shape by shape\n")
     lines.append(
@@ -38,7 +43,7 @@ def main():
         "attnbench's time over the faster PyTorch path's at that shape (below 1: attnbench "
         "is faster).\n"
     )
-    for name in SETS:
+    for name in sets:
         ours, mine = points(name)
         peers = {peer: points(f"{name}-{peer}") for peer in PEERS}
         env = ours["environment"]
@@ -63,7 +68,7 @@ def main():
         f"Over all {len(ratios)} shapes: attnbench / faster PyTorch path from "
         f"{min(ratios):.2f} to {max(ratios):.2f}, median {statistics.median(ratios):.2f}.\n",
     )
-    for name in SETS:
+    for name in sets:
         for peer in PEERS:
             out = subprocess.run(
                 [args.attnbench, "compare", f"results/{name}", f"results/{name}-{peer}",
@@ -72,8 +77,8 @@ def main():
             ).stdout
             lines.append(f"## `attnbench compare results/{name} results/{name}-{peer}`\n")
             lines.append(out)
-    (ROOT / "results" / "peers-comparison.md").write_text("\n".join(lines))
-    print("wrote results/peers-comparison.md")
+    (ROOT / "results" / out).write_text("\n".join(lines))
+    print(f"wrote results/{out}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--host", help="the sets of another machine: results/SET-HOST/...")
     args = parser.parse_args()
     sets = [f"{name}-{args.host}" if args.host else name for name in SETS]
-    out = f"peers-comparison-{args.host}.md" if args.host else "peers-comparison.md"
+    written = f"peers-comparison-{args.host}.md" if args.host else "peers-comparison.md"
     lines, ratios = [], []
     lines.append("# attnbench against PyTorch: the attention core, shape by shape\n")
     lines.append(
@@ -77,8 +77,8 @@ def main():
             ).stdout
             lines.append(f"## `attnbench compare results/{name} results/{name}-{peer}`\n")
             lines.append(out)
-    (ROOT / "results" / out).write_text("\n".join(lines))
-    print(f"wrote results/{out}")
+    (ROOT / "results" / written).write_text("\n".join(lines))
+    print(f"wrote results/{written}")
 
 
 if __name__ == "__main__":

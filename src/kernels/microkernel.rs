@@ -81,17 +81,25 @@ const LANES: usize = 16;
 struct Causal<'a> {
     /// Per padded row, the last key position it sees (−1 for padding).
     last: &'a [i32],
-    /// Position of the block's first key.
-    j0: usize,
+    /// Position of the first key of the keys in question.
+    first: usize,
 }
 
-impl Causal<'_> {
-    /// Of the `nb` keys from `first` (a position), how many some row of `rows` sees.
-    fn seen(&self, rows: std::ops::Range<usize>, first: usize, nb: usize) -> usize {
+impl<'a> Causal<'a> {
+    /// Of the `nb` keys from [`Self::first`], how many some row of `rows` sees.
+    fn seen(&self, rows: std::ops::Range<usize>, nb: usize) -> usize {
         let latest = self.last[rows].iter().copied().max().unwrap_or(-1);
-        usize::try_from(i64::from(latest) + 1 - first as i64)
+        usize::try_from(i64::from(latest) + 1 - self.first as i64)
             .unwrap_or(0)
             .min(nb)
+    }
+
+    /// The same rows over the keys from `offset` keys later.
+    fn after(self, offset: usize) -> Causal<'a> {
+        Causal {
+            first: self.first + offset,
+            ..self
+        }
     }
 }
 
@@ -209,7 +217,7 @@ impl ManyRows {
             let ahead = self.fetch_ahead.then_some((v, self.next.take()));
             let causal = masked.then_some(Causal {
                 last: &self.last,
-                j0,
+                first: j0,
             });
             avx512::scores(
                 k,
@@ -234,7 +242,7 @@ impl ManyRows {
             unsafe {
                 let causal = masked.then_some(Causal {
                     last: &self.last,
-                    j0,
+                    first: j0,
                 });
                 avx512::add_values(&self.weights, self.stride, self.rows, causal, v, acc)
             };
@@ -352,7 +360,7 @@ mod avx512 {
         let k = k.as_ptr();
         for r0 in (0..padded).step_by(LANES * SCORE_VECTORS) {
             let vectors = ((padded - r0) / LANES).min(SCORE_VECTORS);
-            let nb = causal.map_or(nb, |c| c.seen(r0..r0 + LANES * vectors, c.j0, nb));
+            let nb = causal.map_or(nb, |c| c.seen(r0..r0 + LANES * vectors, nb));
             if nb == 0 {
                 continue;
             }
@@ -541,9 +549,9 @@ mod avx512 {
                 let seen = if masked {
                     let causal = Causal {
                         last: &state.last,
-                        j0,
+                        first: j0,
                     };
-                    causal.seen(v..v + LANES, j0, nb)
+                    causal.seen(v..v + LANES, nb)
                 } else {
                     nb
                 };
@@ -641,7 +649,7 @@ mod avx512 {
                 v_stride,
                 nb: (nb - j0).min(VALUE_KEYS),
                 dv,
-                causal: causal.map(|c| (c, c.j0 + j0)),
+                causal: causal.map(|c| c.after(j0)),
             };
             // SAFETY: keys j0.. exist; the caller's contract.
             let (v, w) = unsafe { (v.add(j0 * v_stride), w.add(j0 * stride)) };
@@ -691,15 +699,14 @@ mod avx512 {
         v_stride: usize,
         nb: usize,
         dv: usize,
-        /// The rows' causal mask and the position of the chunk's first key.
-        causal: Option<(Causal<'a>, usize)>,
+        /// The rows' causal mask over the chunk's keys.
+        causal: Option<Causal<'a>>,
     }
 
     impl Values<'_> {
         /// Keys of the chunk some row of `rows` sees.
         fn seen(&self, rows: std::ops::Range<usize>) -> usize {
-            self.causal
-                .map_or(self.nb, |(c, first)| c.seen(rows, first, self.nb))
+            self.causal.map_or(self.nb, |c| c.seen(rows, self.nb))
         }
     }
 

@@ -218,14 +218,14 @@ fn phases_footer(section: &Section<'_>) -> String {
         .points
         .iter()
         .any(|p| phases_share_pct(section, p).is_some_and(|pct| pct > 100.0));
-    match above {
-        true => format!(
-            "{ABOVE_CEILING} faster than its ideal with the phases in turn: part of its bytes \
-             came from the CPU caches (a run that does not evict them), or the calibration \
-             was slower than the machine during the run."
-        ),
-        false => String::new(),
+    if !above {
+        return String::new();
     }
+    format!(
+        "{ABOVE_CEILING} faster than its ideal with the phases in turn: part of its bytes came \
+         from the CPU caches (a run that does not evict them), or the calibration was slower \
+         than the machine during the run."
+    )
 }
 
 /// Some point recorded the bandwidth probed before it.

@@ -374,10 +374,10 @@ impl PointResult {
     /// core reads itself (`kv_cache_bytes_analytic`). MLA naive's core reads the keys and
     /// values the expansion made, not the cache, so its expansion keeps the cache's bytes.
     pub fn rest_bytes(&self) -> u64 {
-        let core_reads_cache = self.mla_path != Some(MlaPath::Naive);
-        match core_reads_cache {
-            true => self.bytes.saturating_sub(self.kv_cache_bytes_analytic),
-            false => self.bytes,
+        if self.mla_path == Some(MlaPath::Naive) {
+            self.bytes
+        } else {
+            self.bytes.saturating_sub(self.kv_cache_bytes_analytic)
         }
     }
 

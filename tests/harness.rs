@@ -664,8 +664,11 @@ fn a_killed_sweep_resumes_without_remeasuring_finished_points() {
         .unwrap();
     let log = out.join("points.jsonl");
     let start = Instant::now();
-    // The grid's line, then three points.
-    while fs::read_to_string(&log).map_or(0, |s| s.lines().count()) < 4 {
+    // The grid's line, then three points, each whole: a line counts once its newline is
+    // written. (Counting `lines()` would count a line still being written, and the kill can
+    // cut that write short, leaving two points.)
+    let whole_lines = |text: String| text.bytes().filter(|&b| b == b'\n').count();
+    while fs::read_to_string(&log).map_or(0, whole_lines) < 4 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the sweep did not progress"

@@ -32,10 +32,13 @@ use rayon::prelude::*;
 
 use super::layout::{AttentionOperands, HeadLayout, KvHead};
 use super::microkernel::ManyRows;
-use super::narrow::{StoredRows, add_f32_values, narrow_add_values, narrow_scores};
+use super::narrow::{
+    StoredRows, add_f32_values, f32_values_beat_faer, narrow_add_values, narrow_scores,
+};
 use super::simd::{
     FEW_ROWS_MAX, RowsRef, exp_shifted_sum, fast_exp, few_row_scores, max_keeping_nan, max_of,
 };
+use super::tiled::add_weighted_values;
 
 /// Keys per sub-block on the few-row path: long, so that each pass streams a long run of
 /// keys or values (at most eight rows of 16384 scores: 512 KiB, in L2), as long as the tiled kernel's
@@ -345,9 +348,8 @@ impl Unit<'_> {
 
     /// The few-row path over keys `start..end`: per sub-block, scores `(rows, nb)` by the
     /// few-row kernels, the row-wise online softmax, the weighted sum by `narrow.rs`'s value
-    /// kernels (f32 and stored types alike: [`add_f32_values`] says why not faer's
-    /// matrix-vector product). The softmax is
-    /// compiled for AVX2 and FMA when the CPU has them (the scratch is taken here, so that
+    /// kernels (stored types, and f32 where [`f32_values_beat_faer`]; else faer's product).
+    /// The softmax is compiled for AVX2 and FMA when the CPU has them (the scratch is taken here, so that
     /// the feature-enabled function runs no closure compiled for the baseline).
     fn few(&self, state: State<'_>, range: (usize, usize)) {
         let len = self.rows * (self.layout.qk_dim + FEW_BLOCK);
@@ -390,10 +392,11 @@ impl Unit<'_> {
                 }
                 softmax_rows(block, nb, max, sum, acc);
                 match v.subrows(j0, nb) {
-                    KvHead::F32(m) => {
+                    KvHead::F32(m) if f32_values_beat_faer(rows, m.ncols()) => {
                         let m = m.try_as_row_major().expect("checked by `readable`");
                         add_f32_values(m, block, rows, acc);
                     }
+                    KvHead::F32(m) => add_weighted_values(acc, block, m, rows),
                     KvHead::Stored(s) => narrow_add_values(s, block, rows, acc),
                     KvHead::Split(..) => unreachable!("checked by `readable`"),
                 }

@@ -232,10 +232,11 @@ pub fn narrow_add_values(values: StoredRows<'_>, weights: &[f32], rows: usize, a
 }
 
 /// [`narrow_add_values`] over f32 value rows `(n, d)`, the same kernels: decode's few-row
-/// path over an f32 cache. They stream the rows in blocks with the next block prefetched,
-/// which on the 2-core Xeon read the values of 32 heads × 8192 keys × 128 at 16.2 GB/s on 1
-/// thread, against 11.2 for faer's matrix-vector product (as fast or faster at every shape
-/// measured: 512 to 8192 keys, 1 to 8 rows).
+/// path over an f32 cache, where [`f32_values_beat_faer`] says so. They stream the rows in
+/// blocks with the next block prefetched, which on the 2-core Xeon (AVX-512) read the values
+/// of 32 heads × 8192 keys × 128 at 16.2 GB/s on 1 thread, against 11.2 for faer's
+/// matrix-vector product (as fast or faster at every shape measured: 512 to 8192 keys, 1 to 8
+/// rows).
 ///
 /// # Panics
 /// As [`narrow_add_values`].
@@ -246,6 +247,34 @@ pub(super) fn add_f32_values(
     acc: &mut [f32],
 ) {
     add_values(values, Unscaled, weights, rows, acc);
+}
+
+/// Whether [`add_f32_values`] weighs `rows` query rows over f32 values `d` wide faster than
+/// faer's product does.
+///
+/// The kernels hold `R · C` accumulators in registers and read a block's rows in passes of
+/// `C` vectors of columns. faer's matrix-vector product (one row) keeps its accumulators in
+/// L1 and reads each value row whole, in order. Where one pass covers the row (one row on
+/// AVX-512: 128 columns), the kernels win: 0.84–0.96× the decode core's time on the Xeon.
+/// Where it does not (one row on AVX2: 32 columns, four strided passes over a block of
+/// 128-wide rows), faer's in-order read wins: on a 2-core AMD EPYC with AVX2 and no
+/// AVX-512, one row over 64 heads × 8192 keys × 128 took 1.3–1.45× faer's time whatever the
+/// prefetching, and the MHA decode core 1.2–1.8× (context 512 to 8192, 1 and 2 threads).
+/// At two rows or more faer runs a matrix product, and the kernels were faster on both hosts
+/// (GQA-8's decode core: 0.89–0.90× on the Xeon, 0.70–0.97× on the EPYC). The portable path
+/// is scalar, so faer wins there.
+pub(super) fn f32_values_beat_faer(rows: usize, d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::narrow512::available() {
+            return rows > 1 || d <= super::narrow512::ONE_ROW_PASS_COLUMNS;
+        }
+        if super::simd::has_avx2_fma_f16c() {
+            return rows > 1 || d <= avx2::ONE_ROW_PASS_COLUMNS;
+        }
+    }
+    let _ = (rows, d);
+    false
 }
 
 #[track_caller]
@@ -413,6 +442,11 @@ mod avx2 {
         }
     }
 
+    /// Vectors of columns per pass at one query row.
+    const ONE_ROW_C: usize = 4;
+    /// Columns per pass at one query row (see [`super::f32_values_beat_faer`]).
+    pub const ONE_ROW_PASS_COLUMNS: usize = 8 * ONE_ROW_C;
+
     /// [`super::narrow_add_values`] on AVX2 + FMA + F16C, shapes already checked.
     ///
     /// # Safety
@@ -430,7 +464,7 @@ mod avx2 {
         // SAFETY (all arms): same contract as this function's.
         unsafe {
             match rows {
-                1 => add_by::<T, S, 1, 4>(v, weights, acc),
+                1 => add_by::<T, S, 1, ONE_ROW_C>(v, weights, acc),
                 2 => add_by::<T, S, 2, 4>(v, weights, acc),
                 3 => add_by::<T, S, 3, 2>(v, weights, acc),
                 4 => add_by::<T, S, 4, 2>(v, weights, acc),

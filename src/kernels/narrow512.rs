@@ -29,6 +29,12 @@ pub(super) fn available() -> bool {
 /// Lanes of one vector.
 const LANES: usize = 16;
 
+/// Vectors of columns per pass of the weighted sum at one query row.
+const ONE_ROW_C: usize = 8;
+/// Columns per pass of the weighted sum at one query row (see
+/// [`super::narrow::f32_values_beat_faer`]).
+pub(super) const ONE_ROW_PASS_COLUMNS: usize = LANES * ONE_ROW_C;
+
 /// A stored type read sixteen values at a time.
 pub(super) trait Lanes16: Widen {
     /// The sixteen elements from `ptr` as f32 lanes, [`Widen::widen`] of each (int8's
@@ -344,7 +350,7 @@ pub(super) unsafe fn add_values<T: Lanes16, S: RowScales>(
     // SAFETY (all arms): same contract as this function's.
     unsafe {
         match rows {
-            1 => add_by::<T, S, 1, 8>(v, weights, acc),
+            1 => add_by::<T, S, 1, ONE_ROW_C>(v, weights, acc),
             2 => add_by::<T, S, 2, 4>(v, weights, acc),
             3 => add_by::<T, S, 3, 4>(v, weights, acc),
             4 => add_by::<T, S, 4, 4>(v, weights, acc),

@@ -258,7 +258,7 @@ pub(super) fn add_f32_values(
 /// AVX-512: 128 columns), the kernels win: 0.84–0.96× the decode core's time on the Xeon.
 /// Where it does not (one row on AVX2: 32 columns, four strided passes over a block of
 /// 128-wide rows), faer's in-order read wins: on a 2-core AMD EPYC with AVX2 and no
-/// AVX-512, one row over 64 heads × 8192 keys × 128 took 1.3–1.45× faer's time whatever the
+/// AVX-512, one row over 64 heads × 8192 keys × 128 took 1.3–1.7× faer's time whatever the
 /// prefetching, and the MHA decode core 1.2–1.8× (context 512 to 8192, 1 and 2 threads).
 /// At two rows or more faer runs a matrix product, and the kernels were faster on both hosts
 /// (GQA-8's decode core: 0.89–0.90× on the Xeon, 0.70–0.97× on the EPYC). The portable path
